@@ -1,0 +1,1 @@
+"""From STAC searches to classified Cloud-Optimized GeoTIFFs with the TimeSenCLIP encoder."""
