@@ -1,0 +1,54 @@
+"""Atomic writes: readers see the old complete file or the new complete file, never a part."""
+
+import pytest
+
+from pipeline.atomic import atomic_path, scratch_path, write_text_atomic
+
+
+def test_success_renames_the_temporary_file(tmp_path):
+    target = tmp_path / "sub" / "map.tif"
+    with atomic_path(target) as tmp:
+        assert tmp.parent == target.parent and tmp.name.startswith(".map.tif.tmp-")
+        tmp.write_bytes(b"complete")
+        assert not target.exists()  # nothing visible until the block succeeds
+    assert target.read_bytes() == b"complete"
+    assert [p.name for p in target.parent.iterdir()] == ["map.tif"]
+
+
+def test_failure_keeps_the_existing_file_and_leaves_no_temporaries(tmp_path):
+    target = tmp_path / "map.tif"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError, match="crash"), atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        tmp.with_name(tmp.name + ".aux.xml").write_text("<x/>")  # a GDAL side file
+        raise RuntimeError("crash")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["map.tif"]
+
+
+def test_failure_without_existing_file_leaves_nothing(tmp_path):
+    with pytest.raises(KeyboardInterrupt), atomic_path(tmp_path / "x.json") as tmp:
+        tmp.write_text("{")
+        raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_two_writers_get_different_temporary_names(tmp_path):
+    with atomic_path(tmp_path / "a") as first, atomic_path(tmp_path / "a") as second:
+        assert first != second
+        first.write_text("1")
+        second.write_text("2")
+    assert (tmp_path / "a").read_text() == "1"  # the outer block finishes last and wins
+    assert [p.name for p in tmp_path.iterdir()] == ["a"]
+
+
+def test_scratch_path_is_always_removed(tmp_path):
+    with scratch_path(tmp_path / "m.tif", ".tif") as scratch:
+        assert scratch.suffix == ".tif" and scratch.parent == tmp_path
+        scratch.write_bytes(b"work")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_text_atomic(tmp_path):
+    path = write_text_atomic(tmp_path / "a.txt", "héllo\n")
+    assert path.read_text(encoding="utf-8") == "héllo\n"
