@@ -1,0 +1,281 @@
+"""Read published TimeSenCLIP weights in every known layout; write our own checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import pickle
+import re
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import huggingface_hub
+import torch
+from huggingface_hub import errors as hub_errors
+from torch import Tensor
+
+from encoder.errors import TimeSenCLIPError
+from encoder.model import EncoderConfig, TimeSenCLIPEncoder
+from encoder.preprocess import BANDS, HIGH, LOW
+
+FORMAT = "timesenclip-encoder"
+HF_PREFIX = "hf-hub:"
+# Where the encoder sits inside the published training checkpoints, most specific first.
+PREFIXES = (
+    "learner.ts_encoder.",
+    "learner.TS_ViT.",
+    "learner_val.ts_encoder.",
+    "ts_encoder.",
+    "TS_ViT.",
+    "model.",
+)
+# Training-only entries of the published checkpoints (CLIP tower, MoCo queue, photo pooling).
+DROPPED = re.compile(
+    r"clip_model\.|learner\.queue$|learner\.queue_ptr$|learner\.pooling_layer\.|logit_scale$"
+)
+PUBLISHED_HEADS = 8
+# The tensors the architecture is read from, with their number of dimensions.
+INFERENCE_KEYS = {
+    "spectral_embedding.1.weight": 2,
+    "time_pos_encoding": 3,
+    "transformer.layers.0.linear1.weight": 2,
+}
+
+
+class CheckpointError(TimeSenCLIPError):
+    """A checkpoint that cannot be read or does not match the encoder."""
+
+
+def _package_version() -> str:
+    try:
+        return importlib_metadata.version("timesenclip")
+    except importlib_metadata.PackageNotFoundError:
+        return "unknown"
+
+
+@dataclass(frozen=True)
+class EncoderMetadata:
+    """What a checkpoint needs besides its tensors: architecture and the input convention."""
+
+    config: EncoderConfig = field(default_factory=EncoderConfig)
+    bands: tuple[str, ...] = BANDS
+    low: tuple[float, ...] = LOW
+    high: tuple[float, ...] = HIGH
+    clamp: bool = True
+    clip_model: str = "ViT-B-32"
+    clip_pretrained: str = "openai"
+    package_version: str = field(default_factory=_package_version)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain python types only, so ``torch.load(weights_only=True)`` reads it back."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> EncoderMetadata:
+        try:
+            fields = {f.name for f in dataclasses.fields(cls)}
+            values = {k: v for k, v in record.items() if k in fields}
+            values["config"] = EncoderConfig(**record.get("config", {}))
+            for key in ("bands", "low", "high"):
+                if key in values:
+                    values[key] = tuple(values[key])
+            return cls(**values)
+        except (TypeError, AttributeError) as err:
+            raise CheckpointError(f"checkpoint metadata is malformed ({err}): {record!r}") from err
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_checkpoint(
+    model: TimeSenCLIPEncoder,
+    path: str | os.PathLike,
+    metadata: EncoderMetadata | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``model`` in our format (bare published keys + metadata); atomic. Returns the path.
+
+    The metadata's ``config`` is always the model's own; ``extra`` must hold plain python types and
+    tensors only, so that the file loads with ``weights_only=True``.
+    """
+    meta = dataclasses.replace(metadata or EncoderMetadata(), config=model.config)
+    record: dict[str, Any] = {
+        "format": FORMAT,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "metadata": meta.to_dict(),
+    }
+    if extra is not None:
+        record["extra"] = dict(extra)
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(record, tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def load_encoder(
+    source: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> TimeSenCLIPEncoder:
+    """Load an encoder (eval mode) from a local file or ``hf-hub:OWNER/REPO/FILE``.
+
+    Reads our checkpoints and every published layout; the architecture is inferred from the tensors
+    (heads and band count from the metadata when present, else the published 8 heads and 10 bands).
+    The returned model has ``.metadata`` (``EncoderMetadata`` or None).
+    """
+    path = resolve_source(source)
+    state, meta = _read(path, map_location)
+    config = infer_config(state, meta)
+    if meta is not None and meta.config != config:
+        raise CheckpointError(
+            f"{path}: the metadata describes {meta.config} but the tensors are {config}."
+        )
+    model = TimeSenCLIPEncoder(**dataclasses.asdict(config))
+    _check_tensors(model, state, path)
+    model.load_state_dict(state, strict=True)
+    model.metadata = meta
+    return model.to(map_location).eval()
+
+
+def resolve_source(source: str | os.PathLike) -> Path:
+    """A local path as is; ``hf-hub:OWNER/REPO/PATH/IN/REPO`` fetched (cached) via the hub."""
+    text = os.fspath(source)
+    if not text.startswith(HF_PREFIX):
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint file {path} does not exist; pass an existing file.")
+        return path
+    owner, _, rest = text[len(HF_PREFIX) :].partition("/")
+    repo, _, filename = rest.partition("/")
+    if not (owner and repo and filename):
+        raise CheckpointError(
+            f"{text!r} is not a hub source; write hf-hub:OWNER/REPO/FILE, "
+            "e.g. hf-hub:pallavijainpj/TimeSenCLIP/TimeSenCLIP_1x1.ckpt."
+        )
+    try:
+        return Path(huggingface_hub.hf_hub_download(f"{owner}/{repo}", filename))
+    except (hub_errors.LocalEntryNotFoundError, hub_errors.OfflineModeIsEnabled) as err:
+        raise CheckpointError(
+            f"cannot fetch {text}: the Hugging Face Hub is not reachable (offline or "
+            "HF_HUB_OFFLINE=1) and the file is not in the local cache. Run once with network "
+            "access to cache it, or pass the path of a local checkpoint file."
+        ) from err
+    except hub_errors.HfHubHTTPError as err:
+        raise CheckpointError(f"cannot fetch {text} from the Hugging Face Hub: {err}") from err
+
+
+def _read(
+    path: Path, map_location: str | torch.device
+) -> tuple[dict[str, Tensor], EncoderMetadata | None]:
+    """Load a file and return the bare encoder state_dict and our metadata (if any)."""
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if not zipfile.is_zipfile(path):  # every torch.save file since PyTorch 1.6 is a zip
+            raise CheckpointError(f"{path} is not a PyTorch checkpoint file.") from err
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        what = f" ({found.group(1)})" if found else ""
+        raise CheckpointError(
+            f"{path} holds python objects besides tensors{what}, which safe loading "
+            "(weights_only=True) refuses; load it once in a trusted session, save its state_dict "
+            "alone with torch.save and pass that file."
+        ) from err
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint file ({err!r}).") from err
+    if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
+        meta = EncoderMetadata.from_dict(obj.get("metadata", {}))
+        return _encoder_keys(obj.get("state_dict", {}), path), meta
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not any(isinstance(v, Tensor) for v in obj.values()):
+        raise CheckpointError(
+            f"{path} is not an encoder checkpoint: it holds no state_dict of tensors "
+            f"(found {type(obj).__name__})."
+        )
+    return _encoder_keys(obj, path), None
+
+
+def _encoder_keys(state: Mapping[str, Any], path: Path) -> dict[str, Tensor]:
+    """Strip the encoder's prefix, rename ``class_token``, drop training-only entries."""
+    anchor = "spectral_embedding.1.weight"
+    prefix = next((p for p in ("", *PREFIXES) if p + anchor in state), "")
+    out = {}
+    for key, value in state.items():
+        if DROPPED.match(key) or (key.startswith(PREFIXES) and not key.startswith(prefix)):
+            continue  # training-only entries, or another copy of the encoder (e.g. learner_val)
+        name = key[len(prefix) :] if key.startswith(prefix) else key
+        out["time_token" if name == "class_token" else name] = value
+    bad = [k for k, v in out.items() if not isinstance(v, Tensor)]
+    if bad:
+        raise CheckpointError(
+            f"{path}: entries {bad} are not tensors; this is not an encoder state_dict."
+        )
+    return out
+
+
+def infer_config(state: Mapping[str, Tensor], meta: EncoderMetadata | None = None) -> EncoderConfig:
+    """The architecture the tensors describe (heads, bands and dropout from metadata if any)."""
+    for key, ndim in INFERENCE_KEYS.items():
+        if key not in state:
+            raise CheckpointError(
+                f"checkpoint is missing the key {key!r}; it is not a TimeSenCLIP encoder."
+            )
+        if state[key].ndim != ndim:
+            raise CheckpointError(
+                f"checkpoint key {key!r} has shape {tuple(state[key].shape)}, not {ndim}-d."
+            )
+    base = meta.config if meta is not None else EncoderConfig(heads=PUBLISHED_HEADS)
+    dim, in_features = state["spectral_embedding.1.weight"].shape
+    patch = round((in_features / base.bands) ** 0.5)
+    if patch * patch * base.bands != in_features:
+        raise CheckpointError(
+            f"spectral_embedding.1.weight has {in_features} inputs, which is not "
+            f"{base.bands} bands times a square patch k*k."
+        )
+    if dim % base.heads:
+        raise CheckpointError(
+            f"the checkpoint's dim={dim} is not divisible by heads={base.heads}; heads cannot be "
+            "read from the tensors, so save the model with save_checkpoint to record them."
+        )
+    layers = {int(m.group(1)) for k in state if (m := re.match(r"transformer\.layers\.(\d+)\.", k))}
+    return dataclasses.replace(
+        base,
+        dim=dim,
+        depth=max(layers) + 1,
+        ff_dim=state["transformer.layers.0.linear1.weight"].shape[0],
+        months=state["time_pos_encoding"].shape[1],
+        patch=patch,
+    )
+
+
+def _check_tensors(model: TimeSenCLIPEncoder, state: Mapping[str, Tensor], path: Path) -> None:
+    """Name every missing key, unexpected key and shape mismatch in one error."""
+    expected = model.state_dict()
+    problems = [f"missing key {k!r}" for k in expected if k not in state]
+    problems += [f"unexpected key {k!r}" for k in state if k not in expected]
+    problems += [
+        f"{k!r} has shape {tuple(state[k].shape)} in the file but {tuple(v.shape)} is expected"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if problems:
+        raise CheckpointError(
+            f"{path} does not match a TimeSenCLIP encoder with {model.config}: "
+            + "; ".join(problems)
+            + "."
+        )

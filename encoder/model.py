@@ -1,0 +1,185 @@
+"""The TimeSenCLIP pixel encoder, with the published state_dict layout and a fast inference path."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from encoder.errors import TimeSenCLIPError
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Hyper-parameters; the defaults are the published single-pixel model."""
+
+    dim: int = 512
+    depth: int = 6
+    heads: int = 8
+    ff_dim: int = 256
+    dropout: float = 0.2
+    months: int = 12
+    bands: int = 10
+    patch: int = 1
+
+
+class TimeSenCLIPEncoder(nn.Module):
+    """Transformer over monthly Sentinel-2 tokens; the CLS (``time_token``) output is the embedding.
+
+    Attribute names match the published checkpoints, so its ``state_dict`` loads them unchanged.
+    """
+
+    def __init__(self, **config: int | float) -> None:
+        super().__init__()
+        cfg = EncoderConfig(**config)
+        if cfg.dim % cfg.heads:
+            raise TimeSenCLIPError(f"dim={cfg.dim} is not divisible by heads={cfg.heads}.")
+        self.config = cfg
+        self.metadata = None  # an EncoderMetadata when the model came from load_encoder
+        self.spectral_embedding = nn.Sequential(
+            nn.Flatten(start_dim=2),  # (n, t, c[, h, w]) -> (n, t, c*h*w), no weights
+            nn.Linear(cfg.bands * cfg.patch**2, cfg.dim),
+        )
+        self.time_pos_encoding = nn.Parameter(torch.zeros(1, cfg.months, cfg.dim))
+        self.time_token = nn.Parameter(torch.randn(1, 1, cfg.dim))
+        layer = nn.TransformerEncoderLayer(
+            cfg.dim, cfg.heads, cfg.ff_dim, cfg.dropout, batch_first=True
+        )
+        self.transformer = nn.TransformerEncoder(layer, cfg.depth, enable_nested_tensor=False)
+        self.mlp_head = nn.Sequential(nn.LayerNorm(cfg.dim), nn.Linear(cfg.dim, cfg.dim))
+
+    def forward(self, x: Tensor, month_mask: Tensor | None = None) -> Tensor:
+        """Embed normalised pixel series ``x`` (N, months, bands[, k, k]) into (N, dim).
+
+        ``month_mask`` (N, months), True = present; when None, a month is present where all its
+        values are finite (so NaN months of a cube drop out by themselves). Absent months are left
+        out of attention and their values never matter; present months keep their own positions; a
+        pixel with one present month, or an annual median given as (N, 1, bands[, k, k]), uses the
+        mean position, as in training; a pixel with no present month gets a NaN row.
+        """
+        present = self._check_input(x, month_mask)
+        x = torch.where(present.view(*present.shape, *[1] * (x.ndim - 2)), x, 0.0).flatten(2)
+        tokens = self.embed_spectral(x) + _positions(self.time_pos_encoding, present)
+        qkv = None if self.training else self._first_qkv(x, present)
+        return self._encode(tokens, ~present, qkv)
+
+    def embed_spectral(self, x: Tensor) -> Tensor:
+        """Spectral embedding only, (N, T, bands[, k, k]) -> (N, T, dim), without positions."""
+        return self.spectral_embedding(x)
+
+    def encode_tokens(self, tokens: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        """Run the transformer over tokens that already carry positions; return mlp_head(CLS).
+
+        ``padding_mask`` (N, T), True = leave the token out (PyTorch's key-padding convention). A
+        row with every token left out gets NaN. Eval mode takes the fast path, train mode the plain
+        ``self.transformer`` (dropout active).
+        """
+        return self._encode(tokens, padding_mask, None)
+
+    def _encode(self, tokens: Tensor, padding_mask: Tensor | None, qkv: Tensor | None) -> Tensor:
+        seq = torch.cat([self.time_token.expand(tokens.shape[0], -1, -1), tokens], 1)
+        key_mask = empty = None
+        if padding_mask is not None and padding_mask.any():
+            empty = padding_mask.all(1)
+            # The CLS token is never padded, so rows with no token left stay finite until masked.
+            key_mask = F.pad(padding_mask, (1, 0), value=False)
+        if self.training:
+            cls = self.transformer(seq, src_key_padding_mask=key_mask)[:, 0]
+        else:
+            cls = self._fast_cls(seq, key_mask, qkv)
+        out = self.mlp_head(cls)
+        return out if empty is None else out.masked_fill(empty[:, None], float("nan"))
+
+    def _first_qkv(self, x: Tensor, present: Tensor) -> Tensor:
+        """First-layer q/k/v straight from the flat input: the spectral embedding is linear, so
+        ``W_in (W_e x + b_e + pos) + b_in`` folds into one small (3*dim, bands*k*k) matrix."""
+        lin = self.spectral_embedding[1]
+        attn = self.transformer.layers[0].self_attn
+        w, b = attn.in_proj_weight, attn.in_proj_bias
+        pos = F.linear(self.time_pos_encoding + lin.bias, w, b)
+        tokens = F.linear(x, w @ lin.weight) + _positions(pos, present)
+        cls = F.linear(self.time_token, w, b).expand(x.shape[0], -1, -1)
+        return torch.cat([cls, tokens], 1)
+
+    def _fast_cls(self, seq: Tensor, key_mask: Tensor | None, qkv: Tensor | None) -> Tensor:
+        """The encoder layers by hand (SDPA); the last layer computes the CLS token only."""
+        attn_mask = None if key_mask is None else ~key_mask[:, None, None, :]
+        *body, last = self.transformer.layers
+        for i, layer in enumerate(body):
+            seq = _layer_eval(layer, seq, attn_mask, qkv if i == 0 else None)
+        return _last_layer_eval(last, seq, key_mask)
+
+    def _check_input(self, x: Tensor, month_mask: Tensor | None) -> Tensor:
+        """Validate shapes and return the (N, T) bool mask of present months."""
+        cfg = self.config
+        tail = (cfg.bands,) if cfg.patch == 1 and x.ndim == 3 else (cfg.bands, cfg.patch, cfg.patch)
+        if x.ndim not in (3, 5) or x.shape[1] not in (cfg.months, 1) or x.shape[2:] != tail:
+            raise TimeSenCLIPError(
+                f"encoder input must be (N, {cfg.months} or 1, {', '.join(map(str, tail))}) "
+                f"normalised values, got shape {tuple(x.shape)}."
+            )
+        if month_mask is None:
+            return torch.isfinite(x).flatten(2).all(-1)
+        if month_mask.shape != x.shape[:2] or month_mask.dtype != torch.bool:
+            raise TimeSenCLIPError(
+                f"month_mask must be a bool tensor of shape {tuple(x.shape[:2])}, "
+                f"got {month_mask.dtype} {tuple(month_mask.shape)}."
+            )
+        return month_mask
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(self.config).items())
+
+
+def _positions(table: Tensor, present: Tensor) -> Tensor:
+    """Per-token position terms from a (1, months, E) table: the mean row for a single token or a
+    pixel with one present month (as training did), each month's own row otherwise."""
+    mean = table.mean(1, keepdim=True)
+    if present.shape[1] == 1:
+        return mean
+    single = present.sum(1) == 1
+    return torch.where(single[:, None, None], mean, table) if single.any() else table
+
+
+def _post_norm_ffn(layer: nn.TransformerEncoderLayer, x: Tensor, attn_out: Tensor) -> Tensor:
+    x = layer.norm1(x + layer.self_attn.out_proj(attn_out))
+    return layer.norm2(x + layer.linear2(F.relu(layer.linear1(x))))
+
+
+def _layer_eval(
+    layer: nn.TransformerEncoderLayer, x: Tensor, attn_mask: Tensor | None, qkv: Tensor | None
+) -> Tensor:
+    """One post-norm ``TransformerEncoderLayer`` (ReLU, no dropout) with the layer's own weights."""
+    attn = layer.self_attn
+    if qkv is None:
+        qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias)
+    q, k, v = qkv.unflatten(-1, (3, attn.num_heads, attn.head_dim)).permute(2, 0, 3, 1, 4)
+    o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+    return _post_norm_ffn(layer, x, o.transpose(1, 2).flatten(2))
+
+
+def _last_layer_eval(
+    layer: nn.TransformerEncoderLayer, x: Tensor, key_mask: Tensor | None
+) -> Tensor:
+    """The last layer for the CLS token only, (N, L, D) -> (N, D).
+
+    The key and value projections are moved to the CLS side: ``q . (W_k x_j + b_k)`` equals
+    ``(W_k^T q) . x_j`` plus a term constant over j (which softmax ignores), and the value mix
+    ``sum_j a_j (W_v x_j + b_v)`` equals ``W_v (sum_j a_j x_j) + b_v``; so no token but CLS is
+    projected at all.
+    """
+    attn = layer.self_attn
+    heads, hd, dim = attn.num_heads, attn.head_dim, x.shape[-1]
+    w, b = attn.in_proj_weight, attn.in_proj_bias
+    w_k, w_v = w[dim:].view(2, heads, hd, dim).unbind(0)
+    cls = x[:, 0]
+    q = F.linear(cls, w[:dim], b[:dim]).view(-1, heads, hd) * hd**-0.5
+    scores = torch.einsum("nhe,hed->nhd", q, w_k) @ x.transpose(1, 2)  # (N, heads, L)
+    if key_mask is not None:
+        scores = scores.masked_fill(key_mask[:, None, :], float("-inf"))
+    mix = scores.softmax(-1) @ x  # (N, heads, D): each head's attention-weighted token mean
+    o = torch.einsum("nhd,hed->nhe", mix, w_v) + b[2 * dim :].view(heads, hd)
+    return _post_norm_ffn(layer, cls, o.flatten(1))
