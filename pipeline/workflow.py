@@ -1,0 +1,629 @@
+"""Workflow files: the pydantic schema, path resolution, and readable validation errors.
+
+Relative paths (GeoJSON regions, a STAC file, a local checkpoint, the output folder) are resolved
+against the folder of the workflow file. Everything is checked before any work starts, and all
+problems are reported at once in one ``WorkflowError``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import difflib
+import json
+import re
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    Tag,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from encoder.errors import TimeSenCLIPError
+from pipeline.tiles import Tile, check_bbox, geometry_bounds, tiles_for_region
+
+DEFAULT_CLOUD_MASK = (0, 1, 3, 8, 9, 10)  # SCL: no data, saturated, shadow, cloud med/high, cirrus
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
+_COLOR_RE = re.compile(r"#[0-9a-fA-F]{6}")
+_SCHEDULER_RE = re.compile(r"(tcp|tls|ucx|inproc|ws|wss)://\S+")
+_DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
+_HF_HUB_RE = re.compile(r"hf-hub:[^/\s]+/[^/\s]+/\S+")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt")
+
+
+class WorkflowError(TimeSenCLIPError):
+    """A workflow file that cannot be read or does not validate."""
+
+
+def _safe_name(value: str) -> str:
+    if not _NAME_RE.fullmatch(value):
+        raise ValueError(
+            "use 1-100 letters, digits, '-' or '_', starting with a letter or digit "
+            "(the name becomes part of output file names)"
+        )
+    return value
+
+
+def _color(value: str) -> str:
+    if not _COLOR_RE.fullmatch(value):
+        raise ValueError("a colour is a '#rrggbb' hex string, e.g. '#7b2d8b'")
+    return value.lower()
+
+
+SafeName = Annotated[str, AfterValidator(_safe_name)]
+
+
+def _resolve(value: str | Path, info: ValidationInfo) -> Path:
+    """An absolute path: relative ones are read from the workflow file's folder."""
+    path = Path(value).expanduser()
+    base = Path((info.context or {}).get("base_dir", "."))
+    return (base / path).resolve()
+
+
+def _existing(path: Path, what: str, info: ValidationInfo, *, folder: bool = False) -> Path:
+    if not (path.is_dir() if folder else path.is_file()):
+        base = Path((info.context or {}).get("base_dir", ".")).resolve()
+        raise ValueError(
+            f"no such {what} {path} "
+            f"(relative paths are read from the workflow file's folder, {base})"
+        )
+    return path
+
+
+def _unique(names: list[str], field: str) -> None:
+    """Names must differ even in case: they name files, and some file systems ignore case."""
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        j = seen.setdefault(name.casefold(), i)
+        if j != i:
+            raise ValueError(
+                f"got the name {names[j]!r} at {field}[{j}] and {name!r} at {field}[{i}]; "
+                "names must be unique, ignoring case (they name output files)"
+            )
+
+
+def _did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(str(word), list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Region(_Model):
+    """A named area: a lon/lat bbox, or the Polygon/MultiPolygon geometries of a GeoJSON file."""
+
+    name: SafeName
+    bbox: tuple[float, float, float, float] | None = None
+    geojson: Path | None = None
+    _geometry: dict[str, Any] | None = PrivateAttr(None)
+
+    @field_validator("bbox", mode="before")
+    @classmethod
+    def _check_bbox(cls, value: Any) -> Any:
+        return None if value is None else check_bbox(value)
+
+    @field_validator("geojson")
+    @classmethod
+    def _check_geojson(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
+        path = _existing(_resolve(value, info), "GeoJSON file", info)
+        read_geojson(path)  # fail here, where the error names the field
+        return path
+
+    @model_validator(mode="after")
+    def _one_area(self) -> Region:
+        if (self.bbox is None) == (self.geojson is None):
+            given = "both" if self.bbox is not None else "neither"
+            raise ValueError(
+                "give exactly one of bbox: [west, south, east, north] or geojson: FILE "
+                f"({given} given)"
+            )
+        if self.geojson is not None:
+            self._geometry = read_geojson(self.geojson)
+            self.bbox = geometry_bounds(self._geometry)
+        return self
+
+    @property
+    def geometry(self) -> dict[str, Any] | None:
+        """The GeoJSON MultiPolygon (lon/lat) of a geojson region; None for a bbox region."""
+        return self._geometry
+
+    @property
+    def area(self) -> tuple[float, float, float, float] | dict[str, Any]:
+        """What ``pipeline.tiles`` takes: the geometry when there is one, else the bbox."""
+        return self._geometry if self._geometry is not None else self.bbox
+
+
+def read_geojson(path: Path) -> dict[str, Any]:
+    """The Polygon/MultiPolygon geometries of a GeoJSON file as one lon/lat MultiPolygon dict."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TimeSenCLIPError(f"cannot read {path} as GeoJSON: {exc}") from None
+    crs = _declared_crs(doc)
+    if crs and not crs.upper().endswith(("CRS84", "4326")):
+        raise TimeSenCLIPError(
+            f"{path.name} declares the CRS {crs}; regions must be in lon/lat (EPSG:4326): "
+            "reproject it, e.g. ogr2ogr -t_srs EPSG:4326 out.geojson in.geojson"
+        )
+    polygons = []
+    for geometry in _geometries(doc):
+        kind = geometry.get("type") if isinstance(geometry, dict) else None
+        if kind not in ("Polygon", "MultiPolygon"):
+            raise TimeSenCLIPError(
+                f"{path.name} holds a {kind or type(geometry).__name__} geometry; "
+                "region files may hold only Polygon and MultiPolygon geometries"
+            )
+        coords = geometry.get("coordinates")
+        polygons.extend([coords] if kind == "Polygon" else coords or [])
+    if not polygons:
+        raise TimeSenCLIPError(f"{path.name} holds no Polygon or MultiPolygon geometry")
+    multipolygon = {"type": "MultiPolygon", "coordinates": polygons}
+    try:
+        geometry_bounds(multipolygon)
+    except TimeSenCLIPError as exc:
+        raise TimeSenCLIPError(f"{path.name}: {exc}") from None
+    return multipolygon
+
+
+def _declared_crs(doc: Any) -> str:
+    """The name in a legacy (2008 spec) GeoJSON ``crs`` member, or "" without one."""
+    try:
+        return str(doc["crs"]["properties"]["name"])
+    except (KeyError, TypeError):
+        return ""
+
+
+def _geometries(doc: Any) -> typing.Iterator[Any]:
+    kind = doc.get("type") if isinstance(doc, dict) else None
+    if kind == "FeatureCollection":
+        for feature in doc.get("features") or []:
+            yield from _geometries(feature)
+    elif kind == "Feature":
+        if doc.get("geometry") is not None:  # null-geometry features carry only attributes
+            yield from _geometries(doc["geometry"])
+    elif kind == "GeometryCollection":
+        for geometry in doc.get("geometries") or []:
+            yield from _geometries(geometry)
+    else:
+        yield doc
+
+
+class StacConfig(_Model):
+    """Where the Sentinel-2 L2A items come from: a STAC API ``url`` or a local ``file``."""
+
+    url: str | None = None
+    file: Path | None = None
+    collection: str = "sentinel-2-l2a"
+    max_cloud_cover: float | None = Field(None, ge=0, le=100)
+    provider: Literal["auto", "earth-search", "planetary-computer"] = "auto"
+    retries: int = Field(5, ge=0)
+    on_bad_asset: Literal["raise", "skip"] = "raise"
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"https?://[^/\s]+", value):
+            raise ValueError("expected an http(s):// STAC API address")
+        return value
+
+    @field_validator("file")
+    @classmethod
+    def _check_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return None if value is None else _existing(_resolve(value, info), "STAC file", info)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> StacConfig:
+        if (self.url is None) == (self.file is None):
+            raise ValueError("give exactly one of url: STAC_API_URL or file: ITEMS.json")
+        return self
+
+
+class CubeConfig(_Model):
+    """Monthly composite cube settings."""
+
+    resolution: float = Field(10.0, gt=0)
+    tile_size: int = Field(4096, ge=256, le=16384)
+    chunk_size: int = Field(512, ge=64, le=4096)
+    cloud_mask: list[Annotated[int, Field(ge=0, le=11)]] = Field(
+        default_factory=lambda: list(DEFAULT_CLOUD_MASK)
+    )
+    mask_mode: Literal["default", "reference"] = "default"
+    resampling: Literal["nearest", "bilinear", "cubic", "average"] = "nearest"
+
+    @field_validator("chunk_size")
+    @classmethod
+    def _divides_tile(cls, value: int, info: ValidationInfo) -> int:
+        tile_size = info.data.get("tile_size")  # absent when tile_size itself was invalid
+        if tile_size and tile_size % value:
+            fits = [c for c in (256, 512, 1024, 2048) if tile_size % c == 0]
+            raise ValueError(
+                f"chunk_size must divide tile_size {tile_size} evenly"
+                + (f", e.g. {' or '.join(map(str, fits))}" if fits else "")
+            )
+        return value
+
+
+class ClipConfig(_Model):
+    """The open_clip text tower: a model name (or local-dir:FOLDER) and a pretrained tag or file."""
+
+    model: str = "ViT-B-32"
+    pretrained: str | None = "openai"
+
+    @field_validator("model")
+    @classmethod
+    def _resolve_dir(cls, value: str, info: ValidationInfo) -> str:
+        if value.startswith("local-dir:"):
+            folder = _resolve(value.removeprefix("local-dir:"), info)
+            return "local-dir:" + str(_existing(folder, "model folder", info, folder=True))
+        return value
+
+    @field_validator("pretrained")
+    @classmethod
+    def _resolve_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and value.lower().endswith(_WEIGHT_SUFFIXES):
+            return str(_existing(_resolve(value, info), "weights file", info))
+        return value
+
+
+class ModelConfig(_Model):
+    """The TimeSenCLIP encoder checkpoint, the CLIP text tower, and where to run them."""
+
+    checkpoint: str
+    clip: ClipConfig = Field(default_factory=ClipConfig)
+    device: str = "auto"
+    batch_size: int = Field(65536, ge=1)
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _check_checkpoint(cls, value: str, info: ValidationInfo) -> str:
+        if value.startswith("hf-hub:"):
+            if not _HF_HUB_RE.fullmatch(value):
+                raise ValueError("a hub checkpoint is written hf-hub:OWNER/REPO/FILE")
+            return value
+        return str(_existing(_resolve(value, info), "checkpoint file", info))
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if not _DEVICE_RE.fullmatch(value):
+            raise ValueError("allowed: auto, cpu, cuda, cuda:N")
+        return value
+
+
+class ClassEntry(_Model):
+    """A user-defined class: a name, an optional map colour, optional prompts (else the name)."""
+
+    name: str = Field(min_length=1)
+    color: Annotated[str, AfterValidator(_color)] | None = None
+    prompts: list[Annotated[str, Field(min_length=1)]] | None = Field(None, min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_name(cls, data: Any) -> Any:
+        return {"name": data} if isinstance(data, str) else data
+
+
+def _check_class_set(name: str) -> str:
+    from encoder.prompts import class_set, class_set_names  # torch import, deferred
+
+    try:
+        class_set(name)
+    except TimeSenCLIPError:
+        names = class_set_names()
+        raise ValueError(
+            f"allowed: {', '.join(names)}, or a list of classes{_did_you_mean(name, names)}"
+        ) from None
+    return name
+
+
+def _check_class_list(entries: list[ClassEntry]) -> list[ClassEntry]:
+    from encoder.prompts import resolve_classes
+
+    resolve_classes([e.model_dump(exclude_none=True) for e in entries])  # e.g. duplicate names
+    return entries
+
+
+ClassesSpec = Annotated[
+    Annotated[str, AfterValidator(_check_class_set), Tag("set")]
+    | Annotated[
+        list[ClassEntry], Field(min_length=1), AfterValidator(_check_class_list), Tag("list")
+    ],
+    Discriminator(
+        lambda v: "set" if isinstance(v, str) else "list" if isinstance(v, list) else None,
+        custom_error_type="classes_type",
+        custom_error_message="expected a class set name (e.g. land_cover) or a list of classes",
+    ),
+]
+
+
+class TaskConfig(_Model):
+    """One map to make: classes (a built-in set name or a list) and prompt templates."""
+
+    name: SafeName
+    classes: ClassesSpec
+    templates: str | list[str] = "class_names"
+    top_k: int = Field(1, ge=1)
+
+    @field_validator("templates", mode="before")
+    @classmethod
+    def _check_templates(cls, value: Any) -> Any:
+        from encoder.prompts import template_set, template_set_names
+
+        names = template_set_names()
+        if isinstance(value, str) and value not in names:
+            raise ValueError(
+                f"allowed: {', '.join(names)}, or a list of templates each with one '{{}}'"
+                + _did_you_mean(value, names)
+            )
+        if not isinstance(value, str | list):
+            raise ValueError("expected a template set name or a list of templates")
+        template_set(value)  # raises naming the bad template
+        return value
+
+    @model_validator(mode="after")
+    def _top_k_fits(self) -> TaskConfig:
+        n = len(self.class_specs())
+        if self.top_k > n:
+            raise ValueError(f"top_k {self.top_k} exceeds the task's {n} classes")
+        return self
+
+    def class_specs(self) -> list[Any]:
+        """The classes as ``encoder.prompts.ClassSpec`` objects, in label order."""
+        from encoder.prompts import resolve_classes
+
+        if isinstance(self.classes, str):
+            return resolve_classes(self.classes)
+        return resolve_classes([e.model_dump(exclude_none=True) for e in self.classes])
+
+    def prompt_templates(self) -> list[str]:
+        """The templates as a list of "{}" strings."""
+        from encoder.prompts import template_set
+
+        return template_set(self.templates)
+
+
+class OutputsConfig(_Model):
+    """Where maps go and which extra layers to write."""
+
+    dir: Path
+    confidence: bool = True
+    embeddings: bool = False
+    overview_resampling: Literal["nearest", "mode"] = "mode"
+
+    @field_validator("dir")
+    @classmethod
+    def _resolve_dir(cls, value: Path, info: ValidationInfo) -> Path:
+        return _resolve(value, info)
+
+
+class DaskConfig(_Model):
+    """A running Dask scheduler to use, or the size of a local cluster (None = Dask's defaults)."""
+
+    scheduler: str | None = None
+    n_workers: int | None = Field(None, ge=1)
+    threads_per_worker: int | None = Field(None, ge=1)
+
+    @field_validator("scheduler")
+    @classmethod
+    def _check_scheduler(cls, value: str | None) -> str | None:
+        if value is not None and not _SCHEDULER_RE.fullmatch(value):
+            raise ValueError("expected a scheduler address such as tcp://host:8786")
+        return value
+
+    @model_validator(mode="after")
+    def _local_sizes_only(self) -> DaskConfig:
+        if self.scheduler and (self.n_workers or self.threads_per_worker):
+            raise ValueError(
+                "n_workers and threads_per_worker size a local cluster; with a scheduler address "
+                "the cluster's own workers are used: drop them or drop scheduler"
+            )
+        return self
+
+
+class Workflow(_Model):
+    """A complete mapping job: regions x tasks for one year."""
+
+    name: SafeName
+    year: int = Field(ge=2015, le=datetime.date.today().year)  # Sentinel-2A launched in 2015
+    regions: list[Region] = Field(min_length=1)
+    stac: StacConfig
+    cube: CubeConfig = Field(default_factory=CubeConfig)
+    model: ModelConfig
+    tasks: list[TaskConfig] = Field(min_length=1)
+    outputs: OutputsConfig
+    dask: DaskConfig = Field(default_factory=DaskConfig)
+    _source: Path | None = PrivateAttr(None)
+
+    @field_validator("regions")
+    @classmethod
+    def _unique_regions(cls, value: list[Region]) -> list[Region]:
+        _unique([r.name for r in value], "regions")
+        return value
+
+    @field_validator("tasks")
+    @classmethod
+    def _unique_tasks(cls, value: list[TaskConfig]) -> list[TaskConfig]:
+        _unique([t.name for t in value], "tasks")
+        return value
+
+    @property
+    def source(self) -> Path | None:
+        """The workflow file this was read from, if any."""
+        return self._source
+
+    def tiles(self, region: Region) -> list[Tile]:
+        """The region's tiles on this workflow's grid (``cube.tile_size`` x ``cube.resolution``)."""
+        return tiles_for_region(
+            region.area, self.cube.tile_size, self.cube.resolution, name=region.name
+        )
+
+    def summary(self) -> str:
+        """A few lines saying what the workflow will do, for ``timesenclip validate``."""
+        lines = [f"workflow {self.name!r}: year {self.year}, outputs in {self.outputs.dir}"]
+        for region in self.regions:
+            tiles = self.tiles(region)
+            crs = ", ".join(f"EPSG:{e}" for e in sorted({t.epsg for t in tiles}))
+            bbox = ", ".join(f"{v:g}" for v in region.bbox)
+            lines.append(f"  region {region.name}: [{bbox}], {len(tiles)} tile(s) in {crs}")
+        for task in self.tasks:
+            label = task.classes if isinstance(task.classes, str) else "custom"
+            lines.append(f"  task {task.name}: {len(task.class_specs())} classes ({label})")
+        return "\n".join(lines)
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys, where PyYAML would silently keep the last one."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[str, int] = {}
+        for key, _ in node.value:
+            if isinstance(key, yaml.ScalarNode):
+                if key.value in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"duplicate key {key.value!r} (first given at line {seen[key.value]})",
+                        key.start_mark,
+                    )
+                seen[key.value] = key.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+def load_workflow(path: str | Path) -> Workflow:
+    """Read and validate a workflow YAML file; any problem raises one ``WorkflowError``."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise WorkflowError(
+            f"workflow file {path} not found: check the path "
+            "(the examples in workflows/ are a good start)"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise WorkflowError(f"cannot read workflow file {path}: {exc}") from None
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise WorkflowError(f"workflow file {path} is not valid YAML{where}: {problem}") from None
+    finally:
+        loader.dispose()
+    workflow = _validate(data, path.parent, str(path), node)
+    workflow._source = path.resolve()
+    return workflow
+
+
+def parse_workflow(
+    data: Any, *, base_dir: str | Path = ".", source: str = "<workflow>"
+) -> Workflow:
+    """Validate an already-parsed workflow mapping; relative paths are read from ``base_dir``."""
+    return _validate(data, Path(base_dir), source, None)
+
+
+def _validate(data: Any, base_dir: Path, source: str, node: yaml.Node | None) -> Workflow:
+    if not isinstance(data, dict):
+        got = "nothing (the file is empty)" if data is None else f"a {type(data).__name__}"
+        raise WorkflowError(
+            f"workflow {source} must be a mapping of keys (name, year, regions, stac, model, "
+            f"tasks, outputs, ...), got {got}"
+        )
+    try:
+        workflow = Workflow.model_validate(data, context={"base_dir": base_dir.resolve()})
+    except ValidationError as exc:
+        problems = [_describe(err, node) for err in exc.errors(include_url=False)]
+        raise WorkflowError(
+            f"workflow {source} has {len(problems)} problem(s):\n"
+            + "\n".join(f"  - {p}" for p in problems)
+            + f"\nFix them, then check with: timesenclip validate {source}"
+        ) from None
+    return workflow
+
+
+def _describe(err: Any, node: yaml.Node | None) -> str:
+    """``<field path> (line N): got <value>; <what is allowed>`` for one pydantic error."""
+    loc, kind, value = err["loc"], err["type"], err.get("input")
+    path, owner = _walk(loc, extra=kind == "extra_forbidden")
+    line = _yaml_line(node, loc)
+    where = f"{path} (line {line})" if line else path
+    if kind == "missing":
+        return f"{where}: missing; this field is required"
+    if kind == "extra_forbidden":
+        allowed = list(owner.model_fields) if owner else []
+        return (
+            f"{where}: got {_show(value)}; unknown key{_did_you_mean(loc[-1], allowed)}, "
+            f"allowed keys: {', '.join(allowed)}"
+        )
+    if kind == "literal_error":
+        return f"{where}: got {_show(value)}; allowed: {err['ctx']['expected']}"
+    msg = err["msg"].removeprefix("Value error, ")
+    if msg.startswith("got "):
+        return f"{where}: {msg}"
+    return f"{where}: got {_show(value)}; {msg[:1].lower()}{msg[1:]}"
+
+
+def _walk(loc: tuple[Any, ...], extra: bool) -> tuple[str, type[BaseModel] | None]:
+    """Readable path of an error location, without pydantic's union tags, and the model owning
+    its last key (for listing the allowed keys)."""
+    model: type[BaseModel] | None = Workflow
+    owner, path = model, ""
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif model is not None and part in model.model_fields:
+            owner = model
+            path += f".{part}" if path else part
+            model = _inner_model(model.model_fields[part].annotation)
+        elif extra and i == len(loc) - 1:
+            owner = model
+            path += f".{part}" if path else str(part)
+    return path or "(top level)", owner
+
+
+def _inner_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        if (found := _inner_model(arg)) is not None:
+            return found
+    return None
+
+
+def _yaml_line(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """1-based line of the deepest part of ``loc`` present in the YAML node tree."""
+    line = None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next((kv for kv in node.value if kv[0].value == part), None)
+            if match is None:
+                continue  # a union tag, or a missing key: keep the parent's line
+            line, node = match[0].start_mark.line + 1, match[1]
+        elif (
+            isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value)
+        ):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+    return line
+
+
+def _show(value: Any, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
