@@ -1,0 +1,360 @@
+"""Evaluate an encoder on a pairs store: zero-shot classification per task and retrieval.
+
+Per task: top-1 / top-5 accuracy, balanced accuracy (mean recall over the classes present),
+macro F1, per-class precision / recall / F1 / support and a confusion matrix (PNG, rows = true
+class, normalised per row). Optionally the reference's transductive per-class normalisation
+(scores divided by each class's mean score over the whole evaluated set), reported separately
+and labelled transductive because it uses the statistics of the test set itself. Retrieval:
+Recall@1/5/10 satellite -> ground and ground -> satellite among all evaluated points with
+photos, against the pooled ground embeddings. Outputs ``report.json``, ``report.md`` and
+``confusion_<task>.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from encoder.errors import TimeSenCLIPError
+from encoder.ground import PhotoPooling, atomic_target, resolve_device
+from encoder.pairs import check_task, read_pairs
+from encoder.preprocess import normalize
+
+log = logging.getLogger(__name__)
+
+RECALL_AT = (1, 5, 10)
+TOP_K = 5
+
+
+class EvaluationError(TimeSenCLIPError):
+    """Evaluation cannot run with the given checkpoint, data or options."""
+
+
+# --- metrics (numpy) ----------------------------------------------------------------------------
+
+
+def classification_metrics(
+    labels: np.ndarray, scores: np.ndarray, class_names: Sequence[str]
+) -> dict[str, Any]:
+    """Metrics of per-class ``scores`` (N, K) against true ``labels`` (N,) (all >= 0)."""
+    n, k = scores.shape
+    predicted = scores.argmax(1)
+    top = np.argsort(-scores, axis=1, kind="stable")[:, : min(TOP_K, k)]
+    confusion = np.zeros((k, k), dtype=np.int64)
+    np.add.at(confusion, (labels, predicted), 1)
+    support = confusion.sum(1)
+    predicted_count = confusion.sum(0)
+    hits = np.diag(confusion)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(predicted_count > 0, hits / predicted_count, 0.0)
+        recall = np.where(support > 0, hits / support, np.nan)
+        f1 = np.where(
+            precision + np.nan_to_num(recall) > 0,
+            2 * precision * recall / (precision + recall),
+            0.0,
+        )
+    present = support > 0
+    return {
+        "n": int(n),
+        "top1": float((predicted == labels).mean()),
+        f"top{top.shape[1]}": float((top == labels[:, None]).any(1).mean()),
+        "balanced_accuracy": float(recall[present].mean()),
+        "macro_f1": float(f1[present].mean()),
+        "per_class": [
+            {
+                "class": name,
+                "support": int(support[i]),
+                "precision": float(precision[i]),
+                "recall": None if not present[i] else float(recall[i]),
+                "f1": float(f1[i]) if present[i] else None,
+            }
+            for i, name in enumerate(class_names)
+        ],
+        "confusion": confusion.tolist(),
+    }
+
+
+def transductive_scores(cosine: np.ndarray) -> np.ndarray:
+    """The reference's "Normalized" scores: (cos/2 + 1) divided by its per-class mean over the
+    evaluated set. Transductive: a point's prediction depends on the other test points."""
+    shifted = cosine / 2 + 1
+    return shifted / (shifted.mean(0, keepdims=True) + 1e-6)
+
+
+def retrieval_recall(
+    queries: Tensor, keys: Tensor, ks: Sequence[int] = RECALL_AT, batch_size: int = 4096
+) -> dict[str, float]:
+    """Recall@k of finding ``keys[i]`` for ``queries[i]`` among all keys (cosine similarity).
+
+    Ties count in the query's favour (rank = number of keys strictly more similar).
+    """
+    q = torch.nn.functional.normalize(queries.float(), dim=-1)
+    k = torch.nn.functional.normalize(keys.float(), dim=-1)
+    ranks = []
+    for start in range(0, len(q), batch_size):
+        sims = q[start : start + batch_size] @ k.T
+        own = sims.diagonal(offset=start).unsqueeze(1)
+        ranks.append((sims > own).sum(1).cpu())
+    rank = torch.cat(ranks)
+    return {f"R@{n}": float((rank < n).float().mean()) for n in ks}
+
+
+# --- running it ---------------------------------------------------------------------------------
+
+
+@dataclass
+class EvaluationReport:
+    """What :func:`run_evaluation` measured and wrote."""
+
+    results: dict[str, Any]
+    json_path: Path
+    markdown_path: Path
+    figures: list[Path]
+
+
+def _embed(model, x: Tensor, month_mask: Tensor, batch_size: int) -> Tensor:
+    with torch.inference_mode():
+        return torch.cat(
+            [
+                model(xb, mb).float()
+                for xb, mb in zip(x.split(batch_size), month_mask.split(batch_size), strict=True)
+            ]
+        )
+
+
+def _pooling(checkpoint: str, dim: int, mode: str, device: torch.device) -> PhotoPooling:
+    """Photo pooling: ``mean``, or ``auto`` = the training run's layer when its state is beside
+    the checkpoint (attention pooling), else mean."""
+    from encoder.train import TrainingError, read_train_state
+
+    pooling = PhotoPooling(dim, "mean")
+    if mode == "auto":
+        try:
+            state = read_train_state(checkpoint)
+        except TrainingError:
+            state = None
+        if state is not None and state.get("pooling") == "attention":
+            pooling = PhotoPooling(dim, "attention")
+            weights = {
+                k.removeprefix("pooling_layer."): v
+                for k, v in state["learner"].items()
+                if k.startswith("pooling_layer.")
+            }
+            pooling.load_state_dict(weights)
+    elif mode != "mean":
+        raise EvaluationError(f"pooling {mode!r} is unknown: use auto or mean")
+    return pooling.to(device)
+
+
+def run_evaluation(
+    checkpoint: str | Path,
+    data: str | Path,
+    task: str | Sequence[str] = "land_cover",
+    out_dir: str | Path = "evaluation",
+    *,
+    templates: str | Sequence[str] | None = None,
+    clip_model: str | None = None,
+    clip_pretrained: str | None = None,
+    device: str | None = "auto",
+    transductive: bool = True,
+    pooling: str = "auto",
+    batch_size: int = 8192,
+    retrieval_limit: int | None = None,
+    cache_dir: str | Path | None = None,
+    seed: int = 0,
+) -> EvaluationReport:
+    """``timesenclip evaluate``: metrics of ``checkpoint`` on the pairs store ``data``.
+
+    ``task``: one task or several (a list or "a,b"). ``clip_model``/``clip_pretrained`` default to
+    the ones recorded in the checkpoint (else ViT-B-32 / openai). ``retrieval_limit``: evaluate
+    retrieval on a random subset of that many points (seeded), since it is quadratic.
+    """
+    from encoder.checkpoint import load_encoder
+    from encoder.prompts import TextEncoder, class_set
+    from encoder.zeroshot import cosine_logits
+
+    tasks = [t.strip() for t in task.split(",")] if isinstance(task, str) else list(task)
+    tasks = [check_task(t) for t in tasks]
+    dev = resolve_device(device)
+    model = load_encoder(checkpoint, map_location=dev)
+    meta = model.metadata
+    clip_model = clip_model or (meta.clip_model if meta else "ViT-B-32")
+    if clip_pretrained is None:
+        clip_pretrained = (meta.clip_pretrained if meta else "openai") or None
+    pairs = read_pairs(data, tasks)
+    x = torch.from_numpy(normalize(pairs.series)).to(dev)
+    month_mask = torch.from_numpy(pairs.month_mask).to(dev)
+    satellite = _embed(model, x, month_mask, batch_size)
+    valid = ~satellite.isnan().any(1).cpu()
+    text = TextEncoder(clip_model, clip_pretrained, dev, cache_dir)
+    results: dict[str, Any] = {
+        "checkpoint": str(checkpoint),
+        "data": str(data),
+        "points": len(pairs),
+        "points_without_valid_month": int((~valid).sum()),
+        "clip_model": clip_model,
+        "clip_pretrained": clip_pretrained,
+        "templates": templates,
+        "tasks": {},
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = []
+    for name in tasks:
+        classes = class_set(name)
+        weights = text.class_embeddings(name, templates)
+        labels = pairs.labels[name]
+        use = valid.numpy() & (labels >= 0)
+        if not use.any():
+            log.warning("task %s: no point has both a label and a valid embedding", name)
+            results["tasks"][name] = {"n": 0}
+            continue
+        cosine = cosine_logits(satellite[torch.from_numpy(use).to(dev)], weights).cpu().numpy()
+        names = [c.name for c in classes]
+        truth = labels[use].astype(np.int64)
+        metrics = classification_metrics(truth, cosine, names)
+        if transductive:
+            trans = classification_metrics(truth, transductive_scores(cosine), names)
+            metrics["transductive"] = {k: v for k, v in trans.items() if k != "per_class"}
+        results["tasks"][name] = metrics
+        figures.append(_confusion_png(out / f"confusion_{name}.png", metrics["confusion"], names))
+    results["retrieval"] = _retrieval(
+        checkpoint, pairs, satellite, valid, pooling, dev, retrieval_limit, seed
+    )
+    json_path = out / "report.json"
+    with atomic_target(json_path) as tmp:
+        tmp.write_text(json.dumps(results, indent=1, allow_nan=True), encoding="utf-8")
+    md_path = out / "report.md"
+    with atomic_target(md_path) as tmp:
+        tmp.write_text(markdown_report(results), encoding="utf-8")
+    return EvaluationReport(results, json_path, md_path, figures)
+
+
+def _retrieval(checkpoint, pairs, satellite, valid, pooling, device, limit, seed) -> dict[str, Any]:
+    has_photo = torch.from_numpy(pairs.photo_mask.any(1))
+    index = torch.nonzero(valid & has_photo).flatten()
+    if limit is not None and len(index) > limit:
+        chosen = np.random.default_rng(seed).choice(len(index), limit, replace=False)
+        index = index[torch.from_numpy(np.sort(chosen))]
+    if len(index) < 2:
+        return {"n": len(index)}
+    ground = torch.from_numpy(pairs.ground[index.numpy()]).to(device)
+    mask = torch.from_numpy(pairs.photo_mask[index.numpy()]).to(device)
+    pool = _pooling(str(checkpoint), ground.shape[-1], pooling, device)
+    with torch.inference_mode():
+        keys = pool(ground.float(), mask)
+    sat = satellite[index.to(satellite.device)]
+    return {
+        "n": len(index),
+        "pooling": pool.mode,
+        "satellite_to_ground": retrieval_recall(sat, keys),
+        "ground_to_satellite": retrieval_recall(keys, sat),
+    }
+
+
+def _confusion_png(path: Path, confusion: list[list[int]], names: Sequence[str]) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = np.asarray(confusion, dtype=np.float64)
+    rows = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    k = len(names)
+    size = max(5.0, 0.28 * k + 3)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(k), names, rotation=90, fontsize=max(5, 10 - k // 8))
+    ax.set_yticks(range(k), names, fontsize=max(5, 10 - k // 8))
+    ax.set(xlabel="predicted class", ylabel="true class", title=f"{path.stem} (row-normalised)")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    with atomic_target(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _pct(value: float | None) -> str:
+    return (
+        "-"
+        if value is None or (isinstance(value, float) and math.isnan(value))
+        else (f"{100 * value:.1f} %")
+    )
+
+
+def markdown_report(results: dict[str, Any]) -> str:
+    """The Markdown summary of a results dict of :func:`run_evaluation`."""
+    lines = [
+        "# TimeSenCLIP evaluation",
+        "",
+        f"- checkpoint: `{results['checkpoint']}`",
+        f"- data: `{results['data']}` ({results['points']} points, "
+        f"{results['points_without_valid_month']} without any valid month)",
+        f"- CLIP: {results['clip_model']} / {results['clip_pretrained']}, "
+        f"templates: {results['templates'] or 'class_names'}",
+        "",
+    ]
+    for name, m in results["tasks"].items():
+        lines += [f"## {name}", ""]
+        if not m.get("n"):
+            lines += ["No labelled point with a valid embedding.", ""]
+            continue
+        top_k = next(k for k in m if k.startswith("top") and k != "top1")
+        lines += [
+            "| metric | value |",
+            "|---|---|",
+            f"| points | {m['n']} |",
+            f"| top-1 accuracy | {_pct(m['top1'])} |",
+            f"| {top_k[:3]}-{top_k[3:]} accuracy | {_pct(m[top_k])} |",
+            f"| balanced accuracy | {_pct(m['balanced_accuracy'])} |",
+            f"| macro F1 | {_pct(m['macro_f1'])} |",
+        ]
+        if t := m.get("transductive"):
+            lines += [
+                f"| top-1, **transductive** normalisation | {_pct(t['top1'])} |",
+                f"| balanced accuracy, **transductive** | {_pct(t['balanced_accuracy'])} |",
+            ]
+        lines += ["", "| class | support | precision | recall | F1 |", "|---|---|---|---|---|"]
+        lines += [
+            f"| {c['class']} | {c['support']} | {_pct(c['precision'])} | {_pct(c['recall'])} "
+            f"| {_pct(c['f1'])} |"
+            for c in m["per_class"]
+        ]
+        lines += ["", f"![confusion matrix](confusion_{name}.png)", ""]
+        if "transductive" in m:
+            lines += [
+                "Transductive rows divide every class score by that class's mean score over the "
+                'whole evaluated set (the reference\'s "Normalized" variant); they use the test '
+                "set's statistics and are not comparable with per-pixel inference.",
+                "",
+            ]
+    r = results["retrieval"]
+    lines += ["## Retrieval", ""]
+    if "satellite_to_ground" not in r:
+        lines += [f"Too few points with photos ({r['n']}).", ""]
+    else:
+        ks = list(r["satellite_to_ground"])
+        lines += [
+            f"{r['n']} points, ground photos pooled by {r['pooling']}.",
+            "",
+            "| direction | " + " | ".join(ks) + " |",
+            "|---|" + "---|" * len(ks),
+            "| satellite -> ground | "
+            + " | ".join(_pct(r["satellite_to_ground"][k]) for k in ks)
+            + " |",
+            "| ground -> satellite | "
+            + " | ".join(_pct(r["ground_to_satellite"][k]) for k in ks)
+            + " |",
+            "",
+        ]
+    return "\n".join(lines)

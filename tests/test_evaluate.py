@@ -1,0 +1,165 @@
+"""Evaluation: metric arithmetic, retrieval recall, and the report of a real (tiny) checkpoint."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from encoder.checkpoint import EncoderMetadata, load_encoder, save_checkpoint
+from encoder.evaluate import (
+    classification_metrics,
+    retrieval_recall,
+    run_evaluation,
+    transductive_scores,
+)
+from encoder.pairs import PairsError, read_pairs, synthetic_pairs, write_pairs
+from encoder.preprocess import normalize
+from encoder.prompts import TextEncoder
+from encoder.tiny import tiny_encoder, write_tiny_clip
+from encoder.train import run_training
+
+DIM = 16
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models on a shared 2-core CPU: one thread avoids oversubscription (much faster)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_classification_metrics_by_hand():
+    labels = np.array([0, 0, 1, 2, 2, 2])
+    scores = np.array(
+        [
+            [0.9, 0.1, 0.0],  # 0 -> 0
+            [0.1, 0.8, 0.3],  # 0 -> 1 (true class second)
+            [0.2, 0.7, 0.1],  # 1 -> 1
+            [0.1, 0.2, 0.7],  # 2 -> 2
+            [0.6, 0.1, 0.3],  # 2 -> 0 (true class second)
+            [0.0, 0.3, 0.9],  # 2 -> 2
+        ]
+    )
+    m = classification_metrics(labels, scores, ["a", "b", "c"])
+    assert m["top1"] == pytest.approx(4 / 6)
+    assert m["top3"] == 1.0  # K = 3 < 5: top-K
+    assert m["confusion"] == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
+    recall = [1 / 2, 1.0, 2 / 3]
+    precision = [1 / 2, 1 / 2, 1.0]
+    assert m["balanced_accuracy"] == pytest.approx(np.mean(recall))
+    for row, p, r in zip(m["per_class"], precision, recall, strict=True):
+        assert row["precision"] == pytest.approx(p) and row["recall"] == pytest.approx(r)
+        assert row["f1"] == pytest.approx(2 * p * r / (p + r))
+    assert [r["support"] for r in m["per_class"]] == [2, 1, 3]
+    five = classification_metrics(np.array([0, 5]), np.eye(6)[[1, 5]], list("abcdef"))
+    assert five["top5"] == 1.0 and five["top1"] == 0.5
+    assert five["per_class"][2]["recall"] is None  # absent classes do not count as failures
+    assert five["balanced_accuracy"] == 0.5
+
+
+def test_transductive_scores_divide_by_class_means():
+    cosine = np.array([[0.2, 0.4], [0.0, 0.8]])
+    shifted = cosine / 2 + 1
+    expected = shifted / (shifted.mean(0) + 1e-6)
+    np.testing.assert_allclose(transductive_scores(cosine), expected)
+
+
+def test_retrieval_recall():
+    torch.manual_seed(0)
+    q = torch.randn(50, 8)
+    assert retrieval_recall(q, q * 3) == {"R@1": 1.0, "R@5": 1.0, "R@10": 1.0}
+    keys = torch.cat([q[1:], q[:1]])  # every query's best match is someone else's key
+    r = retrieval_recall(q, keys, batch_size=7)
+    assert r["R@1"] < 0.2 and r["R@1"] <= r["R@5"] <= r["R@10"]
+    # Query i's own key ranks (i % 3)th among 3 near-identical candidates.
+    base = torch.eye(3)
+    keys = torch.stack([base[0], base[0] + 0.01 * base[1], base[0] + 0.02 * base[2]])
+    queries = base[0].expand(3, 3)
+    assert retrieval_recall(queries, keys, ks=(1, 2, 3)) == pytest.approx(
+        {"R@1": 1 / 3, "R@2": 2 / 3, "R@3": 1.0}
+    )
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    clip = write_tiny_clip(root / "clip", embed_dim=DIM)
+    text = TextEncoder(f"local-dir:{clip}", cache_dir=root / "cache")
+    weights = text.class_embeddings("land_cover")
+    write_pairs(root / "test.zarr", synthetic_pairs(weights.numpy(), 96, seed=3))
+    checkpoint = root / "encoder.pt"
+    save_checkpoint(
+        tiny_encoder(dim=DIM),
+        checkpoint,
+        metadata=EncoderMetadata(clip_model=f"local-dir:{clip}", clip_pretrained=""),
+    )
+    return root, clip, checkpoint, weights
+
+
+def test_report_of_a_checkpoint(setup, tmp_path):
+    root, _, checkpoint, weights = setup
+    report = run_evaluation(
+        checkpoint,
+        root / "test.zarr",
+        "land_cover",
+        tmp_path / "report",
+        cache_dir=root / "cache",
+        device="cpu",
+    )
+    result = json.loads(report.json_path.read_text())
+    task = result["tasks"]["land_cover"]
+    # Recompute top-1 from the encoder and the class embeddings directly.
+    pairs = read_pairs(root / "test.zarr")
+    with torch.no_grad():
+        emb = load_encoder(checkpoint)(
+            torch.from_numpy(normalize(pairs.series)), torch.from_numpy(pairs.month_mask)
+        )
+    cosine = torch.nn.functional.normalize(emb, dim=-1) @ weights.T
+    top1 = (cosine.argmax(1).numpy() == pairs.labels["land_cover"]).mean()
+    assert task["n"] == 96 and task["top1"] == pytest.approx(top1)
+    assert len(task["per_class"]) == 8 and "transductive" in task
+    assert result["clip_model"].startswith("local-dir:")  # read from the checkpoint
+    r = result["retrieval"]
+    assert r["n"] == 96 and r["pooling"] == "mean"
+    for direction in ("satellite_to_ground", "ground_to_satellite"):
+        values = [r[direction][k] for k in ("R@1", "R@5", "R@10")]
+        assert values == sorted(values) and all(0 <= v <= 1 for v in values)
+    markdown = report.markdown_path.read_text()
+    assert "transductive" in markdown and "| satellite -> ground |" in markdown
+    assert report.figures == [tmp_path / "report" / "confusion_land_cover.png"]
+    assert report.figures[0].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_labels_are_routed_to_the_asked_task(setup, tmp_path):
+    root, *_ = setup
+    with pytest.raises(PairsError, match="no labels for crop_type"):
+        run_evaluation(root / "encoder.pt", root / "test.zarr", "crop_type", tmp_path)
+
+
+def test_attention_pooling_of_the_training_run(setup, tmp_path):
+    root, clip, *_ = setup
+    config = {
+        "data": {"train": str(root / "test.zarr")},
+        "model": {"dim": DIM, "depth": 1, "heads": 2, "ff_dim": 16},
+        "clip": {"model": f"local-dir:{clip}"},
+        "train": {"batch_size": 32, "pooling": "attention", "queue_size": 32, "lr": 1e-2},
+        "output": {"dir": str(tmp_path / "run")},
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    trained = run_training(tmp_path / "c.yaml", max_steps=2, progress=False)
+    report = run_evaluation(
+        trained.checkpoint,
+        root / "test.zarr",
+        "land_cover",
+        tmp_path / "r",
+        cache_dir=root / "cache",
+        transductive=False,
+        retrieval_limit=40,
+    )
+    assert report.results["retrieval"]["pooling"] == "attention"
+    assert report.results["retrieval"]["n"] == 40
+    assert "transductive" not in report.results["tasks"]["land_cover"]
