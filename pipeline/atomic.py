@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+_TEMPORARY = re.compile(r"^\..+\.(tmp|scratch)-[0-9a-f]{12}")
 
 
 def _sibling(path: Path, tag: str, suffix: str = "") -> Path:
@@ -62,3 +65,16 @@ def write_text_atomic(path: Path | str, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return path
+
+
+def remove_stale_temporaries(folder: Path | str) -> list[Path]:
+    """Delete the temporary files a killed process left under ``folder``; return their paths.
+
+    Only a process that was killed outright leaves them: any other failure cleans up after itself.
+    Call this before writing into ``folder`` again, never while another writer uses it.
+    """
+    folder = Path(folder)
+    stale = [p for p in folder.rglob(".*") if p.is_file() and _TEMPORARY.match(p.name)]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale

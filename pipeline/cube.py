@@ -264,22 +264,29 @@ class _AssetReader(AutoParallelRioReader):
         self.broken = False
 
     def read(self, window, **kwargs) -> np.ndarray:
+        failure = None
         if not self.broken:
             try:
                 return super().read(window, **kwargs)
             except RuntimeError as error:  # stackstac wraps every open or read failure in one
-                self._fail(error)
+                failure = self._failure(error)
+        if failure is not None:
+            # Raised outside the except block, so rasterio's error is not chained as context:
+            # Dask cannot pickle it back (tblib fails on it) and would hide the error's type.
+            raise failure
         return nodata_for_window(window, self.fill_value, self.dtype)
 
-    def _fail(self, error: RuntimeError) -> None:
+    def _failure(self, error: RuntimeError) -> BadAssetError | None:
+        """The error to raise for a failed read, or None after logging a skip."""
         cause = error.__cause__ or error
         if self.on_bad_asset == "raise":
-            raise BadAssetError(
+            return BadAssetError(
                 f"cannot read {self.label} at {self.url}: {cause}. Check that the file or URL "
                 "is reachable, or pass on_bad_asset='skip' to leave the item out."
-            ) from error
+            )
         self.broken = True
         log.warning("cannot read %s at %s (%s): the item is left out", self.label, self.url, cause)
+        return None
 
     def __getstate__(self) -> dict:
         return {

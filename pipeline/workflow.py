@@ -404,6 +404,7 @@ class OutputsConfig(_Model):
     confidence: bool = True
     embeddings: bool = False
     overview_resampling: Literal["nearest", "mode"] = "mode"
+    blocksize: int = Field(512, ge=128, le=4096, multiple_of=16)  # COG tile size in pixels
 
     @field_validator("dir")
     @classmethod

@@ -52,3 +52,21 @@ def test_scratch_path_is_always_removed(tmp_path):
 def test_write_text_atomic(tmp_path):
     path = write_text_atomic(tmp_path / "a.txt", "héllo\n")
     assert path.read_text(encoding="utf-8") == "héllo\n"
+
+
+def test_remove_stale_temporaries_keeps_real_files(tmp_path):
+    from pipeline.atomic import _sibling, remove_stale_temporaries
+
+    keep = [tmp_path / "map.tif", tmp_path / ".hidden", tmp_path / "sub" / "x.tif.tmp-notours"]
+    for path in keep:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("keep")
+    stale = [
+        _sibling(tmp_path / "map.tif", "tmp"),
+        _sibling(tmp_path / "sub" / "map.tif.aux.xml", "tmp"),
+        _sibling(tmp_path / "big.tif", "scratch", ".tif"),
+    ]
+    for path in stale:
+        path.write_text("half")
+    assert sorted(remove_stale_temporaries(tmp_path)) == sorted(stale)
+    assert all(p.exists() for p in keep) and not any(p.exists() for p in stale)

@@ -26,7 +26,6 @@ from pipeline.stac_server import serve_stac
 from pipeline.synthetic import NATIVE_20M, write_synthetic_collection
 
 # affine (via stackstac) warns on every ``transform * point``; nothing this project can change.
-pytestmark = pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
 
 YEAR = 2023
 SMALL_DATES = [datetime.date(YEAR, 1, 5), datetime.date(YEAR, 1, 20), datetime.date(YEAR, 3, 5)]

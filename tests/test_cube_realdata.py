@@ -15,16 +15,14 @@ import json
 
 import numpy as np
 import pytest
-import rasterio
 from affine import Affine
 from rasterio.warp import transform_bounds, transform_geom
 
 from encoder.preprocess import BANDS
+from pipeline.cog import write_cog
 from pipeline.cube import build_cube
 from pipeline.stac import EARTH_SEARCH_ASSETS, StacSource, search_items
 from pipeline.stac_server import serve_stac
-
-pytestmark = pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
 
 EPSG = 32633
 L1C_ORDER = (
@@ -69,22 +67,6 @@ def _item_id(date):
     return f"S2A_EOLEARN_{date.replace('-', '')}_0_L2A"
 
 
-def _write_cog(path, data, transform):
-    with rasterio.open(
-        path,
-        "w",
-        driver="COG",
-        width=data.shape[1],
-        height=data.shape[0],
-        count=1,
-        dtype=data.dtype,
-        crs=f"EPSG:{EPSG}",
-        transform=transform,
-        nodata=0,
-    ) as dst:
-        dst.write(data, 1)
-
-
 def _item(root, timestamp, dn, scl, transform, bounds):
     date = timestamp[:10]
     item_id = _item_id(date)
@@ -103,7 +85,7 @@ def _item(root, timestamp, dn, scl, transform, bounds):
     folder.mkdir()
     assets = {}
     for name, data in zip((*BANDS, "SCL"), (*dn, scl), strict=True):
-        _write_cog(folder / f"{name}.tif", data, transform)
+        write_cog(folder / f"{name}.tif", data, transform=transform, crs=EPSG, nodata=0)
         assets[EARTH_SEARCH_ASSETS[name]] = {
             "href": str(folder / f"{name}.tif"),
             "type": "image/tiff; application=geotiff; profile=cloud-optimized",

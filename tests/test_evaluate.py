@@ -23,15 +23,6 @@ from encoder.train import run_training
 DIM = 16
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core CPU: one thread avoids oversubscription (much faster)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_classification_metrics_by_hand():
     labels = np.array([0, 0, 1, 2, 2, 2])
     scores = np.array(

@@ -30,15 +30,6 @@ DIM = 32
 TINY_MODEL = {"dim": DIM, "depth": 1, "heads": 4, "ff_dim": 32, "dropout": 0.1}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core CPU: one thread avoids oversubscription (much faster)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A tiny CLIP, and train/val pairs whose photos are its text embeddings of each class."""

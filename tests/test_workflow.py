@@ -122,6 +122,7 @@ def test_defaults(tmp_path):
         "confidence": True,
         "embeddings": False,
         "overview_resampling": "mode",
+        "blocksize": 512,
     }
     assert wf.dask.model_dump() == {
         "scheduler": None,

@@ -1,0 +1,198 @@
+"""End-to-end pipeline benchmark: pixels per second by stage, and peak memory as the area grows.
+
+Synthetic Sentinel-2 scenes are served by a local STAC API (rustac) and mapped by ``run_workflow``
+on a Dask LocalCluster, for regions of 1x, 4x and 16x the area. Each region runs in a child
+process whose whole process tree (client, scheduler and workers) is sampled for resident memory;
+the 1x run is the baseline the others are compared against. Peak memory must stay flat: the work
+is done chunk by chunk, so a larger area means more chunks, not larger ones.
+
+    python bench/pipeline.py [--side 128] [--scales 1 4 16] [--full-model]
+
+The encoder is a tiny random one by default (the embed stage then costs little); ``--full-model``
+uses the published architecture (random weights), which on a CPU makes the embed stage dominate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+STAGES = ("search", "cube", "embed", "classify", "write")
+MEMORY_LIMIT = 1.25  # peak memory at the largest area over the 1x baseline
+
+
+def prepare(root: Path, side: int, scales: list[int], full_model: bool) -> dict:
+    """Scenes covering the largest region, the models, and one workflow per scale."""
+    import torch
+    from rasterio.warp import transform_bounds
+
+    from encoder.checkpoint import EncoderMetadata, save_checkpoint
+    from encoder.tiny import tiny_encoder, write_tiny_clip
+
+    largest = side * math.isqrt(max(scales))
+    from pipeline.synthetic import write_synthetic_collection
+
+    synthetic = write_synthetic_collection(
+        root / "scenes", origin=(500000.0, 4800000.0), shape=(largest + 8, largest + 8)
+    )
+    dim = 512 if full_model else 32
+    clip = write_tiny_clip(root / "clip", embed_dim=dim)
+    checkpoint = root / "encoder.pt"
+    if full_model:
+        from encoder.model import TimeSenCLIPEncoder
+
+        torch.manual_seed(0)
+        model = TimeSenCLIPEncoder()
+    else:
+        model = tiny_encoder(dim)
+    save_checkpoint(model, checkpoint, metadata=EncoderMetadata(clip_model=f"local-dir:{clip}"))
+    xmin, _, _, ymax = synthetic.bounds
+    workflows = {}
+    for scale in scales:
+        extent = side * math.isqrt(scale) * 10.0
+        # A 40 m margin inside the imagery keeps every pixel covered by data.
+        box = (xmin + 40, ymax - 40 - extent, xmin + 40 + extent, ymax - 40)
+        bbox = transform_bounds(f"EPSG:{synthetic.epsg}", "EPSG:4326", *box)
+        workflows[scale] = {
+            "name": f"bench-{scale}x",
+            "year": 2023,
+            "regions": [{"name": "area", "bbox": list(bbox)}],
+            "stac": {"url": "", "collection": "sentinel-2-l2a"},
+            "cube": {"tile_size": 256, "chunk_size": 128},
+            "model": {
+                "checkpoint": str(checkpoint),
+                "clip": {"model": f"local-dir:{clip}"},
+                "device": "cpu",
+            },
+            "tasks": [
+                {"name": "land_cover", "classes": "land_cover"},
+                {"name": "habitat", "classes": "eunis_habitat"},
+            ],
+            "outputs": {"dir": str(root / f"out-{scale}x"), "confidence": True},
+            "dask": {"n_workers": 1},
+        }
+    return {"collection": synthetic.collection, "items": synthetic.items, "workflows": workflows}
+
+
+def run_one(workflow_path: Path) -> None:
+    """Child process: run one workflow and print its summary as JSON."""
+    from pipeline.run import run_workflow
+    from pipeline.workflow import load_workflow
+
+    summary = run_workflow(load_workflow(workflow_path), progress=False)
+    print(json.dumps({"pixels": summary.pixels, "seconds": dict(summary.seconds)}))
+
+
+def tree_rss(process: psutil.Process) -> int:
+    """Resident memory of a process and all its descendants, in bytes."""
+    total = 0
+    for proc in [process, *process.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):  # a worker may exit meanwhile
+            total += proc.memory_info().rss
+    return total
+
+
+def measure(workflow_path: Path) -> dict:
+    """Run a workflow in a child process, sampling the peak memory of its process tree."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--child", str(workflow_path)],
+        stdout=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    process, peak, done = psutil.Process(child.pid), 0, threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, tree_rss(process))
+            time.sleep(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    start = time.perf_counter()
+    out, _ = child.communicate()
+    wall = time.perf_counter() - start
+    done.set()
+    sampler.join()
+    if child.returncode:
+        raise SystemExit(f"run of {workflow_path} failed with exit code {child.returncode}")
+    result = json.loads(out.strip().splitlines()[-1])
+    return {**result, "wall": wall, "peak_mib": peak / 2**20}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--side", type=int, default=128, help="side of the 1x region, pixels")
+    parser.add_argument("--scales", type=int, nargs="+", default=[1, 4, 16], help="area factors")
+    parser.add_argument("--full-model", action="store_true", help="published-size encoder")
+    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        run_one(args.child)
+        return
+    if any(math.isqrt(s) ** 2 != s for s in args.scales):
+        parser.error("scales must be square numbers (1, 4, 16, ...)")
+
+    import torch
+    import yaml
+
+    from pipeline.stac_server import serve_stac
+
+    with tempfile.TemporaryDirectory(prefix="timesenclip-bench-") as tmp:
+        root = Path(tmp)
+        inputs = prepare(root, args.side, args.scales, args.full_model)
+        rows = {}
+        with serve_stac(inputs["collection"], inputs["items"], root / "stac") as url:
+            for scale, workflow in inputs["workflows"].items():
+                workflow["stac"]["url"] = url
+                path = root / f"workflow-{scale}x.yaml"
+                path.write_text(yaml.safe_dump(workflow))
+                rows[scale] = measure(path)
+                print(f"{scale}x done in {rows[scale]['wall']:.1f} s", file=sys.stderr)
+
+    base = rows[min(rows)]
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+        f"python {platform.python_version()}, torch {torch.__version__}"
+    )
+    print(
+        f"model: {'published size (random weights)' if args.full_model else 'tiny'}; "
+        "2 tasks (land_cover, eunis_habitat); 24 scenes; tile 256 px, chunk 128 px"
+    )
+    header = ["area", "pixels", "wall s", "px/s", *(f"{s} s" for s in STAGES), "peak MiB", "vs 1x"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for scale, row in rows.items():
+        seconds = row["seconds"]
+        cells = [
+            f"{scale}x",
+            f"{row['pixels']:,}",
+            f"{row['wall']:.1f}",
+            f"{row['pixels'] / row['wall']:,.0f}",
+            *(f"{seconds.get(stage, 0.0):.1f}" for stage in STAGES),
+            f"{row['peak_mib']:,.0f}",
+            f"{row['peak_mib'] / base['peak_mib']:.2f}",
+        ]
+        print("| " + " | ".join(cells) + " |")
+    ratio = max(row["peak_mib"] for row in rows.values()) / base["peak_mib"]
+    verdict = "flat" if ratio <= MEMORY_LIMIT else "NOT flat"
+    print(f"peak memory, largest over 1x: {ratio:.2f} (limit {MEMORY_LIMIT}): {verdict}")
+    print("stage seconds are summed over worker threads; wall includes cluster start-up")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Per-pixel embedding of monthly composites with the TimeSenCLIP encoder."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+
+import numpy as np
+import torch
+
+from encoder import TimeSenCLIPEncoder, load_encoder, normalize
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else the CPU; ``cuda`` without a GPU is an error."""
+    from encoder.errors import TimeSenCLIPError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TimeSenCLIPError(
+            "model.device is 'cuda' but PyTorch sees no CUDA GPU on this machine: "
+            "set model.device to 'auto' or 'cpu', or install a CUDA build of torch."
+        )
+    return torch.device(name)
+
+
+@functools.lru_cache(maxsize=2)
+def cached_encoder(source: str, device: str) -> TimeSenCLIPEncoder:
+    """Load an encoder once per process (one per Dask worker), in eval mode on ``device``."""
+    log.info("loading encoder %s on %s", source, device)
+    return load_encoder(source, map_location="cpu").to(device).eval()
+
+
+def pixel_series(composite: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flatten a DN composite ``(12, 10, h, w)`` into normalised series ``(h*w, 12, 10)``.
+
+    Returns the series and the month mask ``(h*w, 12)``: a month is present where all ten bands
+    have a value, so months without a valid observation are left out, not invented.
+    """
+    months, bands, h, w = composite.shape
+    series = np.ascontiguousarray(composite.reshape(months, bands, h * w).transpose(2, 0, 1))
+    present = np.isfinite(series).all(axis=2)
+    return normalize(series.astype(np.float32, copy=False)), present
+
+
+def embed_series(
+    model: TimeSenCLIPEncoder,
+    series: np.ndarray,
+    present: np.ndarray,
+    *,
+    batch_size: int = 65536,
+) -> np.ndarray:
+    """Embed ``(P, 12, 10)`` normalised series into ``(P, D)`` float32; NaN rows where no month."""
+    device = next(model.parameters()).device
+    out = np.full((series.shape[0], model.config.dim), np.nan, dtype=np.float32)
+    rows = np.flatnonzero(present.any(axis=1))
+    # bf16 autocast only where it pays off and is exact enough: on a GPU.
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if device.type == "cuda"
+        else contextlib.nullcontext()
+    )
+    with torch.inference_mode(), autocast:
+        for start in range(0, rows.size, batch_size):
+            idx = rows[start : start + batch_size]
+            x = torch.from_numpy(series[idx]).to(device, non_blocking=True)
+            mask = torch.from_numpy(present[idx]).to(device, non_blocking=True)
+            out[idx] = model(x, mask).float().cpu().numpy()
+    return out

@@ -1,0 +1,121 @@
+"""One Dask task: read a chunk's cube, embed its pixels, classify them for every task."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dask
+import numpy as np
+import torch
+
+from pipeline.chunks import Chunk
+from pipeline.classify import TaskPlan, classify
+from pipeline.cog import CLASS_NODATA, CONFIDENCE_NODATA
+from pipeline.cube import build_cube
+from pipeline.embed import cached_encoder, embed_series, pixel_series
+
+
+@dataclass(frozen=True)
+class ChunkSettings:
+    """What every chunk of a run shares; sent to each worker once."""
+
+    year: int
+    resolution: float
+    chunk_size: int
+    cloud_mask: tuple[int, ...]
+    mask_mode: str
+    resampling: str
+    on_bad_asset: str
+    checkpoint: str
+    device: str
+    batch_size: int
+    tasks: tuple[TaskPlan, ...]
+    confidence: bool
+    embeddings_dir: Path | None = None
+
+    def layers(self) -> dict[str, int | None]:
+        """The uint8 rasters each chunk yields, by name, with their nodata values."""
+        layers: dict[str, int | None] = {"valid_months": None}
+        for task in self.tasks:
+            layers[task.name] = CLASS_NODATA
+            if self.confidence:
+                layers[f"{task.name}_confidence"] = CONFIDENCE_NODATA
+        return layers
+
+
+@dataclass
+class ChunkResult:
+    """Small per-pixel rasters (see ``ChunkSettings.layers``) sent back for writing."""
+
+    chunk: Chunk
+    layers: dict[str, np.ndarray]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _worker_threads() -> int | None:
+    """Threads this Dask worker may use, so torch does not oversubscribe the machine."""
+    try:
+        from distributed import get_worker
+
+        return get_worker().state.nthreads
+    except (ImportError, ValueError):
+        return None
+
+
+def process_chunk(
+    chunk: Chunk,
+    items: Sequence[dict],
+    settings: ChunkSettings,
+    inside: np.ndarray | None = None,
+) -> ChunkResult:
+    """Cube -> embeddings -> classes for one chunk; ``inside`` masks pixels outside the region."""
+    threads = _worker_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    seconds: dict[str, float] = {}
+
+    start = time.perf_counter()
+    cube = build_cube(
+        items,
+        epsg=chunk.tile.epsg,
+        bounds=chunk.bounds,
+        year=settings.year,
+        resolution=settings.resolution,
+        chunk_size=max(chunk.height, chunk.width),
+        cloud_mask=settings.cloud_mask,
+        mask_mode=settings.mask_mode,
+        resampling=settings.resampling,
+        on_bad_asset=settings.on_bad_asset,
+    )
+    with dask.config.set(scheduler="threads", num_workers=threads):
+        cube = cube.compute()
+    composite = cube["composite"].values
+    valid_months = cube["valid_months"].values.astype(np.uint8)
+    if inside is not None:
+        composite[:, :, ~inside] = np.nan
+        valid_months[~inside] = 0
+    seconds["cube"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    model = cached_encoder(settings.checkpoint, settings.device)
+    series, present = pixel_series(composite)
+    embeddings = embed_series(model, series, present, batch_size=settings.batch_size)
+    seconds["embed"] = time.perf_counter() - start
+    if settings.embeddings_dir is not None:
+        from pipeline.embeddings import write_chunk_embeddings
+
+        write_chunk_embeddings(settings.embeddings_dir, chunk, embeddings)
+
+    start = time.perf_counter()
+    shape = (chunk.height, chunk.width)
+    layers = {"valid_months": valid_months}
+    for task in settings.tasks:
+        values, confidence = classify(embeddings, task)
+        layers[task.name] = values.reshape(shape)
+        if settings.confidence:
+            layers[f"{task.name}_confidence"] = confidence.reshape(shape)
+    seconds["classify"] = time.perf_counter() - start
+    return ChunkResult(chunk, layers, seconds)
