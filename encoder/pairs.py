@@ -23,7 +23,6 @@ Writers: :func:`pairs_from_sen4map` (Sen4Map HDF5 + a LUCAS embedding dict) here
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import os
@@ -31,16 +30,15 @@ import shutil
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from encoder.errors import TimeSenCLIPError
 from encoder.ground import DIRECTIONS, GroundEmbeddings
 from encoder.preprocess import BANDS
+from encoder.prompts import reference_classes
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +66,6 @@ class PairsError(TimeSenCLIPError):
 
 
 # --- labels -------------------------------------------------------------------------------------
-
-
-@functools.cache
-def _class_entries(yaml_key: str) -> tuple[dict[str, Any], ...]:
-    text = resources.files("encoder").joinpath("data/classes.yaml").read_text(encoding="utf-8")
-    return tuple(yaml.safe_load(text)["tasks"][yaml_key]["classes"])
 
 
 def check_task(task: str) -> str:
@@ -115,7 +107,7 @@ class LabelRouter:
         for task in self.tasks:
             yaml_key, _, code_attr = LABEL_ROUTES[task]
             codes, names = {}, {}
-            for i, entry in enumerate(_class_entries(yaml_key)):
+            for i, entry in enumerate(reference_classes(yaml_key)):
                 names[entry["name"].casefold()] = names[str(i)] = i
                 listed = entry.get(code_attr, []) if code_attr else []
                 codes |= {c.upper(): i for c in ([listed] if isinstance(listed, str) else listed)}

@@ -92,6 +92,11 @@ def _reference() -> dict[str, Any]:
     return yaml.safe_load(text)
 
 
+def reference_classes(key: str) -> list[dict[str, Any]]:
+    """The raw class entries of one task of the reference YAML (e.g. ``lc``), codes included."""
+    return _reference()["tasks"][key]["classes"]
+
+
 def class_set_names() -> tuple[str, ...]:
     """Names of the built-in class sets."""
     return tuple(_SET_KEYS)
@@ -115,7 +120,7 @@ def class_set(name: str) -> list[ClassSpec]:
     entries = _reference()["tasks"][key]["classes"]
     colors = _LAND_COVER_COLORS if key == "lc" else {}
     return [
-        ClassSpec(e["name"], tuple(e["prompts"]), colors.get(e["name"], _palette(i)))
+        ClassSpec(e["name"], tuple(e["prompts"]), colors.get(e["name"], palette_color(i)))
         for i, e in enumerate(entries)
     ]
 
@@ -158,7 +163,7 @@ def _one_class(item: str | Mapping[str, Any] | ClassSpec) -> ClassSpec:
     )
 
 
-def _palette(i: int) -> str:
+def palette_color(i: int) -> str:
     """The i-th colour of a deterministic golden-ratio HSV sequence."""
     s, v = _SAT_VAL[i % len(_SAT_VAL)]
     r, g, b = colorsys.hsv_to_rgb((0.05 + i * _GOLDEN) % 1.0, s, v)
@@ -168,7 +173,7 @@ def _palette(i: int) -> str:
 def class_colors(classes: Sequence[ClassSpec]) -> list[str]:
     """One "#rrggbb" per class: its own colour, else the next palette colour not already used."""
     taken = {c.color for c in classes if c.color}
-    palette = (p for i in itertools.count() if (p := _palette(i)) not in taken)
+    palette = (p for i in itertools.count() if (p := palette_color(i)) not in taken)
     return [c.color or next(palette) for c in classes]
 
 
@@ -206,7 +211,7 @@ def _check_template(template: Any) -> None:
     if not ok:
         raise TimeSenCLIPError(
             f"template {template!r} must be a string with exactly one '{{}}' for the class text "
-            "(write literal braces as '{{{{' and '}}}}')"
+            "(write literal braces as '{{' and '}}')"
         )
 
 

@@ -32,13 +32,12 @@ from stackstac.rio_reader import AutoParallelRioReader
 from encoder.errors import TimeSenCLIPError
 from encoder.preprocess import BANDS
 from pipeline.harmonize import Harmonization, harmonization
-from pipeline.stac import band_assets
+from pipeline.stac import BANDS_20M, band_assets
 
 log = logging.getLogger(__name__)
 
 SCL = "SCL"
 ASSETS = (*BANDS, SCL)
-BANDS_20M = ("B05", "B06", "B07", "B8A", "B11", "B12")
 MONTHS = tuple(range(1, 13))
 # SCL no-data, saturated/defective, cloud shadow, cloud medium and high probability, cirrus.
 DEFAULT_CLOUD_MASK = (0, 1, 3, 8, 9, 10)

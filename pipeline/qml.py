@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import colorsys
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
 
 from encoder.errors import TimeSenCLIPError
+from encoder.prompts import palette_color
 from pipeline.atomic import write_text_atomic
 
 ClassEntry = tuple[int, str, str]
@@ -16,7 +16,6 @@ ClassEntry = tuple[int, str, str]
 
 QGIS_VERSION = "3.28.0-Firenze"
 _HEX_COLOR = re.compile(r"^#?([0-9A-Fa-f]{6})$")
-_GOLDEN_RATIO = 0.618033988749895
 
 
 class StyleError(TimeSenCLIPError):
@@ -33,12 +32,8 @@ def parse_color(color: str) -> tuple[int, int, int]:
 
 
 def generated_color(value: int) -> str:
-    """A stable colour for a class that has none; neighbouring values get distant hues."""
-    hue = (value * _GOLDEN_RATIO) % 1.0
-    saturation = 0.55 + 0.3 * (value % 2)
-    brightness = 0.95 - 0.25 * ((value // 2) % 2)
-    red, green, blue = colorsys.hsv_to_rgb(hue, saturation, brightness)
-    return "#{:02x}{:02x}{:02x}".format(*(round(c * 255) for c in (red, green, blue)))
+    """A stable colour for a class that has none: the class palette's colour for that value."""
+    return palette_color(value - 1)
 
 
 def fill_colors(classes: Sequence[tuple[int, str, str | None]]) -> list[ClassEntry]:

@@ -25,10 +25,9 @@ from rasterio.warp import transform_bounds, transform_geom
 from encoder.errors import TimeSenCLIPError
 from encoder.preprocess import BANDS
 from pipeline.harmonize import harmonization
-from pipeline.stac import EARTH_SEARCH_ASSETS
+from pipeline.stac import BANDS_20M, EARTH_SEARCH_ASSETS
 
 LAND_CLASSES = ("forest", "cropland", "water", "built-up")
-NATIVE_20M = ("B05", "B06", "B07", "B8A", "B11", "B12")
 SCL_SHADOW, SCL_VEGETATION, SCL_NOT_VEGETATED, SCL_CLOUD, SCL_CIRRUS = 3, 4, 5, 9, 10
 STAC_EXTENSIONS = [
     "https://stac-extensions.github.io/eo/v1.1.0/schema.json",
@@ -134,7 +133,7 @@ def write_synthetic_collection(
         clear = _clear_dn(land_cover, texture, date.timetuple().tm_yday)
         dn = _with_clouds(clear * rng.normal(1.0, 0.02, size=shape), scl, rng) + offset
         for band_index, band in enumerate(BANDS):
-            if native_20m and band in NATIVE_20M:
+            if native_20m and band in BANDS_20M:
                 dn[band_index] = np.kron(dn[band_index, ::2, ::2], np.ones((2, 2), dtype=np.uint16))
         props["eo:cloud_cover"] = round(
             100.0 * float(np.isin(scl, (SCL_CLOUD, SCL_CIRRUS)).mean()), 4
@@ -144,7 +143,7 @@ def write_synthetic_collection(
         folder.mkdir(parents=True, exist_ok=True)
         assets = {}
         for band_index, band in enumerate((*BANDS, "SCL")):
-            coarse = native_20m and band in (*NATIVE_20M, "SCL")
+            coarse = native_20m and band in (*BANDS_20M, "SCL")
             step = 2 if coarse else 1
             data = scl if band == "SCL" else dn[band_index]
             path = folder / f"{band}.tif"

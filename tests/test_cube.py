@@ -22,8 +22,9 @@ from pipeline.cube import (
     build_cube,
     nanmedian_time,
 )
+from pipeline.stac import BANDS_20M
 from pipeline.stac_server import serve_stac
-from pipeline.synthetic import NATIVE_20M, write_synthetic_collection
+from pipeline.synthetic import write_synthetic_collection
 
 # affine (via stackstac) warns on every ``transform * point``; nothing this project can change.
 
@@ -238,7 +239,7 @@ def test_unreadable_asset_is_skipped_with_a_warning(small, unreadable, caplog):
 def test_bilinear_resampling_touches_only_the_20m_bands(small):
     nearest = small_cube(small).compute()["composite"].values
     bilinear = small_cube(small, resampling="bilinear").compute()["composite"].values
-    is_20m = np.isin(BANDS, NATIVE_20M)
+    is_20m = np.isin(BANDS, BANDS_20M)
     np.testing.assert_array_equal(bilinear[:, ~is_20m], nearest[:, ~is_20m])
     np.testing.assert_array_equal(np.isnan(bilinear), np.isnan(nearest))  # SCL stays nearest
     assert not np.array_equal(bilinear[:, is_20m], nearest[:, is_20m], equal_nan=True)

@@ -18,13 +18,12 @@ from encoder.pairs import (
     PairsError,
     PairsWriter,
     Sen4MapLayout,
-    _class_entries,
     pairs_from_sen4map,
     read_pairs,
     write_pairs,
 )
 from encoder.preprocess import BANDS
-from encoder.prompts import class_set
+from encoder.prompts import class_set, reference_classes
 from pipeline.cube import build_cube
 from pipeline.pairs_from_cube import PointsError, pairs_from_cube, read_points, sample_cube
 from pipeline.stac import StacSource
@@ -44,7 +43,7 @@ def index(task, name):
 
 def test_routing_indices_follow_the_class_sets():
     for task, (yaml_key, _, _) in LABEL_ROUTES.items():
-        assert [e["name"] for e in _class_entries(yaml_key)] == [c.name for c in class_set(task)]
+        assert [e["name"] for e in reference_classes(yaml_key)] == [c.name for c in class_set(task)]
 
 
 def test_crop_labels_go_to_crop_and_bioregion_to_bioregion():

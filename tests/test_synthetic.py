@@ -9,10 +9,9 @@ import rasterio
 
 from encoder.errors import TimeSenCLIPError
 from encoder.preprocess import BANDS
-from pipeline.stac import EARTH_SEARCH_ASSETS
+from pipeline.stac import BANDS_20M, EARTH_SEARCH_ASSETS
 from pipeline.synthetic import (
     LAND_CLASSES,
-    NATIVE_20M,
     default_dates,
     write_synthetic_collection,
 )
@@ -72,7 +71,7 @@ def test_stored_values_equal_scene_arrays(synthetic):
         for index, band in enumerate(BANDS):
             with rasterio.open(item["assets"][EARTH_SEARCH_ASSETS[band]]["href"]) as src:
                 stored = src.read(1)
-            step = 2 if band in NATIVE_20M else 1
+            step = 2 if band in BANDS_20M else 1
             np.testing.assert_array_equal(stored, scene.dn[index, ::step, ::step])
             # 20 m values repeat over 2x2 10 m pixels, as a nearest upsampling would give.
             np.testing.assert_array_equal(
