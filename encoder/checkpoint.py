@@ -7,7 +7,6 @@ import hashlib
 import os
 import pickle
 import re
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import torch
 from huggingface_hub import errors as hub_errors
 from torch import Tensor
 
+from encoder.atomic import atomic_path
 from encoder.errors import TimeSenCLIPError
 from encoder.model import EncoderConfig, TimeSenCLIPEncoder
 from encoder.preprocess import BANDS, HIGH, LOW
@@ -119,13 +119,8 @@ def save_checkpoint(
     if extra is not None:
         record["extra"] = dict(extra)
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(record, tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return path
 
 

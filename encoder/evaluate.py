@@ -24,8 +24,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from encoder.atomic import atomic_path
+from encoder.device import resolve_device
 from encoder.errors import TimeSenCLIPError
-from encoder.ground import PhotoPooling, atomic_target, resolve_device
+from encoder.ground import PhotoPooling
 from encoder.pairs import check_task, read_pairs
 from encoder.preprocess import normalize
 
@@ -231,10 +233,10 @@ def run_evaluation(
         checkpoint, pairs, satellite, valid, pooling, dev, retrieval_limit, seed
     )
     json_path = out / "report.json"
-    with atomic_target(json_path) as tmp:
+    with atomic_path(json_path) as tmp:
         tmp.write_text(json.dumps(results, indent=1, allow_nan=True), encoding="utf-8")
     md_path = out / "report.md"
-    with atomic_target(md_path) as tmp:
+    with atomic_path(md_path) as tmp:
         tmp.write_text(markdown_report(results), encoding="utf-8")
     return EvaluationReport(results, json_path, md_path, figures)
 
@@ -278,7 +280,7 @@ def _confusion_png(path: Path, confusion: list[list[int]], names: Sequence[str])
     ax.set(xlabel="predicted class", ylabel="true class", title=f"{path.stem} (row-normalised)")
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
-    with atomic_target(path) as tmp:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
     return path

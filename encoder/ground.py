@@ -15,11 +15,8 @@ Photo folder layouts accepted by :func:`find_photos` (``.jpg``, ``.jpeg`` or ``.
 from __future__ import annotations
 
 import logging
-import os
 import re
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from encoder.atomic import atomic_path
+from encoder.device import resolve_device
 from encoder.errors import TimeSenCLIPError
 
 log = logging.getLogger(__name__)
@@ -41,20 +40,6 @@ _COUNTRY_KEY = re.compile(r"^[A-Za-z]{2}_(?P<point>.+)$")
 
 class GroundEmbeddingError(TimeSenCLIPError):
     """A photo folder or an embedding file is missing, malformed or inconsistent."""
-
-
-@contextmanager
-def atomic_target(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` when the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # --- photo folders ------------------------------------------------------------------------------
@@ -196,7 +181,7 @@ class GroundEmbeddings:
         if kind == "zarr":
             ZarrGroundWriter(path, self.dim, overwrite=True).append(self.keys, self.vectors)
             return path
-        with atomic_target(path) as tmp:
+        with atomic_path(path) as tmp:
             if kind == "npz":
                 with open(tmp, "wb") as f:
                     np.savez(f, **dict(zip(self.keys, self.vectors, strict=True)))
@@ -311,18 +296,6 @@ def load_image_tower(
             "that the weights are in the cache"
         ) from exc
     return clip.eval(), transform
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``auto`` (or None): the GPU when there is one, else the CPU; otherwise ``device`` itself."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError as exc:
-        raise TimeSenCLIPError(
-            f"device {device!r} is not valid: use auto, cpu or cuda[:N]"
-        ) from exc
 
 
 def embed_photo_folders(

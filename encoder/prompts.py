@@ -15,7 +15,6 @@ import itertools
 import json
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 import yaml
 
+from encoder.atomic import atomic_path
 from encoder.errors import TimeSenCLIPError
 
 # Public set name -> key under `tasks` in classes.yaml (the short keys are accepted as aliases).
@@ -329,15 +329,8 @@ class TextEncoder:
             except (OSError, ValueError):
                 pass  # an unreadable cache entry is recomputed and overwritten
         weights = self._encode(prompts)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
-            tmp = Path(f.name)
-            try:
-                np.save(f, weights.numpy())
-            except BaseException:
-                tmp.unlink()
-                raise
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp, tmp.open("wb") as f:
+            np.save(f, weights.numpy())  # a file object: np.save would add .npy to a name
         return weights
 
     def _load(self) -> None:

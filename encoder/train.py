@@ -53,8 +53,10 @@ from pydantic import (
 from torch import Tensor, nn
 
 from encoder import augment
+from encoder.atomic import atomic_path
+from encoder.device import resolve_device
 from encoder.errors import TimeSenCLIPError
-from encoder.ground import PhotoPooling, atomic_target, resolve_device
+from encoder.ground import PhotoPooling
 from encoder.model import TimeSenCLIPEncoder
 from encoder.pairs import TASKS, Pairs, read_pairs
 from encoder.preprocess import normalize
@@ -507,7 +509,7 @@ class Trainer:
             "config": self.cfg.model_dump(mode="json"),
         }
         # The sidecar first: a checkpoint counts (latest_checkpoint) once its encoder file exists.
-        with atomic_target(state_path(path)) as tmp:
+        with atomic_path(state_path(path)) as tmp:
             torch.save(state, tmp)
         return save_checkpoint(self.learner.encoder, path, metadata=self._metadata())
 
@@ -685,7 +687,7 @@ class MetricsLog:
             path.unlink(missing_ok=True)
             return
         fields = list(dict.fromkeys(k for r in rows for k in r))
-        with atomic_target(path) as tmp, tmp.open("w", newline="") as f:
+        with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
             writer = csv.DictWriter(f, fields)
             writer.writeheader()
             writer.writerows(rows)
@@ -729,7 +731,7 @@ class MetricsLog:
             axes[1].legend()
         fig.tight_layout()
         path = self.path.with_name("training.png")
-        with atomic_target(path) as tmp:
+        with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png", dpi=110)
         plt.close(fig)
         return path

@@ -24,8 +24,8 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
+from encoder.atomic import atomic_path, scratch_path, write_text_atomic
 from encoder.errors import TimeSenCLIPError
-from pipeline.atomic import atomic_path, scratch_path, write_text_atomic
 from pipeline.qml import fill_colors, parse_color
 
 CLASS_NODATA = 0

@@ -14,20 +14,6 @@ from encoder import TimeSenCLIPEncoder, load_encoder, normalize
 log = logging.getLogger(__name__)
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present, else the CPU; ``cuda`` without a GPU is an error."""
-    from encoder.errors import TimeSenCLIPError
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TimeSenCLIPError(
-            "model.device is 'cuda' but PyTorch sees no CUDA GPU on this machine: "
-            "set model.device to 'auto' or 'cpu', or install a CUDA build of torch."
-        )
-    return torch.device(name)
-
-
 @functools.lru_cache(maxsize=2)
 def cached_encoder(source: str, device: str) -> TimeSenCLIPEncoder:
     """Load an encoder once per process (one per Dask worker), in eval mode on ``device``."""

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import rasterio
 
-from pipeline.atomic import write_text_atomic
+from encoder.atomic import write_text_atomic
 
 
 def package_version(distribution: str = "timesenclip") -> str:

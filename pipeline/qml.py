@@ -7,9 +7,9 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
 
+from encoder.atomic import write_text_atomic
 from encoder.errors import TimeSenCLIPError
 from encoder.prompts import palette_color
-from pipeline.atomic import write_text_atomic
 
 ClassEntry = tuple[int, str, str]
 """One class of a map: (pixel value, label, colour as "#rrggbb")."""

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
+from encoder.atomic import remove_stale_temporaries, write_text_atomic
 from encoder.checkpoint import file_sha256, load_encoder, resolve_source
+from encoder.device import resolve_device
 from encoder.errors import TimeSenCLIPError
 from encoder.prompts import TextEncoder
-from pipeline.atomic import remove_stale_temporaries, write_text_atomic
 from pipeline.chunks import Chunk, tile_chunks
 from pipeline.classify import TaskPlan, plan_task
 from pipeline.cog import mosaic_to_cog, write_cog
-from pipeline.embed import resolve_device
 from pipeline.harmonize import harmonization
 from pipeline.process import ChunkResult, ChunkSettings, process_chunk
 from pipeline.provenance import write_provenance

@@ -19,8 +19,8 @@ from pystac.extensions.raster import DataType, RasterBand, RasterExtension
 from rasterio.warp import transform as transform_points
 from rasterio.warp import transform_bounds
 
+from encoder.atomic import write_text_atomic
 from encoder.errors import TimeSenCLIPError
-from pipeline.atomic import write_text_atomic
 from pipeline.cog import CLASS_NODATA, CONFIDENCE_NODATA, NODATA_NAME
 from pipeline.qml import ClassEntry, fill_colors
 
