@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -108,41 +109,63 @@ def run_workflow(
         confidence=workflow.outputs.confidence,
     )
     fingerprint = run_fingerprint(workflow, checkpoint_hash, tasks)
+    provenance = {"checkpoint": checkpoint, "checkpoint_sha256": checkpoint_hash}
     with dask_client(workflow, scheduler) as client:
         for region in workflow.regions:
-            region_dir = workflow.outputs.dir / region.name
-            if region_is_complete(region_dir, fingerprint):
-                log.info("region %s is complete: skipped", region.name)
-                summary.tiles_skipped += len(plans[region.name])
-                continue
-            tiles = plans[region.name]
-            if region_dir.exists():
-                for path in remove_stale_temporaries(region_dir):
-                    log.info("removed %s, left by an interrupted run", path)
-            for plan in tiles:
-                plan.folder = region_dir / ".tiles" / fingerprint[:16] / plan.tile.id
-            region_settings = settings
-            if workflow.outputs.embeddings:
-                from pipeline.embeddings import create_stores
-
-                region_settings = dataclasses.replace(
-                    settings,
-                    embeddings_dir=create_stores(
-                        region_dir, [p.tile for p in tiles], workflow, tasks[0].weights.shape[1]
-                    ),
-                )
-            run_tiles(client, tiles, region, region_settings, summary, progress)
-            start = time.perf_counter()
-            outputs = finish_region(workflow, tiles, tasks, region_dir)
-            outputs.append(
-                write_region_metadata(
-                    workflow, tiles, tasks, checkpoint, checkpoint_hash, fingerprint, region_dir
-                )
+            run_region(
+                client,
+                workflow,
+                region,
+                plans[region.name],
+                settings,
+                fingerprint,
+                provenance,
+                summary,
+                progress,
             )
-            summary.seconds["write"] += time.perf_counter() - start
-            summary.outputs.extend(outputs)
     summary.seconds["total"] = time.perf_counter() - started
     return summary
+
+
+def run_region(
+    client,
+    workflow: Workflow,
+    region: Region,
+    tiles: list[TilePlan],
+    settings: ChunkSettings,
+    fingerprint: str,
+    provenance: dict,
+    summary: RunSummary,
+    progress: bool,
+) -> None:
+    """Map one region, or skip it when a previous run with the same fingerprint completed it."""
+    region_dir = workflow.outputs.dir / region.name
+    if region_is_complete(region_dir, fingerprint):
+        log.info("region %s is complete: skipped", region.name)
+        summary.tiles_skipped += len(tiles)
+        return
+    if region_dir.exists():
+        for path in remove_stale_temporaries(region_dir):
+            log.info("removed %s, left by an interrupted run", path)
+    scratch = region_dir / ".tiles"
+    for plan in tiles:
+        plan.folder = scratch / fingerprint[:16] / plan.tile.id
+    if workflow.outputs.embeddings:
+        from pipeline.embeddings import create_stores
+
+        dim = settings.tasks[0].weights.shape[1]
+        store = create_stores(region_dir, [p.tile for p in tiles], workflow, dim)
+        settings = dataclasses.replace(settings, embeddings_dir=store)
+        summary.outputs.append(store)
+    run_tiles(client, tiles, region, settings, summary, progress)
+    start = time.perf_counter()
+    summary.outputs += finish_region(workflow, tiles, settings.tasks, region_dir)
+    summary.outputs.append(
+        write_region_metadata(workflow, tiles, settings.tasks, fingerprint, provenance, region_dir)
+    )
+    # The region is complete (provenance.json says so): its tile pieces are no longer needed.
+    shutil.rmtree(scratch, ignore_errors=True)
+    summary.seconds["write"] += time.perf_counter() - start
 
 
 def plan_region(workflow: Workflow, region: Region, summary: RunSummary) -> list[TilePlan]:
@@ -226,7 +249,8 @@ def run_fingerprint(workflow: Workflow, checkpoint_hash: str, tasks: list[TaskPl
     digest = hashlib.sha256()
     digest.update(checkpoint_hash.encode())
     digest.update(json.dumps(workflow.cube.model_dump(mode="json"), sort_keys=True).encode())
-    digest.update(json.dumps([workflow.year, workflow.outputs.confidence]).encode())
+    outputs = workflow.outputs.model_dump(mode="json", exclude={"dir"})
+    digest.update(json.dumps([workflow.year, outputs], sort_keys=True).encode())
     for task in tasks:
         digest.update(task.name.encode())
         digest.update(np.ascontiguousarray(task.weights).tobytes())
@@ -378,7 +402,7 @@ def run_tiles(
 
 
 def finish_region(
-    workflow: Workflow, tiles: list[TilePlan], tasks: list[TaskPlan], region_dir: Path
+    workflow: Workflow, tiles: list[TilePlan], tasks: tuple[TaskPlan, ...], region_dir: Path
 ) -> list[Path]:
     """Join the region's finished tiles into one COG per task and UTM zone, with style and Item."""
     zones = sorted({p.tile.epsg for p in tiles})
@@ -415,10 +439,9 @@ def finish_region(
 def write_region_metadata(
     workflow: Workflow,
     tiles: list[TilePlan],
-    tasks: list[TaskPlan],
-    checkpoint: str,
-    checkpoint_hash: str,
+    tasks: tuple[TaskPlan, ...],
     fingerprint: str,
+    provenance: dict,
     region_dir: Path,
 ) -> Path:
     """``provenance.json``, written last: its presence marks the region as complete."""
@@ -426,8 +449,7 @@ def write_region_metadata(
     record = {
         "fingerprint": fingerprint,
         "workflow": workflow.model_dump(mode="json"),
-        "checkpoint": checkpoint,
-        "checkpoint_sha256": checkpoint_hash,
+        **provenance,
         "tasks": [
             {
                 "name": task.name,

@@ -161,6 +161,7 @@ def test_provenance_records_the_run(finished):
     assert len(record["checkpoint_sha256"]) == 64
     assert record["workflow"]["name"] == "demo"
     assert [t["name"] for t in record["tasks"]] == [t.name for t in workflow.tasks]
+    assert not (region_dir / ".tiles").exists()  # tile pieces go once the region is complete
 
 
 def test_reclassify_from_embeddings(finished, tmp_path):
