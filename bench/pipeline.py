@@ -29,6 +29,9 @@ from pathlib import Path
 
 import psutil
 
+if __package__ in (None, ""):  # run as a file, bench/ comes first on sys.path and this file
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # would shadow the pipeline package
+
 STAGES = ("search", "cube", "embed", "classify", "write")
 MEMORY_LIMIT = 1.25  # peak memory at the largest area over the 1x baseline
 
@@ -106,7 +109,11 @@ def tree_rss(process: psutil.Process) -> int:
 
 def measure(workflow_path: Path) -> dict:
     """Run a workflow in a child process, sampling the peak memory of its process tree."""
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+        "DASK_LOGGING__DISTRIBUTED": "warning",  # not every worker start and stop
+    }
     child = subprocess.Popen(
         [sys.executable, __file__, "--child", str(workflow_path)],
         stdout=subprocess.PIPE,

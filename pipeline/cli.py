@@ -286,6 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # spawns (which read the environment); keep that for -vv.
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
         logging.getLogger("distributed").setLevel(logging.WARNING)
+        # pipeline.stac logs each retry once; urllib3 would log it a second time.
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     try:
         return VERBS[args.verb](args)
     except TimeSenCLIPError as err:

@@ -13,6 +13,11 @@ from encoder import TimeSenCLIPEncoder, load_encoder, normalize
 
 log = logging.getLogger(__name__)
 
+# At the published size a pixel holds about 250 KB of activations in the forward pass; a CPU gains
+# nothing from batches beyond a few thousand pixels, so larger (GPU-sized) batches are cut there
+# to keep a worker's memory near 0.5 GB per thread instead of many GB.
+CPU_BATCH = 2048
+
 
 @functools.lru_cache(maxsize=2)
 def cached_encoder(source: str, device: str) -> TimeSenCLIPEncoder:
@@ -40,8 +45,13 @@ def embed_series(
     *,
     batch_size: int = 65536,
 ) -> np.ndarray:
-    """Embed ``(P, 12, 10)`` normalised series into ``(P, D)`` float32; NaN rows where no month."""
+    """Embed ``(P, 12, 10)`` normalised series into ``(P, D)`` float32; NaN rows where no month.
+
+    On a CPU the batch is at most ``CPU_BATCH`` pixels, whatever ``batch_size`` says.
+    """
     device = next(model.parameters()).device
+    if device.type == "cpu":
+        batch_size = min(batch_size, CPU_BATCH)
     out = np.full((series.shape[0], model.config.dim), np.nan, dtype=np.float32)
     rows = np.flatnonzero(present.any(axis=1))
     # bf16 autocast only where it pays off and is exact enough: on a GPU.

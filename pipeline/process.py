@@ -34,7 +34,7 @@ class ChunkSettings:
     batch_size: int
     tasks: tuple[TaskPlan, ...]
     confidence: bool
-    embeddings_dir: Path | None = None
+    embeddings_store: Path | None = None
 
     def layers(self) -> dict[str, int | None]:
         """The uint8 rasters each chunk yields, by name, with their nodata values."""
@@ -104,10 +104,10 @@ def process_chunk(
     series, present = pixel_series(composite)
     embeddings = embed_series(model, series, present, batch_size=settings.batch_size)
     seconds["embed"] = time.perf_counter() - start
-    if settings.embeddings_dir is not None:
+    if settings.embeddings_store is not None:
         from pipeline.embeddings import write_chunk_embeddings
 
-        write_chunk_embeddings(settings.embeddings_dir, chunk, embeddings)
+        write_chunk_embeddings(settings.embeddings_store, chunk, embeddings)
 
     start = time.perf_counter()
     shape = (chunk.height, chunk.width)

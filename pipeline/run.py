@@ -155,7 +155,7 @@ def run_region(
 
         dim = settings.tasks[0].weights.shape[1]
         store = create_stores(region_dir, [p.tile for p in tiles], workflow, dim)
-        settings = dataclasses.replace(settings, embeddings_dir=store)
+        settings = dataclasses.replace(settings, embeddings_store=store)
         summary.outputs.append(store)
     run_tiles(client, tiles, region, settings, summary, progress)
     start = time.perf_counter()

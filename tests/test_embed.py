@@ -1,0 +1,54 @@
+"""Flattening composites into pixel series and embedding them in batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from encoder.preprocess import normalize
+from encoder.tiny import tiny_encoder
+from pipeline import embed
+from pipeline.embed import embed_series, pixel_series
+
+
+def composite(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    cube = rng.uniform(100, 4000, size=(12, 10, 3, 4)).astype(np.float32)
+    cube[2:5, :, 0, 0] = np.nan  # three cloudy months
+    cube[:, :, 1, 1] = np.nan  # a pixel never seen
+    return cube
+
+
+def test_pixel_series_is_the_cube_per_pixel():
+    cube = composite()
+    series, present = pixel_series(cube)
+    assert series.shape == (12, 12, 10) and present.shape == (12, 12)
+    row, col = 2, 3
+    pixel = row * 4 + col
+    np.testing.assert_array_equal(series[pixel], normalize(cube[:, :, row, col]))
+    assert present[0].tolist() == [True, True, False, False, False, *[True] * 7]
+    assert not present[1 * 4 + 1].any()
+
+
+def test_embeddings_match_the_model_and_mark_empty_pixels():
+    model = tiny_encoder(16)
+    series, present = pixel_series(composite())
+    out = embed_series(model, series, present)
+    assert out.shape == (12, 16) and out.dtype == np.float32
+    assert np.isnan(out[5]).all() and np.isfinite(np.delete(out, 5, axis=0)).all()
+    with torch.inference_mode():
+        direct = model(torch.from_numpy(series[:1]), torch.from_numpy(present[:1])).numpy()
+    np.testing.assert_allclose(out[:1], direct, atol=1e-6)
+
+
+def test_batches_change_nothing_and_cpu_batches_are_capped(monkeypatch):
+    model = tiny_encoder(16)
+    series, present = pixel_series(composite())
+    whole = embed_series(model, series, present, batch_size=1_000_000)
+    calls = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda x, m: calls.append(len(x)) or forward(x, m))
+    monkeypatch.setattr(embed, "CPU_BATCH", 4)
+    capped = embed_series(model, series, present, batch_size=1_000_000)
+    np.testing.assert_allclose(capped, whole, atol=1e-6)
+    assert calls == [4, 4, 3]  # 11 pixels with a month, never more than CPU_BATCH at once
