@@ -217,10 +217,16 @@ def print_plan(workflow: Workflow, plans: dict[str, list[TilePlan]]) -> None:
 
 
 def check_checkpoint(workflow: Workflow) -> tuple[str, str, int]:
-    """Resolve and load the checkpoint once up front, so a bad one fails before any work."""
-    path = resolve_source(workflow.model.checkpoint)
+    """Resolve and load the checkpoint once up front, so a bad one fails before any work.
+
+    Returns what workers load (a hub source stays a hub source: each worker, possibly on another
+    machine, fetches it into its own cache), the file's sha256 and the embedding width.
+    """
+    source = workflow.model.checkpoint
+    path = resolve_source(source)
     model = load_encoder(path)
-    return str(path), file_sha256(path), model.config.dim
+    worker_source = source if source.startswith("hf-hub:") else str(path)
+    return worker_source, file_sha256(path), model.config.dim
 
 
 def plan_tasks(workflow: Workflow, dim: int) -> list[TaskPlan]:

@@ -17,7 +17,7 @@ import pytest
 import rasterio
 import yaml
 
-from encoder.checkpoint import load_encoder
+from encoder.checkpoint import file_sha256, load_encoder
 from encoder.prompts import TextEncoder, class_colors, class_set
 from encoder.zeroshot import score
 from pipeline.cli import main
@@ -284,3 +284,19 @@ def test_unreadable_asset_fails_clearly(demo_inputs, tmp_path, capsys):
         assert main(["run", str(path), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert broken[3]["id"] in err and "Traceback" not in err
+
+
+def test_hub_checkpoints_reach_workers_as_hub_sources(demo_inputs, tmp_path, monkeypatch):
+    """Workers (maybe on other machines) fetch a hub checkpoint themselves, not our cache path."""
+    from pipeline import run
+
+    _, workflow, _ = demo_inputs
+    local = workflow["model"]["checkpoint"]
+    model = {**workflow["model"], "checkpoint": "hf-hub:owner/repo/sub/encoder.pt"}
+    path = write_workflow(tmp_path, workflow, model=model)
+    asked = []
+    monkeypatch.setattr(run, "resolve_source", lambda s: asked.append(s) or Path(local))
+    source, digest, dim = run.check_checkpoint(load_workflow(path))
+    assert asked == ["hf-hub:owner/repo/sub/encoder.pt"]
+    assert source == "hf-hub:owner/repo/sub/encoder.pt"
+    assert digest == file_sha256(local) and dim == 32
