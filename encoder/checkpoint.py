@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
-import hashlib
 import os
 import pickle
 import re
@@ -21,6 +21,7 @@ from torch import Tensor
 
 from encoder.atomic import atomic_path
 from encoder.errors import TimeSenCLIPError
+from encoder.files import file_sha256 as file_sha256  # re-exported: callers import it here
 from encoder.model import EncoderConfig, TimeSenCLIPEncoder
 from encoder.preprocess import BANDS, HIGH, LOW
 
@@ -69,7 +70,7 @@ class EncoderMetadata:
     high: tuple[float, ...] = HIGH
     clamp: bool = True
     clip_model: str = "ViT-B-32"
-    clip_pretrained: str = "openai"
+    clip_pretrained: str | None = "openai"
     package_version: str = field(default_factory=_package_version)
 
     def to_dict(self) -> dict[str, Any]:
@@ -78,6 +79,7 @@ class EncoderMetadata:
 
     @classmethod
     def from_dict(cls, record: Mapping[str, Any]) -> EncoderMetadata:
+        """Rebuild from ``to_dict`` output (lists become tuples); unknown keys are ignored."""
         try:
             fields = {f.name for f in dataclasses.fields(cls)}
             values = {k: v for k, v in record.items() if k in fields}
@@ -88,15 +90,6 @@ class EncoderMetadata:
             return cls(**values)
         except (TypeError, AttributeError) as err:
             raise CheckpointError(f"checkpoint metadata is malformed ({err}): {record!r}") from err
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_checkpoint(
@@ -127,19 +120,19 @@ def save_checkpoint(
 def load_encoder(
     source: str | os.PathLike, map_location: str | torch.device = "cpu"
 ) -> TimeSenCLIPEncoder:
-    """Load an encoder (eval mode) from a local file or ``hf-hub:OWNER/REPO/FILE``.
+    """Load an encoder (eval mode, on ``map_location``) from a file or ``hf-hub:OWNER/REPO/FILE``.
 
     Reads our checkpoints and every published layout; the architecture is inferred from the tensors
     (heads and band count from the metadata when present, else the published 8 heads and 10 bands).
     The returned model has ``.metadata`` (``EncoderMetadata`` or None).
     """
     path = resolve_source(source)
-    state, meta = _read(path, map_location)
+    # Always read onto the CPU: training checkpoints also hold CLIP, optimiser state and queues,
+    # which must not be copied to the GPU only to be dropped.
+    state, meta = _read(path)
     config = infer_config(state, meta)
-    if meta is not None and meta.config != config:
-        raise CheckpointError(
-            f"{path}: the metadata describes {meta.config} but the tensors are {config}."
-        )
+    if meta is not None:
+        _check_metadata(meta, config, path)
     model = TimeSenCLIPEncoder(**dataclasses.asdict(config))
     _check_tensors(model, state, path)
     model.load_state_dict(state, strict=True)
@@ -174,19 +167,41 @@ def resolve_source(source: str | os.PathLike) -> Path:
         raise CheckpointError(f"cannot fetch {text} from the Hugging Face Hub: {err}") from err
 
 
-def _read(
-    path: Path, map_location: str | torch.device
-) -> tuple[dict[str, Tensor], EncoderMetadata | None]:
-    """Load a file and return the bare encoder state_dict and our metadata (if any)."""
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        if not zipfile.is_zipfile(path):  # every torch.save file since PyTorch 1.6 is a zip
-            raise CheckpointError(f"{path} is not a PyTorch checkpoint file.") from err
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        what = f" ({found.group(1)})" if found else ""
+def _check_metadata(meta: EncoderMetadata, config: EncoderConfig, path: Path) -> None:
+    """The metadata must agree with the tensors and with the normalisation this version applies."""
+    if meta.config != config:
         raise CheckpointError(
-            f"{path} holds python objects besides tensors{what}, which safe loading "
+            f"{path}: the metadata describes {meta.config} but the tensors are {config}."
+        )
+    recorded = {"bands": meta.bands, "low": meta.low, "high": meta.high, "clamp": meta.clamp}
+    applied = {"bands": BANDS, "low": LOW, "high": HIGH, "clamp": True}
+    differ = [
+        f"{k} {recorded[k]!r} (this version: {applied[k]!r})"
+        for k in recorded
+        if recorded[k] != applied[k]
+    ]
+    if differ:
+        raise CheckpointError(
+            f"{path} expects another input normalisation than this version of encoder.preprocess "
+            "applies; the checkpoint records " + "; ".join(differ) + "."
+        )
+
+
+def _read(path: Path) -> tuple[dict[str, Tensor], EncoderMetadata | None]:
+    """Load a file onto the CPU; return the bare encoder state_dict and our metadata (if any)."""
+    try:
+        # Lightning's save_hyperparameters() stores the training args as a Namespace of plain
+        # values: allow that class alone. mmap needs the zip format (PyTorch >= 1.6 files).
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(
+                path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path)
+            )
+    except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if found is None:
+            raise CheckpointError(f"{path} is not a PyTorch checkpoint file.") from err
+        raise CheckpointError(
+            f"{path} holds python objects besides tensors ({found.group(1)}), which safe loading "
             "(weights_only=True) refuses; load it once in a trusted session, save its state_dict "
             "alone with torch.save and pass that file."
         ) from err

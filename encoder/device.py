@@ -26,4 +26,11 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
             f"device {device!r} asks for a GPU but PyTorch sees no CUDA device on this machine: "
             "use 'auto' or 'cpu', or install a CUDA build of torch."
         )
+    if resolved.type == "cuda" and resolved.index is not None:
+        count = torch.cuda.device_count()
+        if resolved.index >= count:
+            raise TimeSenCLIPError(
+                f"device {device!r} does not exist: this machine has {count} CUDA device(s), "
+                f"cuda:0 to cuda:{count - 1}; check CUDA_VISIBLE_DEVICES or pick another index."
+            )
     return resolved

@@ -26,7 +26,9 @@ import torch
 import yaml
 
 from encoder.atomic import atomic_path
+from encoder.device import resolve_device
 from encoder.errors import TimeSenCLIPError
+from encoder.files import file_sha256
 
 # Public set name -> key under `tasks` in classes.yaml (the short keys are accepted as aliases).
 _SET_KEYS = {
@@ -102,11 +104,20 @@ def class_set_names() -> tuple[str, ...]:
     return tuple(_SET_KEYS)
 
 
-def _set_key(name: str) -> str:
+def _find_key(name: str) -> str | None:
     wanted = name.strip().lower().replace("-", "_")
-    for public, key in _SET_KEYS.items():
-        if wanted in (public, key):
-            return key
+    return next((key for public, key in _SET_KEYS.items() if wanted in (public, key)), None)
+
+
+def is_class_set(name: str) -> bool:
+    """Whether ``name`` names a built-in class set (case, spaces, '-' and short aliases allowed)."""
+    return _find_key(name) is not None
+
+
+def _set_key(name: str) -> str:
+    key = _find_key(name)
+    if key is not None:
+        return key
     raise TimeSenCLIPError(
         f"unknown class set {name!r}: choose one of {', '.join(_SET_KEYS)} "
         f"(aliases {', '.join(k for k in _SET_KEYS.values() if k not in _SET_KEYS)}), "
@@ -117,7 +128,7 @@ def _set_key(name: str) -> str:
 def class_set(name: str) -> list[ClassSpec]:
     """A built-in class set, in logit order, with the reference prompts and map colours."""
     key = _set_key(name)
-    entries = _reference()["tasks"][key]["classes"]
+    entries = reference_classes(key)
     colors = _LAND_COVER_COLORS if key == "lc" else {}
     return [
         ClassSpec(e["name"], tuple(e["prompts"]), colors.get(e["name"], palette_color(i)))
@@ -233,15 +244,16 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "timesenclip"
 
 
+# CLIP weights are hundreds of MB: hash each file once per process. Size and mtime are part of
+# the key so that a file rewritten in place is hashed again.
 @functools.lru_cache(maxsize=64)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+def _cached_sha256(path: str, size: int, mtime_ns: int) -> str:
+    return file_sha256(path)
 
 
 def _file_id(path: Path) -> str:
     st = path.stat()
-    return _sha256(str(path.resolve()), st.st_size, st.st_mtime_ns)
+    return _cached_sha256(str(path.resolve()), st.st_size, st.st_mtime_ns)
 
 
 class TextEncoder:
@@ -250,6 +262,7 @@ class TextEncoder:
     ``model`` is an open_clip name with ``pretrained`` a tag or a local weights file, or
     ``local-dir:FOLDER`` (open_clip_config.json + weights) or ``hf-hub:ORG/REPO``; with a schema,
     ``pretrained`` is ignored as open_clip does. open_clip is loaded only on a cache miss.
+    ``device`` is ``auto``, ``cpu`` or ``cuda[:N]`` (checked by ``encoder.device.resolve_device``).
     """
 
     def __init__(
@@ -264,7 +277,7 @@ class TextEncoder:
         # open_clip ignores `pretrained` for schema names; keep it out of the cache key too
         schema = model.startswith(("local-dir:", "hf-hub:"))
         self.pretrained = None if schema or pretrained is None else str(pretrained)
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.batch_size = batch_size
         self._weights_id: str | None = None

@@ -37,8 +37,9 @@ def write_tiny_clip(folder: Path, embed_dim: int = 16, seed: int = 0) -> Path:
 
     folder.mkdir(parents=True, exist_ok=True)
     config = tiny_clip_config(embed_dim)
-    torch.manual_seed(seed)
-    model = open_clip.CLIP(**config)
+    with torch.random.fork_rng(devices=[]):  # seed without resetting the caller's generator
+        torch.manual_seed(seed)
+        model = open_clip.CLIP(**config)
     (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": config}))
     torch.save(model.state_dict(), folder / "open_clip_pytorch_model.bin")
     return folder
@@ -46,9 +47,9 @@ def write_tiny_clip(folder: Path, embed_dim: int = 16, seed: int = 0) -> Path:
 
 def tiny_encoder(dim: int = 16, seed: int = 0, **config: int | float) -> TimeSenCLIPEncoder:
     """A random TimeSenCLIP encoder of width ``dim`` (positions randomised so months matter)."""
-    torch.manual_seed(seed)
     config = {"depth": 2, "heads": 4, "ff_dim": 32, **config}
-    model = TimeSenCLIPEncoder(dim=dim, **config)
-    with torch.no_grad():
+    with torch.random.fork_rng(devices=[]), torch.no_grad():  # keep the caller's generator as is
+        torch.manual_seed(seed)
+        model = TimeSenCLIPEncoder(dim=dim, **config)
         model.time_pos_encoding.normal_(0.0, 0.5)
     return model.eval()

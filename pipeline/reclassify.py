@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from encoder.prompts import TextEncoder, class_set_names, resolve_classes
+from encoder.prompts import TextEncoder, is_class_set, resolve_classes
 from pipeline.classify import classify, plan_task
 from pipeline.cog import CLASS_NODATA, CONFIDENCE_NODATA, write_cog
 from pipeline.embeddings import iter_zones, zone_transform
@@ -16,8 +16,8 @@ from pipeline.publish import describe_map, map_style
 
 def parse_classes(text: str) -> list:
     """A built-in set name, or comma-separated class names."""
-    if text.strip().lower().replace("-", "_") in class_set_names():
-        return resolve_classes(text.strip())
+    if is_class_set(text):
+        return resolve_classes(text)
     return resolve_classes([name.strip() for name in text.split(",") if name.strip()])
 
 

@@ -9,7 +9,9 @@ import pytest
 import torch
 import yaml
 
+from encoder import prompts
 from encoder.errors import TimeSenCLIPError
+from encoder.files import file_sha256
 from encoder.prompts import (
     ClassSpec,
     TextEncoder,
@@ -17,10 +19,12 @@ from encoder.prompts import (
     class_prompts,
     class_set,
     class_set_names,
+    is_class_set,
     resolve_classes,
     template_set,
     template_set_names,
 )
+from encoder.tiny import write_tiny_clip
 
 YAML_PATH = Path(__file__).resolve().parents[1] / "encoder" / "data" / "classes.yaml"
 TINY_CFG = {
@@ -91,8 +95,12 @@ def test_set_names_and_aliases():
     assert class_set_names() == tuple(name for name, _, _ in SETS)
     assert class_set("Land-Cover") == class_set("land_cover")
     for bad in ("scenicness", "landcover", ""):
+        assert not is_class_set(bad)
         with pytest.raises(TimeSenCLIPError, match=r"land_cover.*eunis_habitat"):
             class_set(bad)
+    for name, key, _ in SETS:
+        assert is_class_set(name) and is_class_set(key.upper()) and is_class_set(f" {name} ")
+    assert is_class_set("Land-Cover") and not is_class_set("vineyard, olive grove")
 
 
 def test_land_cover_colours_are_conventional():
@@ -240,6 +248,41 @@ def test_cache_key_depends_on_prompts_templates_weights(tiny, tiny_other, tmp_pa
 def test_default_cache_dir_from_env(tmp_path, monkeypatch):
     monkeypatch.setenv("TIMESENCLIP_CACHE", str(tmp_path))
     assert TextEncoder().cache_dir == tmp_path
+
+
+def test_auto_device(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert TextEncoder(device="auto").device == torch.device("cpu")
+    with pytest.raises(TimeSenCLIPError, match="asks for a GPU"):
+        TextEncoder(device="cuda")
+
+
+def test_weights_file_hashed_once_until_rewritten(tmp_path, monkeypatch):
+    calls = []
+
+    def counting_sha256(path):
+        calls.append(path)
+        return file_sha256(path)
+
+    monkeypatch.setattr(prompts, "file_sha256", counting_sha256)
+    weights = tmp_path / "w.bin"
+    weights.write_bytes(b"first")
+    ids = [TextEncoder("x", pretrained=weights).weights_id() for _ in range(2)]
+    assert ids == [f"file:{file_sha256(weights)}"] * 2 and len(calls) == 1
+    weights.write_bytes(b"second version")  # another size: the cache must not answer
+    assert TextEncoder("x", pretrained=weights).weights_id() == f"file:{file_sha256(weights)}"
+    assert len(calls) == 2
+
+
+def test_write_tiny_clip_keeps_the_global_generator(tmp_path):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    write_tiny_clip(tmp_path / "a", seed=4)
+    assert torch.equal(torch.rand(3), expected)
+    write_tiny_clip(tmp_path / "b", seed=4)
+    files = [(tmp_path / d / "open_clip_pytorch_model.bin") for d in "ab"]
+    assert file_sha256(files[0]) == file_sha256(files[1])
 
 
 def test_corrupt_cache_entry_is_recomputed(tiny, tmp_path):
