@@ -94,7 +94,7 @@ def rasterio_composite(items: list[dict], size: int, chunk: int) -> np.ndarray:
     from rasterio.enums import Resampling
 
     from encoder.preprocess import BANDS
-    from pipeline.cube import DEFAULT_CLOUD_MASK
+    from pipeline.sentinel2 import DEFAULT_CLOUD_MASK
     from pipeline.harmonize import harmonization
     from pipeline.stac import EARTH_SEARCH_ASSETS
 

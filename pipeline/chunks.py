@@ -6,8 +6,6 @@ import math
 from dataclasses import dataclass
 from itertools import pairwise
 
-from affine import Affine
-
 from pipeline.tiles import Tile
 
 
@@ -27,11 +25,6 @@ class Chunk:
         res = self.tile.resolution
         left, top = xmin + self.col * res, ymax - self.row * res
         return (left, top - self.height * res, left + self.width * res, top)
-
-    @property
-    def transform(self) -> Affine:
-        xmin, _, _, ymax = self.bounds
-        return Affine(self.tile.resolution, 0, xmin, 0, -self.tile.resolution, ymax)
 
     @property
     def pixels(self) -> int:

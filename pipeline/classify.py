@@ -21,7 +21,6 @@ class TaskPlan:
     colors: tuple[str, ...]
     prompts: tuple[tuple[str, ...], ...]
     weights: np.ndarray  # (K, D) unit-norm class embeddings
-    top_k: int = 1
 
     def legend(self) -> list[tuple[int, str, str]]:
         """``(value, name, colour)`` per class; raster values are 1..K, 0 is nodata."""
@@ -36,7 +35,6 @@ def plan_task(
     classes: Sequence[ClassSpec],
     templates: str | Sequence[str],
     text_encoder: TextEncoder,
-    top_k: int = 1,
 ) -> TaskPlan:
     """Encode the prompts of one task once (the text encoder caches them on disk)."""
     if len(classes) > 254:
@@ -54,7 +52,6 @@ def plan_task(
         colors=tuple(class_colors(classes)),
         prompts=tuple(tuple(p) for p in prompts),
         weights=weights,
-        top_k=top_k,
     )
 
 
@@ -64,7 +61,7 @@ def classify(embeddings: np.ndarray, task: TaskPlan) -> tuple[np.ndarray, np.nda
     Confidence is the softmax probability of the top class (cosine x 100) in whole percent,
     ``CONFIDENCE_NODATA`` where a pixel has no valid embedding.
     """
-    result = score(embeddings, task.weights, top_k=task.top_k)
+    result = score(embeddings, task.weights)
     label = result.label.numpy()
     values = np.where(label >= 0, label + 1, CLASS_NODATA).astype(np.uint8)
     return values, confidence_percent(result.confidence.numpy())

@@ -32,17 +32,14 @@ from stackstac.rio_reader import AutoParallelRioReader
 from encoder.errors import TimeSenCLIPError
 from encoder.preprocess import BANDS
 from pipeline.harmonize import Harmonization, harmonization
-from pipeline.stac import BANDS_20M, band_assets
+from pipeline.sentinel2 import BANDS_20M, DEFAULT_CLOUD_MASK, REFERENCE_ZERO_CLASSES
+from pipeline.stac import band_assets
 
 log = logging.getLogger(__name__)
 
 SCL = "SCL"
 ASSETS = (*BANDS, SCL)
 MONTHS = tuple(range(1, 13))
-# SCL no-data, saturated/defective, cloud shadow, cloud medium and high probability, cirrus.
-DEFAULT_CLOUD_MASK = (0, 1, 3, 8, 9, 10)
-# The published training rule: these classes are set to 0 and still enter the median.
-REFERENCE_ZERO_CLASSES = (9, 10, 11)
 MASK_MODES = ("default", "reference")
 BAD_ASSET_MODES = ("raise", "skip")
 _NAN = np.float32(np.nan)  # stackstac 0.5.1 rejects a Python float NaN for a float32 stack

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import threading
 
 import numpy as np
 import torch
@@ -18,12 +19,22 @@ log = logging.getLogger(__name__)
 # to keep a worker's memory near 0.5 GB per thread instead of many GB.
 CPU_BATCH = 2048
 
+# A Dask worker runs several tasks in threads: they share one model, and on a GPU they take turns,
+# since one GPU-sized batch already fills the device and several would only add memory.
+_LOAD_LOCK = threading.Lock()
+_GPU_LOCK = threading.Lock()
+
+
+def cached_encoder(source: str, device: str) -> TimeSenCLIPEncoder:
+    """The encoder for ``source`` on ``device``, loaded once per process (one per Dask worker)."""
+    with _LOAD_LOCK:
+        return _load_encoder(source, device)
+
 
 @functools.lru_cache(maxsize=2)
-def cached_encoder(source: str, device: str) -> TimeSenCLIPEncoder:
-    """Load an encoder once per process (one per Dask worker), in eval mode on ``device``."""
+def _load_encoder(source: str, device: str) -> TimeSenCLIPEncoder:
     log.info("loading encoder %s on %s", source, device)
-    return load_encoder(source, map_location="cpu").to(device).eval()
+    return load_encoder(source, map_location=device).eval()
 
 
 def pixel_series(composite: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -54,13 +65,10 @@ def embed_series(
         batch_size = min(batch_size, CPU_BATCH)
     out = np.full((series.shape[0], model.config.dim), np.nan, dtype=np.float32)
     rows = np.flatnonzero(present.any(axis=1))
+    on_gpu = device.type == "cuda"
     # bf16 autocast only where it pays off and is exact enough: on a GPU.
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if device.type == "cuda"
-        else contextlib.nullcontext()
-    )
-    with torch.inference_mode(), autocast:
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else contextlib.nullcontext()
+    with _GPU_LOCK if on_gpu else contextlib.nullcontext(), torch.inference_mode(), autocast:
         for start in range(0, rows.size, batch_size):
             idx = rows[start : start + batch_size]
             x = torch.from_numpy(series[idx]).to(device, non_blocking=True)

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import dask
 import numpy as np
 import torch
 
@@ -16,6 +15,9 @@ from pipeline.classify import TaskPlan, classify
 from pipeline.cog import CLASS_NODATA, CONFIDENCE_NODATA
 from pipeline.cube import build_cube
 from pipeline.embed import cached_encoder, embed_series, pixel_series
+
+# valid_months holds 0..12 where a pixel is in the region; this marks pixels outside it.
+OUTSIDE_REGION = 255
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class ChunkSettings:
 
     def layers(self) -> dict[str, int | None]:
         """The uint8 rasters each chunk yields, by name, with their nodata values."""
-        layers: dict[str, int | None] = {"valid_months": None}
+        layers: dict[str, int | None] = {"valid_months": OUTSIDE_REGION}
         for task in self.tasks:
             layers[task.name] = CLASS_NODATA
             if self.confidence:
@@ -56,7 +58,7 @@ class ChunkResult:
 
 
 def _worker_threads() -> int | None:
-    """Threads this Dask worker may use, so torch does not oversubscribe the machine."""
+    """Task slots of the Dask worker running this task, or None outside a worker."""
     try:
         from distributed import get_worker
 
@@ -74,7 +76,9 @@ def process_chunk(
     """Cube -> embeddings -> classes for one chunk; ``inside`` masks pixels outside the region."""
     threads = _worker_threads()
     if threads:
-        torch.set_num_threads(threads)
+        # The worker already runs one task per core it was given; torch threads inside each
+        # task would oversubscribe them.
+        torch.set_num_threads(1)
     seconds: dict[str, float] = {}
 
     start = time.perf_counter()
@@ -90,13 +94,12 @@ def process_chunk(
         resampling=settings.resampling,
         on_bad_asset=settings.on_bad_asset,
     )
-    with dask.config.set(scheduler="threads", num_workers=threads):
-        cube = cube.compute()
+    cube = cube.compute(scheduler="threads", num_workers=threads)
     composite = cube["composite"].values
     valid_months = cube["valid_months"].values.astype(np.uint8)
     if inside is not None:
         composite[:, :, ~inside] = np.nan
-        valid_months[~inside] = 0
+        valid_months[~inside] = OUTSIDE_REGION
     seconds["cube"] = time.perf_counter() - start
 
     start = time.perf_counter()

@@ -22,7 +22,7 @@ from encoder.checkpoint import file_sha256, load_encoder, resolve_source
 from encoder.device import resolve_device
 from encoder.errors import TimeSenCLIPError
 from encoder.prompts import TextEncoder
-from pipeline.chunks import Chunk, tile_chunks
+from pipeline.chunks import tile_chunks
 from pipeline.classify import TaskPlan, plan_task
 from pipeline.cog import mosaic_to_cog, write_cog
 from pipeline.harmonize import harmonization
@@ -30,15 +30,16 @@ from pipeline.process import ChunkResult, ChunkSettings, process_chunk
 from pipeline.provenance import write_provenance
 from pipeline.publish import describe_map, map_style
 from pipeline.stac import EmptySearchError, RetryPolicy, StacSource, search_items
-from pipeline.tiles import Tile, region_mask, tiles_for_region
+from pipeline.tiles import Tile, region_mask, zone_groups
 from pipeline.workflow import Region, Workflow
 
 log = logging.getLogger(__name__)
+STAGES = ("search", "cube", "embed", "classify", "write")
 
 
 @dataclass
 class TilePlan:
-    """One tile, the STAC items that cover it and where its finished pieces go."""
+    """One tile, the STAC items that cover it and the folder its finished pieces go to."""
 
     tile: Tile
     items: list[dict]
@@ -47,6 +48,16 @@ class TilePlan:
     @property
     def done(self) -> bool:
         return (self.folder / "done.json").exists()
+
+
+@dataclass
+class RegionJob:
+    """A region still to map: its tiles and the fingerprints its finished work is checked by."""
+
+    region: Region
+    folder: Path
+    tiles: list[TilePlan]
+    fingerprint: str
 
 
 @dataclass
@@ -63,11 +74,7 @@ class RunSummary:
         """The closing summary: pixels, time per stage, outputs."""
         total = self.seconds.get("total", 0.0)
         rate = self.pixels / total if total else 0.0
-        stages = ", ".join(
-            f"{stage} {self.seconds[stage]:.1f} s"
-            for stage in ("search", "cube", "embed", "classify", "write")
-            if stage in self.seconds
-        )
+        stages = ", ".join(f"{s} {self.seconds[s]:.1f} s" for s in STAGES if s in self.seconds)
         lines = [
             f"mapped {self.pixels:,} pixels in {total:.1f} s ({rate:,.0f} px/s); "
             f"{self.tiles} tile(s) processed, {self.tiles_skipped} already done",
@@ -85,14 +92,17 @@ def run_workflow(
     dry_run: bool = False,
     progress: bool = True,
 ) -> RunSummary:
-    """Produce every region's maps; finished tiles and regions are skipped on a rerun."""
+    """Produce every region's maps; finished tiles and regions are skipped on a rerun.
+
+    Everything that can fail on user input (checkpoint, prompts, STAC searches) happens before
+    the cluster starts; regions completed by an earlier run are neither searched nor started on.
+    """
     summary = RunSummary()
     started = time.perf_counter()
-    plans = {region.name: plan_region(workflow, region, summary) for region in workflow.regions}
     if dry_run:
-        print_plan(workflow, plans)
+        print_plan(workflow, {r.name: plan_region(workflow, r, summary) for r in workflow.regions})
         return summary
-    checkpoint, checkpoint_hash, dim = check_checkpoint(workflow)
+    source, checkpoint_hash, dim = check_checkpoint(workflow)
     tasks = plan_tasks(workflow, dim)
     settings = ChunkSettings(
         year=workflow.year,
@@ -102,27 +112,30 @@ def run_workflow(
         mask_mode=workflow.cube.mask_mode,
         resampling=workflow.cube.resampling,
         on_bad_asset=workflow.stac.on_bad_asset,
-        checkpoint=checkpoint,
+        checkpoint=source,
         device=str(resolve_device(workflow.model.device)),
         batch_size=workflow.model.batch_size,
         tasks=tuple(tasks),
         confidence=workflow.outputs.confidence,
     )
-    fingerprint = run_fingerprint(workflow, checkpoint_hash, tasks)
-    provenance = {"checkpoint": checkpoint, "checkpoint_sha256": checkpoint_hash}
-    with dask_client(workflow, scheduler) as client:
-        for region in workflow.regions:
-            run_region(
-                client,
-                workflow,
-                region,
-                plans[region.name],
-                settings,
-                fingerprint,
-                provenance,
-                summary,
-                progress,
-            )
+    jobs = []
+    for region in workflow.regions:
+        folder = workflow.outputs.dir / region.name
+        tiles_key = tile_fingerprint(workflow, region, checkpoint_hash, tasks, settings.device)
+        fingerprint = region_fingerprint(workflow, tiles_key, tasks)
+        if region_is_complete(folder, fingerprint):
+            log.info("region %s is complete: skipped", region.name)
+            summary.tiles_skipped += len(workflow.tiles(region))
+            continue
+        scratch = folder / ".tiles" / tiles_key[:16]
+        jobs.append(
+            RegionJob(region, folder, plan_region(workflow, region, summary, scratch), fingerprint)
+        )
+    provenance = {"checkpoint": source, "checkpoint_sha256": checkpoint_hash}
+    if jobs:
+        with dask_client(workflow, scheduler, settings.device) as client:
+            for job in jobs:
+                run_region(client, workflow, job, settings, provenance, summary, progress)
     summary.seconds["total"] = time.perf_counter() - started
     return summary
 
@@ -130,45 +143,37 @@ def run_workflow(
 def run_region(
     client,
     workflow: Workflow,
-    region: Region,
-    tiles: list[TilePlan],
+    job: RegionJob,
     settings: ChunkSettings,
-    fingerprint: str,
     provenance: dict,
     summary: RunSummary,
     progress: bool,
 ) -> None:
-    """Map one region, or skip it when a previous run with the same fingerprint completed it."""
-    region_dir = workflow.outputs.dir / region.name
-    if region_is_complete(region_dir, fingerprint):
-        log.info("region %s is complete: skipped", region.name)
-        summary.tiles_skipped += len(tiles)
-        return
-    if region_dir.exists():
-        for path in remove_stale_temporaries(region_dir):
+    """Map one region: its unfinished tiles on the cluster, then its mosaics and metadata."""
+    if job.folder.exists():
+        # From here on the outputs change: an older provenance.json must not vouch for them.
+        (job.folder / "provenance.json").unlink(missing_ok=True)
+        for path in remove_stale_temporaries(job.folder):
             log.info("removed %s, left by an interrupted run", path)
-    scratch = region_dir / ".tiles"
-    for plan in tiles:
-        plan.folder = scratch / fingerprint[:16] / plan.tile.id
     if workflow.outputs.embeddings:
         from pipeline.embeddings import create_stores
 
         dim = settings.tasks[0].weights.shape[1]
-        store = create_stores(region_dir, [p.tile for p in tiles], workflow, dim)
+        store = create_stores(job.folder, [p.tile for p in job.tiles], workflow, dim)
         settings = dataclasses.replace(settings, embeddings_store=store)
         summary.outputs.append(store)
-    run_tiles(client, tiles, region, settings, summary, progress)
+    run_tiles(client, job, settings, summary, progress)
     start = time.perf_counter()
-    summary.outputs += finish_region(workflow, tiles, settings.tasks, region_dir)
-    summary.outputs.append(
-        write_region_metadata(workflow, tiles, settings.tasks, fingerprint, provenance, region_dir)
-    )
+    summary.outputs += finish_region(workflow, job.tiles, settings.tasks, job.folder)
+    summary.outputs.append(write_region_metadata(workflow, job, settings.tasks, provenance))
     # The region is complete (provenance.json says so): its tile pieces are no longer needed.
-    shutil.rmtree(scratch, ignore_errors=True)
+    shutil.rmtree(job.folder / ".tiles", ignore_errors=True)
     summary.seconds["write"] += time.perf_counter() - start
 
 
-def plan_region(workflow: Workflow, region: Region, summary: RunSummary) -> list[TilePlan]:
+def plan_region(
+    workflow: Workflow, region: Region, summary: RunSummary, scratch: Path = Path()
+) -> list[TilePlan]:
     """Tiles of a region and the items found for each (one STAC search per tile).
 
     Tiles without any item (open sea, say) are left out and stay nodata; a region where no tile
@@ -185,14 +190,14 @@ def plan_region(workflow: Workflow, region: Region, summary: RunSummary) -> list
         retry=RetryPolicy(attempts=stac.retries + 1),
     )
     plans, empty = [], []
-    for tile in tiles_for_region(region.area, workflow.cube.tile_size, workflow.cube.resolution):
+    for tile in workflow.tiles(region):
         try:
             items = search_items(source, tile.lonlat_bounds, workflow.year)
         except EmptySearchError as err:
             log.warning("tile %s: no items, left as nodata", tile.id)
             empty.append(err)
             continue
-        plans.append(TilePlan(tile, [item.to_dict() for item in items], Path()))
+        plans.append(TilePlan(tile, [item.to_dict() for item in items], scratch / tile.id))
     summary.seconds["search"] += time.perf_counter() - start
     if not plans:
         raise EmptySearchError(f"region {region.name!r}: no tile has any item. {empty[0]}")
@@ -238,7 +243,7 @@ def plan_tasks(workflow: Workflow, dim: int) -> list[TaskPlan]:
     )
     tasks = []
     for task in workflow.tasks:
-        plan = plan_task(task.name, task.class_specs(), task.templates, text, top_k=task.top_k)
+        plan = plan_task(task.name, task.class_specs(), task.templates, text)
         if plan.weights.shape[1] != dim:
             raise TimeSenCLIPError(
                 f"the CLIP text model {workflow.model.clip.model!r} gives "
@@ -250,17 +255,40 @@ def plan_tasks(workflow: Workflow, dim: int) -> list[TaskPlan]:
     return tasks
 
 
-def run_fingerprint(workflow: Workflow, checkpoint_hash: str, tasks: list[TaskPlan]) -> str:
-    """A hash of everything that changes pixels: finished work is reused only when it matches."""
-    digest = hashlib.sha256()
-    digest.update(checkpoint_hash.encode())
-    digest.update(json.dumps(workflow.cube.model_dump(mode="json"), sort_keys=True).encode())
-    outputs = workflow.outputs.model_dump(mode="json", exclude={"dir"})
-    digest.update(json.dumps([workflow.year, outputs], sort_keys=True).encode())
-    for task in tasks:
-        digest.update(task.name.encode())
-        digest.update(np.ascontiguousarray(task.weights).tobytes())
+def _digest(*parts: object, arrays: tuple[np.ndarray, ...] = ()) -> str:
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode())
+    for array in arrays:
+        digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()
+
+
+def tile_fingerprint(
+    workflow: Workflow, region: Region, checkpoint_hash: str, tasks: list[TaskPlan], device: str
+) -> str:
+    """A hash of everything that changes a tile's pixels; it names the folder of tile pieces.
+
+    Device type is in it because a GPU runs bf16 and a CPU float32; embeddings are because a
+    tile finished without them left nothing in the store.
+    """
+    return _digest(
+        checkpoint_hash,
+        workflow.year,
+        workflow.cube.model_dump(mode="json"),
+        workflow.stac.model_dump(mode="json"),
+        region.area,
+        device.split(":")[0],
+        workflow.outputs.confidence,
+        workflow.outputs.embeddings,
+        [task.name for task in tasks],
+        arrays=tuple(task.weights for task in tasks),
+    )
+
+
+def region_fingerprint(workflow: Workflow, tiles_key: str, tasks: list[TaskPlan]) -> str:
+    """The tiles' fingerprint plus what only changes the final files (styles, COG layout)."""
+    outputs = workflow.outputs.model_dump(mode="json", exclude={"dir"})
+    legends = [task.legend() for task in tasks]
+    return _digest(tiles_key, outputs, legends)
 
 
 def region_is_complete(region_dir: Path, fingerprint: str) -> bool:
@@ -271,17 +299,35 @@ def region_is_complete(region_dir: Path, fingerprint: str) -> bool:
 
 
 @contextlib.contextmanager
-def dask_client(workflow: Workflow, scheduler: str | None) -> Iterator:
-    """Connect to the given scheduler, or start a LocalCluster sized to this machine."""
+def dask_client(workflow: Workflow, scheduler: str | None, device: str) -> Iterator:
+    """Connect to the given scheduler, or start a LocalCluster sized to this machine.
+
+    On a GPU machine, one worker process per GPU: each holds the model once and the GPU is not
+    shared by several processes' batches; the worker's threads still read cubes in parallel.
+    """
     from distributed import Client, LocalCluster
 
     address = scheduler or workflow.dask.scheduler
     if address:
-        with Client(address) as client:
+        try:
+            client = Client(address)  # waits distributed.comm.timeouts.connect (30 s)
+        except OSError as err:
+            raise TimeSenCLIPError(
+                f"cannot reach the Dask scheduler at {address} ({err}): check dask.scheduler in "
+                "the workflow or --scheduler, and that the scheduler is running."
+            ) from None
+        with client:
             yield client
         return
     cores = os.cpu_count() or 1
-    n_workers = workflow.dask.n_workers or max(1, cores // 4)
+    if workflow.dask.n_workers:
+        n_workers = workflow.dask.n_workers
+    elif device.startswith("cuda"):
+        import torch
+
+        n_workers = torch.cuda.device_count()
+    else:
+        n_workers = max(1, cores // 4)
     threads = workflow.dask.threads_per_worker or max(1, cores // n_workers)
     with (
         LocalCluster(
@@ -295,19 +341,12 @@ def dask_client(workflow: Workflow, scheduler: str | None) -> Iterator:
         yield client
 
 
-def chunk_mask(region: Region, chunk: Chunk) -> np.ndarray | None:
-    """Pixels of a chunk inside the region and its UTM zone; None when all of them are."""
-    window = dataclasses.replace(chunk.tile, bounds=chunk.bounds, shape=(chunk.height, chunk.width))
-    inside = region_mask(region.area, window)
-    return None if inside.all() else inside
-
-
 class TileCanvas:
     """A tile's rasters, filled chunk by chunk and written once every chunk has arrived."""
 
-    def __init__(self, plan: TilePlan, layers: dict[str, int | None]) -> None:
+    def __init__(self, plan: TilePlan, layers: dict[str, int | None], chunks: int) -> None:
         self.plan = plan
-        self.remaining = 0
+        self.remaining = chunks
         self.nodata = layers
         self.layers = {
             name: np.full(plan.tile.shape, nodata or 0, np.uint8) for name, nodata in layers.items()
@@ -334,76 +373,92 @@ class TileCanvas:
         write_text_atomic(folder / "done.json", json.dumps({"tile": tile.id}))
 
 
+def tile_jobs(client, job: RegionJob, todo: list[TilePlan], chunk_size: int) -> Iterator[tuple]:
+    """``(plan, chunk, items, inside)`` per chunk, tile by tile, made as they are submitted.
+
+    The region mask is rasterised once per tile and sliced per chunk; items are sent to the
+    cluster once per tile.
+    """
+    for plan in todo:
+        items = client.scatter(plan.items)
+        inside = region_mask(job.region.area, plan.tile)
+        for chunk in tile_chunks(plan.tile, chunk_size):
+            window = inside[
+                chunk.row : chunk.row + chunk.height, chunk.col : chunk.col + chunk.width
+            ]
+            yield plan, chunk, items, None if window.all() else window
+
+
 def run_tiles(
-    client,
-    tiles: list[TilePlan],
-    region: Region,
-    settings: ChunkSettings,
-    summary: RunSummary,
-    progress: bool,
+    client, job: RegionJob, settings: ChunkSettings, summary: RunSummary, progress: bool
 ) -> None:
-    """Process every unfinished tile's chunks on the cluster, a bounded number at a time."""
-    from distributed import as_completed
+    """Process every unfinished tile's chunks on the cluster, a bounded number at a time.
+
+    A tile's canvas exists only from its first result to its last, so the client holds a few
+    tiles at a time, whatever the size of the region.
+    """
+    from distributed import KilledWorker, as_completed
     from tqdm import tqdm
 
-    todo = [p for p in tiles if not p.done]
+    todo = [p for p in job.tiles if not p.done]
     summary.tiles += len(todo)
-    summary.tiles_skipped += len(tiles) - len(todo)
+    summary.tiles_skipped += len(job.tiles) - len(todo)
     if not todo:
         return
+    chunk_counts = {p.tile.id: len(tile_chunks(p.tile, settings.chunk_size)) for p in todo}
     settings_future = client.scatter(settings, broadcast=True)
+    pending = tile_jobs(client, job, todo, settings.chunk_size)
+    plans: dict[str, TilePlan] = {}
     canvases: dict[str, TileCanvas] = {}
-    jobs = []
-    for plan in todo:
-        canvas = TileCanvas(plan, settings.layers())
-        items_future = client.scatter(plan.items)
-        for chunk in tile_chunks(plan.tile, settings.chunk_size):
-            jobs.append((chunk, items_future))
-            canvas.remaining += 1
-        canvases[plan.tile.id] = canvas
-    in_flight = max(2, 2 * sum(client.nthreads().values()))
-    pending = iter(jobs)
     queue = as_completed()
 
     def submit_next() -> None:
-        job = next(pending, None)
-        if job is not None:
-            chunk, items_future = job
+        next_job = next(pending, None)
+        if next_job is not None:
+            plan, chunk, items, inside = next_job
+            plans[plan.tile.id] = plan
             queue.add(
-                client.submit(
-                    process_chunk,
-                    chunk,
-                    items_future,
-                    settings_future,
-                    chunk_mask(region, chunk),
-                    pure=False,
-                )
+                client.submit(process_chunk, chunk, items, settings_future, inside, pure=False)
             )
 
-    for _ in range(in_flight):
+    for _ in range(max(2, 2 * sum(client.nthreads().values()))):
         submit_next()
+    name = job.region.name
     with (
+        tqdm(total=len(todo), desc=f"{name} tiles", unit="tile", disable=not progress) as tbar,
         tqdm(
-            total=len(todo), desc=f"{region.name} tiles", unit="tile", disable=not progress
-        ) as tbar,
-        tqdm(
-            total=len(jobs), desc=f"{region.name} chunks", unit="chunk", disable=not progress
+            total=sum(chunk_counts.values()),
+            desc=f"{name} chunks",
+            unit="chunk",
+            disable=not progress,
         ) as cbar,
     ):
         for future in queue:
-            result: ChunkResult = future.result()
+            try:
+                result: ChunkResult = future.result()
+            except KilledWorker:
+                raise TimeSenCLIPError(
+                    f"a Dask worker died while mapping region {name!r} (out of memory?): lower "
+                    "cube.chunk_size or model.batch_size, or give workers more memory, then run "
+                    "the same command again to resume."
+                ) from None
             submit_next()
             for stage, seconds in result.seconds.items():
                 summary.seconds[stage] += seconds
             summary.pixels += result.chunk.pixels
-            canvas = canvases[result.chunk.tile.id]
+            tile_id = result.chunk.tile.id
+            if tile_id not in canvases:
+                canvases[tile_id] = TileCanvas(
+                    plans[tile_id], settings.layers(), chunk_counts[tile_id]
+                )
+            canvas = canvases[tile_id]
             canvas.add(result)
             cbar.update()
             if canvas.remaining == 0:
                 start = time.perf_counter()
                 canvas.write()
                 summary.seconds["write"] += time.perf_counter() - start
-                del canvases[result.chunk.tile.id]
+                del canvases[tile_id], plans[tile_id]
                 tbar.update()
 
 
@@ -411,13 +466,14 @@ def finish_region(
     workflow: Workflow, tiles: list[TilePlan], tasks: tuple[TaskPlan, ...], region_dir: Path
 ) -> list[Path]:
     """Join the region's finished tiles into one COG per task and UTM zone, with style and Item."""
-    zones = sorted({p.tile.epsg for p in tiles})
+    folders = {p.tile.id: p.folder for p in tiles}
+    zones = zone_groups([p.tile for p in tiles])
     outputs = []
-    for epsg in zones:
-        folders = [p.folder for p in tiles if p.tile.epsg == epsg]
+    for epsg, zone_tiles in zones.items():
+        folders_of_zone = [folders[t.id] for t in zone_tiles]
         suffix = "" if len(zones) == 1 else f"_EPSG{epsg}"
 
-        def mosaic(name: str, folders=folders, suffix=suffix, **style) -> Path:
+        def mosaic(name: str, folders=folders_of_zone, suffix=suffix, **style) -> Path:
             path = region_dir / f"{name}{suffix}.tif"
             tiles = [folder / f"{name}.tif" for folder in folders]
             mosaic_to_cog(tiles, path, blocksize=workflow.outputs.blocksize, **style)
@@ -443,17 +499,13 @@ def finish_region(
 
 
 def write_region_metadata(
-    workflow: Workflow,
-    tiles: list[TilePlan],
-    tasks: tuple[TaskPlan, ...],
-    fingerprint: str,
-    provenance: dict,
-    region_dir: Path,
+    workflow: Workflow, job: RegionJob, tasks: tuple[TaskPlan, ...], provenance: dict
 ) -> Path:
     """``provenance.json``, written last: its presence marks the region as complete."""
+    tiles = job.tiles
     items = {item["id"]: item for plan in tiles for item in plan.items}
     record = {
-        "fingerprint": fingerprint,
+        "fingerprint": job.fingerprint,
         "workflow": workflow.model_dump(mode="json"),
         **provenance,
         "tasks": [
@@ -473,4 +525,4 @@ def write_region_metadata(
             {"id": p.tile.id, "epsg": p.tile.epsg, "bounds": list(p.tile.bounds)} for p in tiles
         ],
     }
-    return write_provenance(region_dir / "provenance.json", record)
+    return write_provenance(job.folder / "provenance.json", record)

@@ -34,9 +34,6 @@ from encoder.preprocess import BANDS
 log = logging.getLogger(__name__)
 
 PROVIDERS = ("auto", "earth-search", "planetary-computer")
-# Bands Sentinel-2 L2A delivers at 20 m (the others are at 10 m).
-BANDS_20M = ("B05", "B06", "B07", "B8A", "B11", "B12")
-
 # Earth Search v1 (sentinel-2-l2a and sentinel-2-c1-l2a) asset keys: common names.
 EARTH_SEARCH_ASSETS: dict[str, str] = dict(
     zip(

@@ -25,7 +25,8 @@ from rasterio.warp import transform_bounds, transform_geom
 from encoder.errors import TimeSenCLIPError
 from encoder.preprocess import BANDS
 from pipeline.harmonize import harmonization
-from pipeline.stac import BANDS_20M, EARTH_SEARCH_ASSETS
+from pipeline.sentinel2 import BANDS_20M
+from pipeline.stac import EARTH_SEARCH_ASSETS
 
 LAND_CLASSES = ("forest", "cropland", "water", "built-up")
 SCL_SHADOW, SCL_VEGETATION, SCL_NOT_VEGETATED, SCL_CLOUD, SCL_CIRRUS = 3, 4, 5, 9, 10

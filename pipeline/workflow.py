@@ -31,9 +31,9 @@ from pydantic import (
 )
 
 from encoder.errors import TimeSenCLIPError
+from pipeline.sentinel2 import DEFAULT_CLOUD_MASK
 from pipeline.tiles import Tile, check_bbox, geometry_bounds, tiles_for_region
 
-DEFAULT_CLOUD_MASK = (0, 1, 3, 8, 9, 10)  # SCL: no data, saturated, shadow, cloud med/high, cirrus
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
 _COLOR_RE = re.compile(r"#[0-9a-fA-F]{6}")
 _SCHEDULER_RE = re.compile(r"(tcp|tls|ucx|inproc|ws|wss)://\S+")
@@ -357,7 +357,6 @@ class TaskConfig(_Model):
     name: SafeName
     classes: ClassesSpec
     templates: str | list[str] = "class_names"
-    top_k: int = Field(1, ge=1)
 
     @field_validator("templates", mode="before")
     @classmethod
@@ -375,13 +374,6 @@ class TaskConfig(_Model):
         template_set(value)  # raises naming the bad template
         return value
 
-    @model_validator(mode="after")
-    def _top_k_fits(self) -> TaskConfig:
-        n = len(self.class_specs())
-        if self.top_k > n:
-            raise ValueError(f"top_k {self.top_k} exceeds the task's {n} classes")
-        return self
-
     def class_specs(self) -> list[Any]:
         """The classes as ``encoder.prompts.ClassSpec`` objects, in label order."""
         from encoder.prompts import resolve_classes
@@ -389,12 +381,6 @@ class TaskConfig(_Model):
         if isinstance(self.classes, str):
             return resolve_classes(self.classes)
         return resolve_classes([e.model_dump(exclude_none=True) for e in self.classes])
-
-    def prompt_templates(self) -> list[str]:
-        """The templates as a list of "{}" strings."""
-        from encoder.prompts import template_set
-
-        return template_set(self.templates)
 
 
 class OutputsConfig(_Model):

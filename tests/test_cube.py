@@ -15,18 +15,10 @@ from rasterio.warp import transform_bounds
 
 from encoder.errors import TimeSenCLIPError
 from encoder.preprocess import BANDS
-from pipeline.cube import (
-    DEFAULT_CLOUD_MASK,
-    REFERENCE_ZERO_CLASSES,
-    BadAssetError,
-    build_cube,
-    nanmedian_time,
-)
-from pipeline.stac import BANDS_20M
+from pipeline.cube import BadAssetError, build_cube, nanmedian_time
+from pipeline.sentinel2 import BANDS_20M, DEFAULT_CLOUD_MASK, REFERENCE_ZERO_CLASSES
 from pipeline.stac_server import serve_stac
 from pipeline.synthetic import write_synthetic_collection
-
-# affine (via stackstac) warns on every ``transform * point``; nothing this project can change.
 
 YEAR = 2023
 SMALL_DATES = [datetime.date(YEAR, 1, 5), datetime.date(YEAR, 1, 20), datetime.date(YEAR, 3, 5)]

@@ -25,6 +25,7 @@ from pipeline.cog import read_category_names
 from pipeline.cube import build_cube
 from pipeline.demo import write_demo_inputs
 from pipeline.embed import embed_series, pixel_series
+from pipeline.process import OUTSIDE_REGION
 from pipeline.run import run_workflow
 from pipeline.stac_server import serve_stac
 from pipeline.tiles import Tile, region_mask
@@ -91,7 +92,7 @@ def expected_maps(workflow, region_dir: Path, synthetic):
         label = np.where(result.label.numpy() >= 0, result.label.numpy() + 1, 0).reshape(h, w)
         maps[task.name] = np.where(inside, label, 0)
     assert 0 < (~inside).sum() < inside.sum() / 10  # the corners of the projected bbox only
-    return maps, np.where(inside, cube["valid_months"].values, 0)
+    return maps, np.where(inside, cube["valid_months"].values, OUTSIDE_REGION)
 
 
 def test_maps_equal_a_direct_computation(finished):
@@ -120,7 +121,7 @@ def test_valid_months_match_the_scenes(finished):
         inside = inside_region(workflow, src)
     r, c = -round(row0), -round(col0)
     expected = expected[r : r + got.shape[0], c : c + got.shape[1]]
-    np.testing.assert_array_equal(got, np.where(inside, expected, 0))
+    np.testing.assert_array_equal(got, np.where(inside, expected, OUTSIDE_REGION))
 
 
 def test_georeferencing_palette_categories_overviews(finished):
@@ -201,6 +202,21 @@ def test_rerun_skips_finished_work(finished):
     summary = run_workflow(workflow, progress=False)
     assert summary.tiles == 0
     assert {p: p.stat().st_mtime_ns for p in region_dir.glob("*.tif")} == before
+
+
+def test_changed_inputs_redo_the_region(demo_inputs, tmp_path):
+    """A finished region is redone, not skipped, when what its pixels depend on changes."""
+    _, workflow, _ = demo_inputs
+    first = write_workflow(tmp_path / "a", workflow, outputs={"dir": str(tmp_path / "maps")})
+    assert run_workflow(load_workflow(first), progress=False).tiles == 4
+    stac = {**workflow["stac"], "max_cloud_cover": 20}
+    changed = write_workflow(
+        tmp_path / "b", workflow, stac=stac, outputs={"dir": str(tmp_path / "maps")}
+    )
+    rerun = run_workflow(load_workflow(changed), progress=False)
+    assert rerun.tiles == 4 and rerun.tiles_skipped == 0
+    record = json.loads((tmp_path / "maps" / "synthetic" / "provenance.json").read_text())
+    assert record["workflow"]["stac"]["max_cloud_cover"] == 20
 
 
 def test_killed_run_resumes_to_the_same_files(demo_inputs, finished):
@@ -300,3 +316,14 @@ def test_hub_checkpoints_reach_workers_as_hub_sources(demo_inputs, tmp_path, mon
     assert asked == ["hf-hub:owner/repo/sub/encoder.pt"]
     assert source == "hf-hub:owner/repo/sub/encoder.pt"
     assert digest == file_sha256(local) and dim == 32
+
+
+def test_unreachable_scheduler_is_a_clear_error(demo_inputs, tmp_path, capsys):
+    import dask
+
+    _, workflow, _ = demo_inputs
+    path = write_workflow(tmp_path, workflow, outputs={"dir": str(tmp_path / "maps")})
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        assert main(["run", str(path), "--quiet", "--scheduler", "tcp://127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in err and "Traceback" not in err

@@ -9,7 +9,8 @@ import rasterio
 
 from encoder.errors import TimeSenCLIPError
 from encoder.preprocess import BANDS
-from pipeline.stac import BANDS_20M, EARTH_SEARCH_ASSETS
+from pipeline.sentinel2 import BANDS_20M
+from pipeline.stac import EARTH_SEARCH_ASSETS
 from pipeline.synthetic import (
     LAND_CLASSES,
     default_dates,

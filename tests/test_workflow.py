@@ -88,7 +88,6 @@ def test_the_readme_example_parses(tmp_path):
     custom = wf.tasks[2].class_specs()
     assert [c.name for c in custom] == ["vineyard", "olive grove", "pine forest"]
     assert [c.color for c in custom] == ["#7b2d8b", None, None]
-    assert wf.tasks[1].prompt_templates() == ["{}"]
     assert wf.outputs.dir == tmp_path / "out"
     assert (wf.outputs.confidence, wf.outputs.embeddings) == (True, False)
     assert (wf.dask.scheduler, wf.dask.n_workers) == (None, None)
@@ -117,7 +116,7 @@ def test_defaults(tmp_path):
     }
     assert (wf.model.clip.model, wf.model.clip.pretrained) == ("ViT-B-32", "openai")
     assert (wf.model.device, wf.model.batch_size) == ("auto", 65536)
-    assert (wf.tasks[0].templates, wf.tasks[0].top_k) == ("class_names", 1)
+    assert wf.tasks[0].templates == "class_names"
     assert wf.outputs.model_dump(exclude={"dir"}) == {
         "confidence": True,
         "embeddings": False,
@@ -292,7 +291,6 @@ def _set(path: str, value):
             ["tasks[0].classes", "got 5", "class set name", "or a list of classes"],
         ),
         (_set("tasks.0.classes", []), ["tasks[0].classes", "got []", "at least 1"]),
-        (_set("tasks.0.top_k", 9), ["tasks[0]", "top_k 9 exceeds the task's 8 classes"]),
         (
             _set("tasks.0.templates", "Genric"),
             ["tasks[0].templates", "got 'Genric'", "LC_Generic", "did you mean 'Generic'?"],
