@@ -94,8 +94,8 @@ def rasterio_composite(items: list[dict], size: int, chunk: int) -> np.ndarray:
     from rasterio.enums import Resampling
 
     from encoder.preprocess import BANDS
-    from pipeline.sentinel2 import DEFAULT_CLOUD_MASK
     from pipeline.harmonize import harmonization
+    from pipeline.sentinel2 import DEFAULT_CLOUD_MASK
     from pipeline.stac import EARTH_SEARCH_ASSETS
 
     def read(href: str) -> np.ndarray:  # 20 m files upsampled x2 by nearest on read
