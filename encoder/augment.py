@@ -1,4 +1,6 @@
-"""Temporal augmentation on embedded month tokens; every kept month keeps its calendar position.
+"""Temporal augmentation on embedded month tokens, positioned by the model's rule
+(:func:`encoder.model.positions`): kept months keep their calendar positions, a single kept token
+takes the mean position.
 
 All functions take spectral tokens ``(N, T, D)`` without positions (``encoder.embed_spectral``),
 the month mask ``(N, T)`` (True = present; absent tokens may hold anything finite) and the position
@@ -13,6 +15,7 @@ import torch
 from torch import Tensor
 
 from encoder.errors import TimeSenCLIPError
+from encoder.model import positions
 
 AUGMENTATIONS = ("median", "quarter_drop", "subset")
 QUARTER = 3  # consecutive months removed by quarter_drop
@@ -26,7 +29,7 @@ def median_token(tokens: Tensor, month_mask: Tensor, pos: Tensor) -> tuple[Tenso
     values = tokens.float().masked_fill(~month_mask[..., None], float("nan"))
     median = values.nanmedian(dim=1, keepdim=True).values
     padding = ~month_mask.any(1, keepdim=True)
-    return median.nan_to_num(0.0) + pos.mean(1, keepdim=True), padding
+    return median.nan_to_num(0.0) + positions(pos, ~padding), padding
 
 
 def quarter_drop(
@@ -57,7 +60,8 @@ def random_subset(
 
 def _keep(tokens: Tensor, month_mask: Tensor, keep: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
     keep = torch.where(keep.any(1, keepdim=True), keep, month_mask)
-    return tokens + pos, ~keep
+    # The model's own rule, so a single kept month sits at the mean position as in forward().
+    return tokens + positions(pos, keep), ~keep
 
 
 def augment(

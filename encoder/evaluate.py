@@ -1,13 +1,13 @@
 """Evaluate an encoder on a pairs store: zero-shot classification per task and retrieval.
 
 Per task: top-1 / top-5 accuracy, balanced accuracy (mean recall over the classes present),
-macro F1, per-class precision / recall / F1 / support and a confusion matrix (PNG, rows = true
-class, normalised per row). Optionally the reference's transductive per-class normalisation
-(scores divided by each class's mean score over the whole evaluated set), reported separately
-and labelled transductive because it uses the statistics of the test set itself. Retrieval:
-Recall@1/5/10 satellite -> ground and ground -> satellite among all evaluated points with
-photos, against the pooled ground embeddings. Outputs ``report.json``, ``report.md`` and
-``confusion_<task>.png``.
+macro F1 (over the classes present or predicted, as sklearn), per-class precision / recall / F1 /
+support and a confusion matrix (PNG, rows = true class, normalised per row). Optionally the
+reference's transductive per-class normalisation (scores divided by each class's mean score over
+the whole evaluated set), reported separately and labelled transductive because it uses the
+statistics of the test set itself. Retrieval: Recall@1/5/10 satellite -> ground and ground ->
+satellite among all evaluated points with photos, against the pooled ground embeddings. Outputs
+``report.json``, ``report.md`` and ``confusion_<task>.png``.
 """
 
 from __future__ import annotations
@@ -65,19 +65,21 @@ def classification_metrics(
             0.0,
         )
     present = support > 0
+    # As sklearn's macro F1: a class predicted but never true counts, with F1 = 0.
+    seen = present | (predicted_count > 0)
     return {
         "n": int(n),
         "top1": float((predicted == labels).mean()),
         f"top{top.shape[1]}": float((top == labels[:, None]).any(1).mean()),
         "balanced_accuracy": float(recall[present].mean()),
-        "macro_f1": float(f1[present].mean()),
+        "macro_f1": float(f1[seen].mean()),
         "per_class": [
             {
                 "class": name,
                 "support": int(support[i]),
                 "precision": float(precision[i]),
                 "recall": None if not present[i] else float(recall[i]),
-                "f1": float(f1[i]) if present[i] else None,
+                "f1": float(f1[i]) if seen[i] else None,
             }
             for i, name in enumerate(class_names)
         ],
@@ -144,7 +146,7 @@ def _pooling(checkpoint: str, dim: int, mode: str, device: torch.device) -> Phot
             state = read_train_state(checkpoint)
         except TrainingError:
             state = None
-        if state is not None and state.get("pooling") == "attention":
+        if state is not None and state["config"]["train"]["pooling"] == "attention":
             pooling = PhotoPooling(dim, "attention")
             weights = {
                 k.removeprefix("pooling_layer."): v

@@ -62,7 +62,7 @@ class TimeSenCLIPEncoder(nn.Module):
         """
         present = self._check_input(x, month_mask)
         x = torch.where(present.view(*present.shape, *[1] * (x.ndim - 2)), x, 0.0).flatten(2)
-        tokens = self.embed_spectral(x) + _positions(self.time_pos_encoding, present)
+        tokens = self.embed_spectral(x) + positions(self.time_pos_encoding, present)
         qkv = None if self.training else self._first_qkv(x, present)
         return self._encode(tokens, ~present, qkv)
 
@@ -100,7 +100,7 @@ class TimeSenCLIPEncoder(nn.Module):
         attn = self.transformer.layers[0].self_attn
         w, b = attn.in_proj_weight, attn.in_proj_bias
         pos = F.linear(self.time_pos_encoding + lin.bias, w, b)
-        tokens = F.linear(x, w @ lin.weight) + _positions(pos, present)
+        tokens = F.linear(x, w @ lin.weight) + positions(pos, present)
         cls = F.linear(self.time_token, w, b).expand(x.shape[0], -1, -1)
         return torch.cat([cls, tokens], 1)
 
@@ -134,9 +134,10 @@ class TimeSenCLIPEncoder(nn.Module):
         return ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(self.config).items())
 
 
-def _positions(table: Tensor, present: Tensor) -> Tensor:
-    """Per-token position terms from a (1, months, E) table: the mean row for a single token or a
-    pixel with one present month (as training did), each month's own row otherwise."""
+def positions(table: Tensor, present: Tensor) -> Tensor:
+    """Per-token position terms from a (1, months, E) table for the (N, T) ``present`` mask: the
+    mean row for a single token (T = 1) or a pixel with one present month (as training did), each
+    month's own row otherwise."""
     mean = table.mean(1, keepdim=True)
     if present.shape[1] == 1:
         return mean

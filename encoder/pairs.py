@@ -31,7 +31,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -423,23 +423,30 @@ def _default_label_attrs() -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Sen4MapLayout:
-    """Where a Sen4Map-style HDF5 file keeps each point's data (names are configurable).
+    """Where a Sen4Map-style HDF5 file keeps each point's data; the defaults read the published
+    Sen4Map files (top-level groups ``Lucas_Point_<pointid>``, each with a dataset ``image``).
 
     Every HDF5 group holding a dataset named ``data`` is one point. The dataset is
     ``(T=12, C, H, W)`` digital numbers (pre-2022 scale); its band names come from the attribute
     ``bands_attr`` (on the dataset, the group or the file root; "B2" and "B02" both work) and the
-    10 model bands are selected by name; without the attribute C must be 10 in BANDS order. The
-    pixel is ``pixel`` (row, col), default the centre (H // 2, W // 2) = (32, 32) of 64x64
-    patches. Attributes (dataset first, then group): ``point_id`` (default: the group's name),
-    ``lon``/``lat``, ``country`` and the raw label fields of ``labels`` (raw field -> attribute).
-    Values equal to ``nodata`` are treated as missing.
+    10 model bands are selected by name; without the attribute C must be 10 in BANDS order (as in
+    Sen4Map). The pixel is ``pixel`` (row, col), default the centre (H // 2, W // 2) = (32, 32) of
+    64x64 patches. Attributes (dataset first, then group): ``point_id`` (default: the group name
+    after its last "_", so ``Lucas_Point_47243144`` -> ``47243144``), ``country`` and the raw
+    label fields of ``labels`` (raw field -> attribute; the country is ``nuts0``). Longitude and
+    latitude come from the ``lon``/``lat`` attributes, else from the 2-element ``coordinates``
+    attribute read in ``coordinate_order``: Sen4Map's ``Coordinates`` are taken as (lon, lat),
+    an assumption its documentation does not confirm ("latlon" swaps them). Values equal to
+    ``nodata`` are treated as missing.
     """
 
-    data: str = "data"
+    data: str = "image"
     bands_attr: str = "bands"
     point_id: str = "point_id"
     lon: str = "lon"
     lat: str = "lat"
+    coordinates: str = "Coordinates"
+    coordinate_order: Literal["lonlat", "latlon"] = "lonlat"
     labels: Mapping[str, str] = field(default_factory=_default_label_attrs)
     pixel: tuple[int, int] | None = None
     nodata: float | None = None
@@ -512,16 +519,24 @@ def _sen4map_point(path: Path, root, group, layout: Sen4MapLayout) -> PointRecor
     series = np.asarray(data[:, :, row, col], np.float32)[:, index]
     if layout.nodata is not None:
         series[series == layout.nodata] = np.nan
-    point_id = _text(attr(layout.point_id)) or group.name.rsplit("/", 1)[-1]
+    point_id = _text(attr(layout.point_id)) or group.name.rsplit("/", 1)[-1].rsplit("_", 1)[-1]
     raw = {name: attr(a) for name, a in layout.labels.items()}
-    lon, lat = attr(layout.lon), attr(layout.lat)
-    return PointRecord(
-        point_id,
-        series,
-        raw,
+    lon, lat = _lon_lat(attr(layout.lon), attr(layout.lat), attr(layout.coordinates), layout, where)
+    return PointRecord(point_id, series, raw, lon, lat, _text(raw.get("country")) or None)
+
+
+def _lon_lat(
+    lon: Any, lat: Any, coordinates: Any, layout: Sen4MapLayout, where: str
+) -> tuple[float, float]:
+    """Degrees from separate attributes, else from the coordinate pair; NaN where unknown."""
+    if lon is None and lat is None and coordinates is not None:
+        pair = np.asarray(coordinates, np.float64).ravel()
+        if pair.size != 2:
+            raise PairsError(f"{where}: {layout.coordinates!r} holds {pair.size} values, not 2")
+        lon, lat = pair if layout.coordinate_order == "lonlat" else pair[::-1]
+    return (
         math.nan if lon is None else float(lon),
         math.nan if lat is None else float(lat),
-        _text(raw.get("country")) or None,
     )
 
 

@@ -1,8 +1,9 @@
 """Contrastive training of the encoder against frozen CLIP ground-photo embeddings.
 
 One-way InfoNCE (satellite -> ground): each pixel embedding must pick its own point's pooled ground
-embedding among the batch's and a FIFO queue of earlier ground embeddings (MoCo-style; the key side
-is frozen, so there is no momentum encoder). Learnable logit scale clamped at ``logit_scale_max``.
+embedding against a FIFO queue of earlier ground embeddings, not the batch's other keys (MoCo-style;
+the key side is frozen, so there is no momentum encoder; the queue starts as random unit vectors).
+Learnable logit scale, its parameter clamped to at most ``log(logit_scale_max)`` after each step.
 Temporal augmentation on a fraction of the (micro-)batches, AdamW, per-step linear warm-up then
 cosine, bf16 autocast on CUDA, gradient accumulation.
 
@@ -67,7 +68,7 @@ STATE_FORMAT = "timesenclip-train-state"
 STATE_SUFFIX = ".train_state.pt"
 _CKPT_NAME = re.compile(r"^step_(\d{8})\.pt$")
 # Changing these on resume would break the promise that a resumed run repeats an uninterrupted one.
-_RESUME_FIXED = ("model", "clip", "train")
+_RESUME_FIXED = ("data", "model", "clip", "train")
 _RESUME_FREE = {"max_steps", "device", "cache_dir"}
 
 
@@ -121,7 +122,7 @@ class OptimConfig(_Section):
     weight_decay: float = Field(1e-4, ge=0.0)
     warmup_epochs: float = Field(10.0, ge=0.0)
     min_lr: float = Field(0.0, ge=0.0)
-    queue_size: int = Field(2048, ge=0)
+    queue_size: int = Field(2048, ge=1)  # the only negatives
     logit_scale_init: float = Field(1 / 0.07, gt=0.0)
     logit_scale_max: float = Field(100.0, gt=0.0)
     pooling: Literal["mean", "attention"] = "mean"
@@ -234,14 +235,22 @@ class ContrastiveLearner(nn.Module):
             )
         self.encoder = encoder
         self.pooling_layer = PhotoPooling(ground_dim, pooling)
+        if queue_size < 1:
+            raise TrainingError("queue_size must be at least 1: the queue holds the negatives")
         self.logit_scale = nn.Parameter(torch.tensor(math.log(logit_scale_init)))
         self.logit_scale_max = logit_scale_max
-        self.register_buffer("queue", torch.zeros(queue_size, ground_dim))
+        self.clamp_logit_scale()
+        # Random unit keys (as the reference), so the queue is full from the first step.
+        self.register_buffer("queue", F.normalize(torch.randn(queue_size, ground_dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
-        self.register_buffer("queue_len", torch.zeros((), dtype=torch.long))
 
     def scale(self) -> Tensor:
-        return self.logit_scale.exp().clamp(max=self.logit_scale_max)
+        return self.logit_scale.exp()
+
+    @torch.no_grad()
+    def clamp_logit_scale(self) -> None:
+        """Cap the parameter itself (after each step): clamping exp() would zero its gradient."""
+        self.logit_scale.clamp_(max=math.log(self.logit_scale_max))
 
     def embed(
         self, x: Tensor, month_mask: Tensor, kind: str | None, generator: torch.Generator
@@ -257,25 +266,22 @@ class ContrastiveLearner(nn.Module):
         )
 
     def loss(self, satellite: Tensor, keys: Tensor) -> Tensor:
-        """InfoNCE of each satellite row against its own key, the other keys and the queue."""
-        negatives = self.queue[: int(self.queue_len)]
-        candidates = torch.cat([keys, negatives]) if len(negatives) else keys
-        logits = self.scale() * F.normalize(satellite, dim=-1) @ candidates.T
-        return F.cross_entropy(logits, torch.arange(len(keys), device=keys.device))
+        """InfoNCE of each satellite row: its own (unit) key at index 0 against the queue."""
+        s = F.normalize(satellite, dim=-1)
+        logits = torch.cat([(s * keys).sum(-1, keepdim=True), s @ self.queue.T], 1)
+        target = torch.zeros(len(keys), dtype=torch.long, device=keys.device)
+        return F.cross_entropy(self.scale() * logits, target)
 
     @torch.no_grad()
     def enqueue(self, keys: Tensor) -> None:
         """Write ``keys`` at the pointer, wrapping around; only the newest ``size`` are kept."""
         size = self.queue.shape[0]
-        if size == 0:
-            return
         n, ptr = len(keys), int(self.queue_ptr)
         # Same result as writing the rows one by one: the oldest of an oversize batch fall out.
         keys = keys.detach()[-size:].to(self.queue.dtype)
         start = ptr + n - len(keys)
         self.queue[(start + torch.arange(len(keys), device=self.queue.device)) % size] = keys
         self.queue_ptr.fill_((ptr + n) % size)
-        self.queue_len.fill_(min(size, int(self.queue_len) + n))
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -325,6 +331,24 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) 
         return (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _usable(pairs: Pairs, source: Path, need_photos: bool) -> Pairs:
+    """The points with a valid month (else a NaN embedding) and, with ``need_photos``, a photo
+    (else no positive); logs how many were left out."""
+    has_month = pairs.month_mask.any(1)
+    has_photo = pairs.photo_mask.any(1) | (not need_photos)
+    keep = has_month & has_photo
+    if not keep.all():
+        log.info(
+            "%s: left out %d of %d points (%d without a valid month, %d more without a photo)",
+            source,
+            int((~keep).sum()),
+            len(pairs),
+            int((~has_month).sum()),
+            int((has_month & ~has_photo).sum()),
+        )
+    return pairs.subset(keep)
 
 
 def _split(pairs: Pairs, fraction: float, seed: int) -> tuple[Pairs, Pairs | None]:
@@ -391,10 +415,9 @@ class Trainer:
         self.out = config.output.dir
         self.progress = progress
         self.resume_from = self._find_resume(resume)
-        pairs = read_pairs(config.data.train)
-        pairs = pairs.subset(pairs.photo_mask.any(1))  # no photo, no positive
+        pairs = _usable(read_pairs(config.data.train), config.data.train, need_photos=True)
         if config.data.val is not None:
-            train, val = pairs, read_pairs(config.data.val)
+            train, val = pairs, _usable(read_pairs(config.data.val), config.data.val, False)
         else:
             train, val = _split(pairs, config.data.val_fraction, config.train.seed)
         self.train = TensorPairs.from_pairs(train, self.device)
@@ -505,7 +528,6 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "learner": learner,
-            "pooling": self.opt_cfg.pooling,
             "config": self.cfg.model_dump(mode="json"),
         }
         # The sidecar first: a checkpoint counts (latest_checkpoint) once its encoder file exists.
@@ -573,6 +595,7 @@ class Trainer:
             total += float(loss.detach())
             keys_seen.append(keys.detach())
         self.optimizer.step()
+        self.learner.clamp_logit_scale()
         self.scheduler.step()
         for keys in keys_seen:  # after the step: this step's negatives were the queue before it
             self.learner.enqueue(keys)

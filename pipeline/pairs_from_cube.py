@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 from pyproj import Transformer
 
@@ -90,11 +91,11 @@ def _geojson_points(path: Path) -> list[dict[str, Any]]:
 def sample_cube(cube: xr.Dataset, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """(N, 12, 10) composite values at the pixels holding the points (cube CRS coordinates).
 
-    Points outside the cube get NaN.
+    The pixel size comes from the cube's geotransform (``build_cube`` writes one), so a cube one
+    pixel wide or tall samples at its true resolution. Points outside the cube get NaN.
     """
     xs, ys = cube["x"].values, cube["y"].values
-    res_x = float(xs[1] - xs[0]) if len(xs) > 1 else float(cube.attrs.get("resolution", 10.0))
-    res_y = float(ys[1] - ys[0]) if len(ys) > 1 else -abs(res_x)
+    res_x, res_y = cube.rio.resolution()
     ix = np.rint((np.asarray(x) - xs[0]) / res_x).astype(int)
     iy = np.rint((np.asarray(y) - ys[0]) / res_y).astype(int)
     inside = (ix >= 0) & (ix < len(xs)) & (iy >= 0) & (iy < len(ys))

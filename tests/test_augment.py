@@ -1,4 +1,4 @@
-"""Temporal augmentation keeps the calendar position of every kept month."""
+"""Temporal augmentation positions kept months by the model's own rule."""
 
 import pytest
 import torch
@@ -74,10 +74,29 @@ def test_random_subset_keeps_one_to_eleven_present_months_with_positions(data):
     counts = kept.sum(1)
     assert counts.min() >= 1 and counts.max() <= 11
     assert not (kept & ~mask).any()
-    assert torch.equal(out[kept], (tokens + pos).expand(N, -1, -1)[kept])
+    # Several kept months keep their own positions; a single one takes the mean position.
+    many, one = counts > 1, counts == 1
+    assert many.any() and one.any()
+    own = (tokens + pos)[many][kept[many]]
+    assert torch.equal(out[many][kept[many]], own)
+    torch.testing.assert_close(out[one][kept[one]], tokens[one][kept[one]] + pos[0].mean(0))
     many = torch.cat([random_subset(tokens, mask, pos, gen(s))[1] for s in range(10)])
     sizes = set((~many).sum(1).tolist())
     assert {1, 11} <= sizes  # both ends of 1..11 occur
+
+
+def test_random_subset_single_month_matches_the_models_forward(data):
+    """One kept month is encoded as forward() encodes a pixel with only that month present."""
+    model = tiny_encoder(dim=8, heads=2)
+    x = torch.rand(N, T, 10)
+    full = torch.ones(N, T, dtype=torch.bool)
+    seq, padding = random_subset(model.embed_spectral(x), full, model.time_pos_encoding, gen())
+    one = (~padding).sum(1) == 1
+    assert one.any()
+    with torch.no_grad():
+        augmented = model.encode_tokens(seq[one], padding[one])
+        masked = model(x[one], ~padding[one])
+    torch.testing.assert_close(augmented, masked, atol=1e-5, rtol=1e-5)
 
 
 def test_quarter_drop_matches_the_models_month_mask_path(data):

@@ -52,6 +52,16 @@ def test_classification_metrics_by_hand():
     assert five["balanced_accuracy"] == 0.5
 
 
+def test_macro_f1_counts_classes_predicted_but_never_true():
+    """As sklearn's f1_score(average="macro"): classes 0 (true), 1 (only predicted), 2 (both)."""
+    labels = np.array([0, 0, 2])
+    m = classification_metrics(labels, np.eye(4)[[0, 1, 2]], list("abcd"))
+    f1 = [2 * 1.0 * 0.5 / 1.5, 0.0, 1.0]  # class d: neither true nor predicted, left out
+    assert m["macro_f1"] == pytest.approx(np.mean(f1))
+    assert [r["f1"] for r in m["per_class"]] == pytest.approx([*f1, None])
+    assert m["balanced_accuracy"] == pytest.approx(0.75)  # recall stays over true classes
+
+
 def test_transductive_scores_divide_by_class_means():
     cosine = np.array([[0.2, 0.4], [0.0, 0.8]])
     shifted = cosine / 2 + 1

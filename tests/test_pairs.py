@@ -7,6 +7,7 @@ import h5py
 import numpy as np
 import pytest
 import xarray as xr
+from affine import Affine
 from pyproj import Transformer
 
 from encoder.ground import DIRECTIONS, GroundEmbeddings
@@ -109,7 +110,7 @@ def write_h5(path, points, nested=False):
             patch = np.full((12, len(FILE_BANDS), 64, 64), -5.0, dtype=np.float32)
             for b, band in enumerate(BANDS):
                 patch[:, FILE_BANDS.index(band.replace("B0", "B")), 32, 32] = series[:, b]
-            group.create_dataset("data", data=patch)
+            group.create_dataset("image", data=patch)
             group.attrs.update(attrs)
 
 
@@ -186,6 +187,47 @@ def test_pairs_from_sen4map(sen4map, tmp_path):
         pairs_from_sen4map([h5], embeddings, out)
 
 
+def test_pairs_from_sen4map_reference_layout(tmp_path):
+    """The published file layout: top-level Lucas_Point_<id> groups, `image` in BANDS order,
+    Coordinates/nuts0/lc1... as group attributes, no bands, point_id, lon or lat attribute."""
+    h5 = tmp_path / "sen4map_ref.h5"
+    points = {
+        "47243144": {"nuts0": "AT", "lc1": "B13", "lu1": "U111", "bioregion_class_code": "Alpine"},
+        "31863042": {"nuts0": "FR", "lc1": "C10", "EUNIS_L2": "Coniferous woodland"},
+        "99999999": {"nuts0": "DE", "lc1": "E20"},  # no photos
+    }
+    with h5py.File(h5, "w") as f:
+        for i, (pid, attrs) in enumerate(points.items()):
+            group = f.create_group(f"Lucas_Point_{pid}")
+            patch = np.full((12, 10, 5, 5), -5.0, np.float32)
+            patch[:, :, 2, 2] = series_for(i)
+            group.create_dataset("image", data=patch)
+            group.attrs.update(attrs)
+            group.attrs["Coordinates"] = np.array([10.0 + i, 47.0 + i])
+    emb = lucas([("AT", "47243144", "WENS"), ("FR", "31863042", "WE")])
+    embeddings = tmp_path / "lucas.pt"
+    GroundEmbeddings.from_mapping(emb).save(embeddings)
+    stats = pairs_from_sen4map([h5], embeddings, tmp_path / "ref.zarr")
+    assert (stats.read, stats.no_photos, stats.kept) == (3, 1, 2)
+    pairs = read_pairs(tmp_path / "ref.zarr")
+    assert sorted(pairs.point_id.tolist()) == ["31863042", "47243144"]
+    at, fr = (pairs.point_id.tolist().index(p) for p in ("47243144", "31863042"))
+    np.testing.assert_array_equal(pairs.series[at], series_for(0))
+    np.testing.assert_array_equal(pairs.series[fr], series_for(1))
+    np.testing.assert_array_equal(pairs.ground[at, 3], emb["AT_47243144S"])
+    assert pairs.photo_mask[fr].tolist() == [True, True, False, False]
+    assert (pairs.lon[at], pairs.lat[at], pairs.lon[fr], pairs.lat[fr]) == (10.0, 47.0, 11.0, 48.0)
+    assert pairs.labels["country"][at] == index("country", "Austria")
+    assert pairs.labels["crop_type"][at] == index("crop_type", "Barley")
+    assert pairs.labels["bioregion"][at] == index("bioregion", "Alpine")
+    assert pairs.labels["land_cover"][fr] == index("land_cover", "Woodland")
+    assert pairs.labels["eunis_habitat"][fr] == index("eunis_habitat", "Coniferous woodland")
+    assert pairs.raw["country"][fr] == "FR"
+    swapped = Sen4MapLayout(coordinate_order="latlon")
+    pairs_from_sen4map([h5], embeddings, tmp_path / "swapped.zarr", layout=swapped)
+    assert read_pairs(tmp_path / "swapped.zarr").lat[at] == 10.0
+
+
 def test_sen4map_custom_layout_and_missing_months(tmp_path):
     h5 = tmp_path / "custom.h5"
     series = series_for(0)
@@ -216,7 +258,7 @@ def test_sen4map_errors(tmp_path):
     GroundEmbeddings.from_mapping(lucas([("AT", "1", "W")])).save(embeddings)
     bad = tmp_path / "bad.h5"
     with h5py.File(bad, "w") as f:
-        f.create_group("p").create_dataset("data", data=np.zeros((12, 7, 4, 4)))
+        f.create_group("p").create_dataset("image", data=np.zeros((12, 7, 4, 4)))
     with pytest.raises(PairsError, match="7 bands and no 'bands' attribute"):
         pairs_from_sen4map([bad], embeddings, tmp_path / "x.zarr")
     with pytest.raises(PairsError, match="no group holds a dataset named 'cube'"):
@@ -329,6 +371,24 @@ def test_sample_cube_picks_the_pixel_holding_each_point():
     np.testing.assert_array_equal(out[0], values[:, :, 0, 0])
     np.testing.assert_array_equal(out[1], values[:, :, 2, 3])
     assert np.isnan(out[2]).all()
+
+
+def test_sample_cube_one_pixel_wide_uses_the_cube_resolution():
+    """A cube one pixel wide (a lone point's cube) at 20 m: the size comes from its transform."""
+    values = np.arange(12 * 10 * 2, dtype=np.float32).reshape(12, 10, 2, 1)
+    cube = xr.Dataset(
+        {"composite": (("month", "band", "y", "x"), values)},
+        coords={"month": np.arange(1, 13), "band": list(BANDS), "y": [90.0, 70.0], "x": [10.0]},
+    )
+    cube = cube.rio.write_crs(32632).rio.write_transform(Affine(20, 0, 0, 0, -20, 100))
+    x = np.array([18.0, 2.0, 22.0])  # 8 m east, 8 m west of the centre, outside
+    y = np.array([88.0, 62.0, 88.0])  # row 0, row 1 (8 m south of its centre), row 0
+    out = sample_cube(cube, x, y)
+    np.testing.assert_array_equal(out[0], values[:, :, 0, 0])
+    np.testing.assert_array_equal(out[1], values[:, :, 1, 0])
+    assert np.isnan(out[2]).all()
+    single = cube.isel(y=[1])  # one pixel wide and tall
+    np.testing.assert_array_equal(sample_cube(single, x[1:2], y[1:2])[0], values[:, :, 1, 0])
 
 
 def test_pairs_from_cube_end_to_end(tmp_path):

@@ -17,6 +17,7 @@ from encoder.tiny import write_tiny_clip
 from encoder.train import (
     ContrastiveLearner,
     TrainConfigError,
+    Trainer,
     TrainingError,
     latest_checkpoint,
     load_config,
@@ -98,38 +99,54 @@ def learner(queue_size=5, dim=4):
     return ContrastiveLearner(encoder, dim, "mean", queue_size)
 
 
-def test_queue_is_fifo_and_wraps():
+def test_queue_starts_full_of_unit_vectors_and_is_fifo():
     lr = learner(queue_size=5)
-    assert lr.queue.shape == (5, 4) and int(lr.queue_len) == 0
+    assert lr.queue.shape == (5, 4) and int(lr.queue_ptr) == 0
+    torch.testing.assert_close(lr.queue.norm(dim=1), torch.ones(5))
+    assert torch.linalg.matrix_rank(lr.queue) == 4  # random keys, not zeros or copies
     rows = torch.arange(40, dtype=torch.float32).view(10, 4)
     lr.enqueue(rows[:3])
-    assert (int(lr.queue_ptr), int(lr.queue_len)) == (3, 3)
+    assert int(lr.queue_ptr) == 3
     assert torch.equal(lr.queue[:3], rows[:3])
     lr.enqueue(rows[3:7])  # 4 more: two fill the end, two wrap to the start
-    assert (int(lr.queue_ptr), int(lr.queue_len)) == (2, 5)
+    assert int(lr.queue_ptr) == 2
     assert torch.equal(lr.queue, torch.stack([rows[5], rows[6], rows[2], rows[3], rows[4]]))
     lr.enqueue(rows[:7])  # more than the queue holds: the newest 5 stay, in FIFO order
     assert torch.equal(lr.queue[[4, 0, 1, 2, 3]], rows[2:7])
     assert int(lr.queue_ptr) == 4
     assert ContrastiveLearner(TimeSenCLIPEncoder(dim=4, depth=1, heads=1), 4).queue.shape[0] == 2048
+    with pytest.raises(TrainingError, match="queue_size"):
+        learner(queue_size=0)
 
 
-def test_loss_uses_batch_and_queue_negatives():
+def test_loss_is_the_positive_against_the_queue_only():
     torch.manual_seed(0)
     lr = learner(queue_size=6)
     sat, keys = torch.randn(3, 4), F.normalize(torch.randn(3, 4), dim=-1)
-    scale = 1 / 0.07
-    alone = F.cross_entropy(scale * F.normalize(sat, dim=-1) @ keys.T, torch.arange(3))
-    torch.testing.assert_close(lr.loss(sat, keys), alone)
-    queued = F.normalize(torch.randn(4, 4), dim=-1)
-    lr.enqueue(queued)
-    expected = F.cross_entropy(
-        scale * F.normalize(sat, dim=-1) @ torch.cat([keys, queued]).T, torch.arange(3)
-    )
+    s = F.normalize(sat, dim=-1)
+    logits = torch.cat([(s * keys).sum(1, keepdim=True), s @ lr.queue.T], 1) / 0.07
+    expected = F.cross_entropy(logits, torch.zeros(3, dtype=torch.long))
     torch.testing.assert_close(lr.loss(sat, keys), expected)
+    # The other rows' keys are not negatives: each row's loss depends on its own key only.
+    rows = torch.stack([lr.loss(sat[i : i + 1], keys[i : i + 1]) for i in range(3)])
+    torch.testing.assert_close(lr.loss(sat, keys), rows.mean())
+    queued = F.normalize(torch.randn(6, 4), dim=-1)
+    lr.enqueue(queued)
+    logits = torch.cat([(s * keys).sum(1, keepdim=True), s @ queued.T], 1) / 0.07
+    expected = F.cross_entropy(logits, torch.zeros(3, dtype=torch.long))
+    torch.testing.assert_close(lr.loss(sat, keys), expected)
+
+
+def test_logit_scale_parameter_is_clamped_and_keeps_its_gradient():
+    lr = learner()
     with torch.no_grad():
-        lr.logit_scale.fill_(10.0)  # exp(10) > 100: clamped
-    assert lr.scale().item() == 100.0
+        lr.logit_scale.fill_(10.0)  # exp(10) > 100
+    lr.clamp_logit_scale()
+    assert lr.scale().item() == pytest.approx(100.0)
+    lr.loss(torch.randn(3, 4), F.normalize(torch.randn(3, 4), dim=-1)).backward()
+    assert lr.logit_scale.grad.abs() > 0  # at the cap it can still move down
+    high = ContrastiveLearner(TimeSenCLIPEncoder(dim=4, depth=1, heads=1), 4, logit_scale_init=500)
+    assert high.scale().item() == pytest.approx(100.0)
 
 
 def test_lr_schedule_warmup_then_cosine():
@@ -153,8 +170,7 @@ def test_learns_a_synthetic_world_zero_shot(world):
     )
     result = run_training(config, progress=False)
     assert result.step == 3 * 16
-    # The queue is full after two steps; from then on the loss must fall clearly.
-    assert np.mean(result.losses[-8:]) < np.mean(result.losses[2:10]) - 0.8
+    assert np.mean(result.losses[-8:]) < np.mean(result.losses[:8]) - 0.8
     final = result.validation[-1]["val_land_cover_top1"]
     assert final > 0.6  # zero-shot on held-out points; chance is 1/8
     out = result.out_dir
@@ -196,7 +212,7 @@ def test_resume_repeats_an_uninterrupted_run(world):
     ):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7, msg=name)
     sa, sb = read_train_state(a), read_train_state(b)
-    for key in ("queue", "queue_ptr", "queue_len", "pooling_layer.attention.weight", "logit_scale"):
+    for key in ("queue", "queue_ptr", "pooling_layer.attention.weight", "logit_scale"):
         torch.testing.assert_close(sa["learner"][key], sb["learner"][key], rtol=1e-6, atol=1e-7)
     # Only the newest checkpoints are kept (default 3), each with its training state.
     kept = sorted(p.name for p in (world[0] / "runs/split/checkpoints").glob("step_*.pt"))
@@ -214,6 +230,36 @@ def test_resume_refuses_a_changed_config(world):
     config = write_config(world, "changed", data=data, train={**train, "lr": 5e-4})
     with pytest.raises(TrainingError, match=r"config changed \(train.lr\)"):
         run_training(config, resume=True, progress=False)
+    config = write_config(world, "changed", data={"train": "train.zarr"}, train=train)
+    with pytest.raises(TrainingError, match=r"config changed \(data.train\)"):
+        run_training(config, resume=True, progress=False)
+
+
+def test_train_step_clamps_the_logit_scale(world):
+    config = write_config(world, "clamp", data={"train": "small.zarr"}, train={"batch_size": 32})
+    trainer = Trainer(load_config(config), progress=False)
+    with torch.no_grad():
+        trainer.learner.logit_scale.fill_(10.0)
+    trainer.train_step(torch.arange(32))
+    assert trainer.learner.logit_scale.item() <= math.log(100.0) + 1e-6  # the parameter itself
+
+
+def test_points_without_months_or_photos_are_left_out(world, caplog):
+    pairs = synthetic_pairs(np.random.default_rng(0).normal(size=(8, DIM)), 80, seed=3)
+    pairs.month_mask[:10] = False  # 10 points with no valid month
+    pairs.series[:10] = np.nan
+    pairs.photo_mask[10:16] = False  # 6 with no photo
+    pairs.ground[10:16] = 0.0
+    write_pairs(world[0] / "holes.zarr", pairs)
+    config = write_config(
+        world, "holes", data={"train": "holes.zarr"}, train={"epochs": 1, "batch_size": 16}
+    )
+    with caplog.at_level("INFO", logger="encoder.train"):
+        result = run_training(config, progress=False)
+    assert result.step == 64 // 16 and all(math.isfinite(x) for x in result.losses)
+    assert "left out 16 of 80 points (10 without a valid month, 6 more without a photo)" in (
+        caplog.text
+    )
 
 
 def test_too_little_data(world):
