@@ -24,10 +24,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from encoder.atomic import atomic_path
+from encoder.atomic import atomic_path, write_text_atomic
 from encoder.device import resolve_device
 from encoder.errors import TimeSenCLIPError
 from encoder.ground import PhotoPooling
+from encoder.inference import embed
 from encoder.pairs import check_task, read_pairs
 from encoder.preprocess import normalize
 
@@ -125,16 +126,6 @@ class EvaluationReport:
     figures: list[Path]
 
 
-def _embed(model, x: Tensor, month_mask: Tensor, batch_size: int) -> Tensor:
-    with torch.inference_mode():
-        return torch.cat(
-            [
-                model(xb, mb).float()
-                for xb, mb in zip(x.split(batch_size), month_mask.split(batch_size), strict=True)
-            ]
-        )
-
-
 def _pooling(checkpoint: str, dim: int, mode: str, device: torch.device) -> PhotoPooling:
     """Photo pooling: ``mean``, or ``auto`` = the training run's layer when its state is beside
     the checkpoint (attention pooling), else mean."""
@@ -197,7 +188,7 @@ def run_evaluation(
     pairs = read_pairs(data, tasks)
     x = torch.from_numpy(normalize(pairs.series)).to(dev)
     month_mask = torch.from_numpy(pairs.month_mask).to(dev)
-    satellite = _embed(model, x, month_mask, batch_size)
+    satellite = embed(model, x, month_mask, batch_size=batch_size).to(dev)
     valid = ~satellite.isnan().any(1).cpu()
     text = TextEncoder(clip_model, clip_pretrained, dev, cache_dir)
     results: dict[str, Any] = {
@@ -235,11 +226,8 @@ def run_evaluation(
         checkpoint, pairs, satellite, valid, pooling, dev, retrieval_limit, seed
     )
     json_path = out / "report.json"
-    with atomic_path(json_path) as tmp:
-        tmp.write_text(json.dumps(results, indent=1, allow_nan=True), encoding="utf-8")
-    md_path = out / "report.md"
-    with atomic_path(md_path) as tmp:
-        tmp.write_text(markdown_report(results), encoding="utf-8")
+    write_text_atomic(json_path, json.dumps(results, indent=1, allow_nan=True))
+    md_path = write_text_atomic(out / "report.md", markdown_report(results))
     return EvaluationReport(results, json_path, md_path, figures)
 
 

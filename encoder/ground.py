@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from encoder.atomic import atomic_path
+from encoder.clip import open_clip_model
 from encoder.device import resolve_device
 from encoder.errors import TimeSenCLIPError
 
@@ -112,10 +113,6 @@ class GroundEmbeddings:
 
     def __len__(self) -> int:
         return len(self.keys)
-
-    def point_keys(self) -> set[str]:
-        """The point keys (keys without their direction letter)."""
-        return set(self._points)
 
     def photos(self, point_id: str, country: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(len(DIRECTIONS), D) embeddings in W, E, N, S order and the (4,) bool photo mask.
@@ -274,30 +271,6 @@ def _collate(items: list[tuple[Tensor, bool]]) -> tuple[Tensor | None, Tensor]:
     return (torch.stack(images) if images else None), ok
 
 
-def load_image_tower(
-    model: str, pretrained: str | None, device: torch.device, cache_dir: str | Path | None = None
-):
-    """(open_clip model in eval mode on ``device``, its eval image transform)."""
-    import open_clip  # deferred: importing open_clip costs seconds
-
-    if model.startswith(("local-dir:", "hf-hub:")):
-        pretrained = None
-    try:
-        clip, _, transform = open_clip.create_model_and_transforms(
-            model,
-            pretrained=pretrained,
-            device=device,
-            cache_dir=None if cache_dir is None else str(cache_dir),
-        )
-    except Exception as exc:  # open_clip raises many types for a bad name, tag or folder
-        raise GroundEmbeddingError(
-            f"could not create the CLIP model {model!r} (pretrained={pretrained!r}): {exc}. Check "
-            "the name and tag (open_clip.list_pretrained()), the local-dir: folder, and, offline, "
-            "that the weights are in the cache"
-        ) from exc
-    return clip.eval(), transform
-
-
 def embed_photo_folders(
     photos_dir: str | Path,
     out: str | Path,
@@ -326,7 +299,7 @@ def embed_photo_folders(
     kind = _file_kind(out)
     points = find_photos(photos_dir)
     dev = resolve_device(device)
-    clip, transform = load_image_tower(clip_model, clip_pretrained, dev, cache_dir)
+    clip, transform = open_clip_model(clip_model, clip_pretrained, dev, cache_dir)
     dim = int(clip.visual.output_dim)
     attrs = {"model": clip_model, "pretrained": clip_pretrained, "directions": list(DIRECTIONS)}
     if kind == "zarr":

@@ -284,7 +284,6 @@ class PairsWriter:
         self.path = Path(path)
         if self.path.exists() and not overwrite:
             raise PairsError(f"{self.path} already exists: choose a new path or pass overwrite")
-        self.overwrite = overwrite
         self.partial = self.path.with_name(self.path.name + ".partial")
         self.tasks = tuple(check_task(t) for t in tasks)
         g = zarr.open_group(self.partial, mode="w")

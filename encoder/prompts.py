@@ -26,6 +26,7 @@ import torch
 import yaml
 
 from encoder.atomic import atomic_path
+from encoder.clip import clip_pretrained, open_clip_model
 from encoder.device import resolve_device
 from encoder.errors import TimeSenCLIPError
 from encoder.files import file_sha256
@@ -275,8 +276,7 @@ class TextEncoder:
     ) -> None:
         self.model = model
         # open_clip ignores `pretrained` for schema names; keep it out of the cache key too
-        schema = model.startswith(("local-dir:", "hf-hub:"))
-        self.pretrained = None if schema or pretrained is None else str(pretrained)
+        self.pretrained = clip_pretrained(model, pretrained)
         self.device = resolve_device(device)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.batch_size = batch_size
@@ -349,19 +349,8 @@ class TextEncoder:
     def _load(self) -> None:
         import open_clip  # deferred: importing open_clip costs seconds and is not needed on a hit
 
-        try:
-            clip = open_clip.create_model(
-                self.model, pretrained=self.pretrained, device=self.device, require_pretrained=True
-            )
-            self._tokenizer = open_clip.get_tokenizer(self.model)
-        except Exception as exc:  # open_clip raises many types (RuntimeError, OSError, Assertion)
-            raise TimeSenCLIPError(
-                f"could not create the CLIP model {self.model!r} (pretrained={self.pretrained!r}): "
-                f"{exc}. Check the name (open_clip.list_models()), the pretrained tag "
-                "(open_clip.list_pretrained()) or weights file path, the local-dir: folder, and, "
-                "when offline, that the weights are already in the Hugging Face cache"
-            ) from exc
-        self._clip = clip.eval()
+        self._clip, _ = open_clip_model(self.model, self.pretrained, self.device)
+        self._tokenizer = open_clip.get_tokenizer(self.model)
 
     def _encode(self, prompts: Sequence[Sequence[str]]) -> torch.Tensor:
         if self._clip is None:

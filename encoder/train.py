@@ -58,6 +58,7 @@ from encoder.atomic import atomic_path
 from encoder.device import resolve_device
 from encoder.errors import TimeSenCLIPError
 from encoder.ground import PhotoPooling
+from encoder.inference import embed
 from encoder.model import TimeSenCLIPEncoder
 from encoder.pairs import TASKS, Pairs, read_pairs
 from encoder.preprocess import normalize
@@ -615,13 +616,7 @@ class Trainer:
         self.learner.eval()
         val = self.val
         size = self.cfg.validation.batch_size
-        with torch.autocast("cuda", torch.bfloat16, enabled=self._bf16()):
-            emb = torch.cat(
-                [
-                    self.learner.encoder(x, m).float()
-                    for x, m in zip(val.x.split(size), val.month_mask.split(size), strict=True)
-                ]
-            )
+        emb = embed(self.learner.encoder, val.x, val.month_mask, batch_size=size, bf16=self._bf16())
         self.learner.train()
         out = {}
         for task, weights in self.class_weights.items():

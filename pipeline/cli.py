@@ -166,7 +166,7 @@ def _add_clip(
     model: str | None = "ViT-B-32",
     pretrained: str | None = "openai",
 ) -> None:
-    recorded = "as recorded in the checkpoint"
+    recorded = "as recorded in the checkpoint or store"
     parser.add_argument(
         "--clip-model",
         default=model,
@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="custom", help="task name used for the output files")
     p.add_argument("--templates", default="class_names", help="template set name")
     p.add_argument("--out", type=Path, help="output folder (default: beside the store)")
-    _add_clip(p)
+    _add_clip(p, model=None, pretrained=None)
 
     p = sub.add_parser("demo", help="run the whole pipeline offline on synthetic data")
     p.add_argument("--out", type=Path, default=Path("timesenclip-demo"), help="output folder")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import threading
@@ -11,18 +10,12 @@ import numpy as np
 import torch
 
 from encoder import TimeSenCLIPEncoder, load_encoder, normalize
+from encoder.inference import embed
 
 log = logging.getLogger(__name__)
 
-# At the published size a pixel holds about 250 KB of activations in the forward pass; a CPU gains
-# nothing from batches beyond a few thousand pixels, so larger (GPU-sized) batches are cut there
-# to keep a worker's memory near 0.5 GB per thread instead of many GB.
-CPU_BATCH = 2048
-
-# A Dask worker runs several tasks in threads: they share one model, and on a GPU they take turns,
-# since one GPU-sized batch already fills the device and several would only add memory.
+# A Dask worker runs several tasks in threads: they share one model, loaded once.
 _LOAD_LOCK = threading.Lock()
-_GPU_LOCK = threading.Lock()
 
 
 def cached_encoder(source: str, device: str) -> TimeSenCLIPEncoder:
@@ -58,20 +51,15 @@ def embed_series(
 ) -> np.ndarray:
     """Embed ``(P, 12, 10)`` normalised series into ``(P, D)`` float32; NaN rows where no month.
 
-    On a CPU the batch is at most ``CPU_BATCH`` pixels, whatever ``batch_size`` says.
+    Only pixels with at least one month go through the encoder (see ``encoder.inference.embed``
+    for batch sizes and precision).
     """
-    device = next(model.parameters()).device
-    if device.type == "cpu":
-        batch_size = min(batch_size, CPU_BATCH)
     out = np.full((series.shape[0], model.config.dim), np.nan, dtype=np.float32)
     rows = np.flatnonzero(present.any(axis=1))
-    on_gpu = device.type == "cuda"
-    # bf16 autocast only where it pays off and is exact enough: on a GPU.
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else contextlib.nullcontext()
-    with _GPU_LOCK if on_gpu else contextlib.nullcontext(), torch.inference_mode(), autocast:
-        for start in range(0, rows.size, batch_size):
-            idx = rows[start : start + batch_size]
-            x = torch.from_numpy(series[idx]).to(device, non_blocking=True)
-            mask = torch.from_numpy(present[idx]).to(device, non_blocking=True)
-            out[idx] = model(x, mask).float().cpu().numpy()
+    out[rows] = embed(
+        model,
+        torch.from_numpy(series[rows]),
+        torch.from_numpy(present[rows]),
+        batch_size=batch_size,
+    ).numpy()
     return out

@@ -30,7 +30,16 @@ def create_stores(region_dir: Path, tiles: Sequence[Tile], workflow, dim: int) -
     """Create (or reopen) the region's store with one array per zone covering its tiles."""
     path = region_dir / STORE_NAME
     root = zarr.open_group(path, mode="a")
-    root.attrs.update({"year": workflow.year, "dim": dim})
+    clip = workflow.model.clip
+    # The CLIP model the embeddings are aligned to: re-classification must use the same one.
+    root.attrs.update(
+        {
+            "year": workflow.year,
+            "dim": dim,
+            "clip_model": clip.model,
+            "clip_pretrained": clip.pretrained,
+        }
+    )
     chunk = workflow.cube.chunk_size
     for epsg in sorted({t.epsg for t in tiles}):
         zone = [t for t in tiles if t.epsg == epsg]

@@ -27,17 +27,23 @@ def classify_store(
     classes: str,
     name: str = "custom",
     templates: str = "class_names",
-    clip_model: str = "ViT-B-32",
-    clip_pretrained: str | None = "openai",
+    clip_model: str | None = None,
+    clip_pretrained: str | None = None,
     out_dir: Path | None = None,
 ) -> list[Path]:
-    """Classify every zone of an embeddings store and write ``<name>.tif`` with style and Item."""
+    """Classify every zone of an embeddings store and write ``<name>.tif`` with style and Item.
+
+    The CLIP model defaults to the one the store records (the run's ``model.clip``).
+    """
     zones = list(iter_zones(store))
+    attrs = zarr.open_group(store, mode="r").attrs
+    if clip_model is None:
+        clip_model, clip_pretrained = attrs["clip_model"], attrs["clip_pretrained"]
     out_dir = Path(out_dir) if out_dir else Path(store).parent
     out_dir.mkdir(parents=True, exist_ok=True)
     text = TextEncoder(model=clip_model, pretrained=clip_pretrained)
     task = plan_task(name, parse_classes(classes), templates, text)
-    year = zarr.open_group(store, mode="r").attrs.get("year")
+    year = attrs["year"]
     outputs = []
     for epsg, array in zones:
         labels, confidence = classify_array(array, task)
@@ -45,7 +51,14 @@ def classify_store(
         transform = zone_transform(array)
         path = out_dir / f"{name}{suffix}.tif"
         conf_path = out_dir / f"{name}{suffix}_confidence.tif"
-        write_cog(conf_path, confidence, transform=transform, crs=epsg, nodata=CONFIDENCE_NODATA)
+        write_cog(
+            conf_path,
+            confidence,
+            transform=transform,
+            crs=epsg,
+            nodata=CONFIDENCE_NODATA,
+            overview_resampling="average",
+        )
         write_cog(
             path,
             labels,

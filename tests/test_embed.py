@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from encoder import inference
 from encoder.preprocess import normalize
 from encoder.tiny import tiny_encoder
-from pipeline import embed
 from pipeline.embed import embed_series, pixel_series
 
 
@@ -48,7 +48,7 @@ def test_batches_change_nothing_and_cpu_batches_are_capped(monkeypatch):
     calls = []
     forward = model.forward
     monkeypatch.setattr(model, "forward", lambda x, m: calls.append(len(x)) or forward(x, m))
-    monkeypatch.setattr(embed, "CPU_BATCH", 4)
+    monkeypatch.setattr(inference, "CPU_BATCH", 4)
     capped = embed_series(model, series, present, batch_size=1_000_000)
     np.testing.assert_allclose(capped, whole, atol=1e-6)
     assert calls == [4, 4, 3]  # 11 pixels with a month, never more than CPU_BATCH at once
