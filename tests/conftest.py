@@ -1,5 +1,6 @@
-"""Shared test fixtures: offline hub access, one torch thread, the real data beside the checkout."""
+"""Shared test fixtures: offline hub, one torch thread, real data, synthetic STAC APIs."""
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -29,3 +30,23 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def synthetic_api(tmp_path_factory):
+    """Factory: write a synthetic collection (``write_synthetic_collection`` options) and serve it
+    over a local STAC API; returns ``(collection, url)``. Servers stop at the end of the session."""
+    from pipeline.stac_server import serve_stac
+    from pipeline.synthetic import write_synthetic_collection
+
+    with contextlib.ExitStack() as servers:
+
+        def serve(**options):
+            root = tmp_path_factory.mktemp("synthetic")
+            synthetic = write_synthetic_collection(root / "data", **options)
+            url = servers.enter_context(
+                serve_stac(synthetic.collection, synthetic.items, root / "api")
+            )
+            return synthetic, url
+
+        yield serve

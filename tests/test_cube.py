@@ -17,7 +17,6 @@ from encoder.errors import TimeSenCLIPError
 from encoder.preprocess import BANDS
 from pipeline.cube import BadAssetError, build_cube, nanmedian_time
 from pipeline.sentinel2 import BANDS_20M, DEFAULT_CLOUD_MASK, REFERENCE_ZERO_CLASSES
-from pipeline.stac_server import serve_stac
 from pipeline.synthetic import write_synthetic_collection
 
 YEAR = 2023
@@ -55,17 +54,13 @@ def assert_cube_equals(cube, composite, valid):
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(synthetic_api):
     """A year of scenes (offset +1000 to remove), searched through a local STAC API."""
-    root = tmp_path_factory.mktemp("cube")
-    synthetic = write_synthetic_collection(
-        root / "data", shape=(48, 40), cloud_fraction=0.5, boa_offset_applied=None
+    synthetic, url = synthetic_api(shape=(48, 40), cloud_fraction=0.5, boa_offset_applied=None)
+    search = pystac_client.Client.open(url).search(
+        collections=["sentinel-2-l2a"], datetime=str(YEAR)
     )
-    with serve_stac(synthetic.collection, synthetic.items, root / "api") as url:
-        search = pystac_client.Client.open(url).search(
-            collections=["sentinel-2-l2a"], datetime=str(YEAR)
-        )
-        items = list(search.items())
+    items = list(search.items())
     cube = build_cube(items, epsg=synthetic.epsg, bounds=synthetic.bounds, year=YEAR, chunk_size=32)
     return synthetic, items, cube
 

@@ -20,7 +20,6 @@ from pipeline.stac import (
     band_assets,
     search_items,
 )
-from pipeline.stac_server import serve_stac
 from pipeline.synthetic import write_synthetic_collection
 
 WORLD = (-180.0, -90.0, 180.0, 90.0)
@@ -427,11 +426,8 @@ DATES = [datetime.date(2022, 12, 20), *(datetime.date(2023, m, 5) for m in range
 
 
 @pytest.fixture(scope="module")
-def rustac_api(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rustac")
-    synthetic = write_synthetic_collection(root / "data", dates=DATES, shape=(8, 8))
-    with serve_stac(synthetic.collection, synthetic.items, root / "api") as url:
-        yield synthetic, url
+def rustac_api(synthetic_api):
+    return synthetic_api(dates=DATES, shape=(8, 8))
 
 
 def test_search_through_rustac_pages_and_filters(rustac_api, caplog):

@@ -16,11 +16,8 @@ DATES = [datetime.date(2022, 12, 20), datetime.date(2023, 3, 5), datetime.date(2
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    root = tmp_path_factory.mktemp("served")
-    synthetic = write_synthetic_collection(root / "data", dates=DATES, shape=(16, 16))
-    with serve_stac(synthetic.collection, synthetic.items, root / "api") as url:
-        yield synthetic, url
+def served(synthetic_api):
+    return synthetic_api(dates=DATES, shape=(16, 16))
 
 
 def test_search_returns_the_written_items(served):
