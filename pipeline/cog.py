@@ -186,12 +186,14 @@ def write_cog(
     tags: Mapping[str, str] | None = None,
     compress: str = "DEFLATE",
     blocksize: int = 512,
+    overviews: bool = True,
 ) -> Path:
     """Write a 2-D array as a COG (tiled, internal overviews), atomically; return ``path``.
 
     ``colormap`` maps pixel values to RGBA; ``category_names[v]`` names pixel value ``v`` (see
     ``class_colormap`` and ``class_category_names``). Overviews halve the size until the smallest
     fits in one ``blocksize`` tile; use ``overview_resampling="nearest"`` or ``"mode"`` for classes.
+    ``overviews=False`` leaves them out, for pieces that only ``mosaic_to_cog`` reads.
     """
     path = Path(path)
     array = np.asarray(array)
@@ -200,6 +202,8 @@ def write_cog(
     style = _Style(nodata, colormap, category_names, description, units, dict(tags or {}))
     _check_style(style, array.dtype)
     options = _cog_options(array.dtype, overview_resampling, compress, blocksize)
+    if not overviews:
+        options["overviews"] = "NONE"
     profile = {
         "driver": "COG",
         "width": array.shape[1],

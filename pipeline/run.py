@@ -368,6 +368,7 @@ class TileCanvas:
                 transform=tile.transform,
                 crs=f"EPSG:{tile.epsg}",
                 nodata=self.nodata[name],
+                overviews=False,  # the mosaic reads full resolution only and builds its own
             )
         # Written last: a tile counts as finished only once all its files are in place.
         write_text_atomic(folder / "done.json", json.dumps({"tile": tile.id}))

@@ -295,3 +295,16 @@ def test_mosaic_memory_stays_at_block_scale(tmp_path):
     finally:
         tracemalloc.stop()
     assert peak < 256 * 1024  # one whole tile would be 576 KiB; a 128 x 128 block is 16 KiB
+
+
+def test_pieces_without_overviews(tmp_path):
+    array = np.arange(600 * 600, dtype=np.uint32).reshape(600, 600).astype(np.uint8)
+    transform = Affine(10, 0, 500000, 0, -10, 4800000)
+    with_ov = write_cog(tmp_path / "a.tif", array, transform=transform, crs=32631, nodata=None)
+    piece = write_cog(
+        tmp_path / "b.tif", array, transform=transform, crs=32631, nodata=None, overviews=False
+    )
+    with rasterio.open(with_ov) as a, rasterio.open(piece) as b:
+        assert a.overviews(1) == [2] and b.overviews(1) == []
+        np.testing.assert_array_equal(b.read(1), array)
+        assert b.transform == transform and b.profile["tiled"]
