@@ -54,6 +54,7 @@ class CubeOptions:
     resampling: str = "nearest"
     on_bad_asset: str = "raise"
     read_concurrency: int = 16
+    sign_hrefs: bool = False  # Planetary Computer: signed where read, so no signature expires
 
     def resampling_of(self, band: str) -> Resampling:
         """SCL must keep its classes and the 10 m bands their pixels: only 20 m bands resample."""
@@ -223,6 +224,7 @@ def _read(
         resampling_of=options.resampling_of,
         on_bad_asset=options.on_bad_asset,
         concurrency=options.read_concurrency,
+        sign_hrefs=options.sign_hrefs,
     )
     for skip in read.skipped:
         log.warning(

@@ -131,6 +131,13 @@ def read_band(
     return np.ma.filled(data, fill_value=np.float32(np.nan))
 
 
+def _signed(href: str) -> str:
+    """A Planetary Computer href with a SAS token (cached per storage container and process)."""
+    import planetary_computer
+
+    return planetary_computer.sign(href)
+
+
 @dataclass
 class SceneRead:
     """The outcome of reading scenes: ``(scenes, h, w)`` per asset, and what was left out."""
@@ -148,6 +155,7 @@ def read_scenes(
     resampling_of: Callable[[str], Resampling],
     on_bad_asset: str = "raise",
     concurrency: int = 16,
+    sign_hrefs: bool = False,
 ) -> SceneRead:
     """Every asset of every scene in ``refs`` on ``grid``, read ``concurrency`` at a time.
 
@@ -161,8 +169,9 @@ def read_scenes(
     def read(job: tuple[int, int]) -> None:
         i, b = job
         ref, band = refs[i], ASSETS[b]
+        href = _signed(ref.hrefs[b]) if sign_hrefs else ref.hrefs[b]
         try:
-            layers[band][i] = read_band(ref.hrefs[b], grid, window, resampling_of(band))
+            layers[band][i] = read_band(href, grid, window, resampling_of(band))
         except (RasterioError, OSError, BadAssetError) as error:
             failures.setdefault(
                 i, {"id": ref.id, "asset": ref.keys[b], "href": ref.hrefs[b], "reason": str(error)}

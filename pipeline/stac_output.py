@@ -191,3 +191,36 @@ def _classifications(
             )
         )
     return entries
+
+
+def write_collection(path: Path | str, item_paths: Sequence[Path], *, title: str) -> Path:
+    """A STAC Collection at ``path`` linking the saved per-tile Items of one map (relative)."""
+    path = Path(path)
+    items = [json.loads(Path(p).read_text()) for p in item_paths]
+    boxes = np.array([item["bbox"] for item in items], dtype=float)
+    starts = [item["properties"].get("start_datetime") for item in items]
+    ends = [item["properties"].get("end_datetime") for item in items]
+    collection = pystac.Collection(
+        id=_NOT_NAME_CHARS.sub("-", title).strip("-").lower(),
+        title=title,
+        description=f"{title}: one STAC Item per tile COG; open the VRT beside this folder.",
+        extent=pystac.Extent(
+            pystac.SpatialExtent([[*boxes[:, :2].min(axis=0), *boxes[:, 2:].max(axis=0)]]),
+            pystac.TemporalExtent(
+                [[_when(min(s for s in starts if s)), _when(max(e for e in ends if e))]]
+                if any(starts) and any(ends)
+                else [[None, None]]
+            ),
+        ),
+        license="proprietary",
+    )
+    record = collection.to_dict(include_self_link=False, transform_hrefs=False)
+    record["links"] += [
+        {"rel": "item", "href": _relative_href(p, path.parent), "type": "application/json"}
+        for p in item_paths
+    ]
+    return write_text_atomic(path, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+
+
+def _when(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))

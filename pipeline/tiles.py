@@ -27,6 +27,7 @@ from pyproj import Transformer
 from rasterio.features import geometry_mask, rasterize
 
 from encoder.errors import TimeSenCLIPError
+from pipeline.grid import Grid
 
 MIN_LAT, MAX_LAT = -80.0, 84.0  # latitudes the UTM system (and Sentinel-2's MGRS tiling) covers
 _ZONE_WIDTH = 6.0
@@ -145,11 +146,6 @@ def _to_utm(epsg: int) -> Transformer:
     return Transformer.from_crs(4326, epsg, always_xy=True)
 
 
-@functools.cache
-def _to_lonlat(epsg: int) -> Transformer:
-    return Transformer.from_crs(epsg, 4326, always_xy=True)
-
-
 def _project(polygons: Iterable[Iterable[np.ndarray]], epsg: int) -> dict[str, Any]:
     """Lon/lat polygons as a densified GeoJSON MultiPolygon in the UTM CRS ``epsg``."""
     out = []
@@ -216,15 +212,18 @@ class Tile:
         return f"{self.epsg}_x{self.col:04d}_y{self.row:04d}"
 
     @property
+    def grid(self) -> Grid:
+        return Grid(self.epsg, self.bounds, self.resolution)
+
+    @property
     def transform(self) -> Affine:
         """Affine from pixel (col, row) corners to UTM metres, north up."""
-        xmin, _, _, ymax = self.bounds
-        return Affine(self.resolution, 0.0, xmin, 0.0, -self.resolution, ymax)
+        return self.grid.transform
 
     @property
     def lonlat_bounds(self) -> Bounds:
         """(west, south, east, north) in degrees enclosing the tile, e.g. for a STAC search."""
-        return tuple(_to_lonlat(self.epsg).transform_bounds(*self.bounds, densify_pts=21))
+        return self.grid.lonlat_bounds
 
 
 def tiles_for_region(

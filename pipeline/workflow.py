@@ -213,6 +213,8 @@ class StacConfig(_Model):
     provider: Literal["auto", "earth-search", "planetary-computer"] = "auto"
     retries: int = Field(5, ge=0)
     on_bad_asset: Literal["raise", "skip"] = "raise"
+    # API searches in flight at once while planning (one per tile, through one session).
+    concurrency: int = Field(8, ge=1, le=64)
 
     @field_validator("url")
     @classmethod
@@ -244,6 +246,10 @@ class CubeConfig(_Model):
     )
     mask_mode: Literal["default", "reference"] = "default"
     resampling: Literal["nearest", "bilinear", "cubic", "average"] = "nearest"
+    # Asset reads in flight at once per chunk task: hides each request's latency behind others.
+    read_concurrency: int = Field(16, ge=1, le=256)
+    # GDAL configuration options for reads, on top of pipeline.reader.GDAL_OPTIONS.
+    gdal: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("chunk_size")
     @classmethod
@@ -391,6 +397,9 @@ class OutputsConfig(_Model):
     embeddings: bool = False
     overview_resampling: Literal["nearest", "mode"] = "mode"
     blocksize: int = Field(512, ge=128, le=4096, multiple_of=16)  # COG tile size in pixels
+    # Above this many pixels per region and zone, a layer is a folder of per-tile COGs with a VRT
+    # and a STAC Collection instead of one COG (one multi-gigapixel file helps nobody).
+    mosaic_max_pixels: int = Field(1_000_000_000, ge=1)
 
     @field_validator("dir")
     @classmethod
@@ -404,6 +413,10 @@ class DaskConfig(_Model):
     scheduler: str | None = None
     n_workers: int | None = Field(None, ge=1)
     threads_per_worker: int | None = Field(None, ge=1)
+    # Seconds without any finished task, or with no worker at all, before a run gives up
+    # (a rerun resumes); a published-size model on a CPU takes minutes per 512-px chunk.
+    stall_timeout: float = Field(3600.0, gt=0)
+    no_worker_timeout: float = Field(120.0, gt=0)
 
     @field_validator("scheduler")
     @classmethod
