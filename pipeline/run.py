@@ -386,39 +386,45 @@ def run_tiles(
             pass
 
     name = region.region.name
-    watch = ProgressWatch(client, workflow.dask.stall_timeout, workflow.dask.no_worker_timeout)
+    watch = ProgressWatch.of(client, workflow)
     chunk_total = sum(plan.chunk_count(p) for p in todo)
     with (
         tqdm(total=len(todo), desc=f"{name} tiles", unit="tile", disable=not progress) as tbar,
         tqdm(total=chunk_total, desc=f"{name} chunks", unit="chunk", disable=not progress) as cbar,
     ):
         fill()
-        while not queue.is_empty():
-            batch = queue.next_batch(block=False) if queue.has_ready() else []
-            if not batch:
-                watch.check(name)
-                time.sleep(0.1)
-                continue
-            watch.progressed()
-            for future in batch:
-                result = task_result(future, name)
-                if isinstance(result, ChunkReport):
-                    chunks_running -= 1
-                    summary.pixels += result.pixels
-                    for stage, seconds in result.seconds.items():
-                        summary.seconds[stage] += seconds
-                    cbar.update()
-                else:
-                    reports[result.tile_id] = result
-                    summary.seconds["write"] += result.seconds.get("write", 0.0)
-                    del in_flight[tile_of.pop(future.key)]  # releases its chunk results too
-                    tbar.update()
+        for future in finished(queue, watch, name):
+            result = task_result(future, name)
+            if isinstance(result, ChunkReport):
+                chunks_running -= 1
+                summary.pixels += result.pixels
+                for stage, seconds in result.seconds.items():
+                    summary.seconds[stage] += seconds
+                cbar.update()
+            else:
+                reports[result.tile_id] = result
+                summary.seconds["write"] += result.seconds.get("write", 0.0)
+                del in_flight[tile_of.pop(future.key)]  # releases its chunk results too
+                tbar.update()
             fill()
     return reports
 
 
 def _identity(value):
     return value
+
+
+def finished(queue, watch: ProgressWatch, region: str) -> Iterator:
+    """Futures of ``queue`` as they finish (more may be added meanwhile), while ``watch`` checks
+    that the cluster still makes progress."""
+    while not queue.is_empty():
+        batch = queue.next_batch(block=False) if queue.has_ready() else []
+        if not batch:
+            watch.check(region)
+            time.sleep(0.05)
+            continue
+        watch.progressed()
+        yield from batch
 
 
 class ProgressWatch:
@@ -430,6 +436,10 @@ class ProgressWatch:
         self.last = time.monotonic()
         self.alone_since: float | None = None
         self.checked = 0.0
+
+    @classmethod
+    def of(cls, client, workflow: Workflow) -> ProgressWatch:
+        return cls(client, workflow.dask.stall_timeout, workflow.dask.no_worker_timeout)
 
     def progressed(self) -> None:
         self.last = time.monotonic()
@@ -498,6 +508,8 @@ def finish_mosaics(
 ) -> list[Path]:
     """One COG per layer and UTM zone, the mosaics built in parallel on the cluster, then each
     class map's style and STAC Item."""
+    from distributed import as_completed
+
     zones = zone_groups([p.tile for p in region.tiles])
     folders = {p.tile.id: p.folder for p in region.tiles}
     styles = _layer_styles(workflow, tasks)
@@ -515,7 +527,13 @@ def finish_mosaics(
                 pure=False,
                 **style,
             )
-    paths = {key: task_result(f, region.region.name) for key, f in futures.items()}
+    keys = {f.key: key for key, f in futures.items()}
+    watch = ProgressWatch.of(client, workflow)
+    queue = as_completed(futures.values())
+    paths = {
+        keys[f.key]: task_result(f, region.region.name)
+        for f in finished(queue, watch, region.region.name)
+    }
     outputs = list(paths.values())
     for epsg in zones:
         for task in tasks:
