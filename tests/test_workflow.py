@@ -105,6 +105,8 @@ def test_defaults(tmp_path):
         "cloud_mask": [0, 1, 3, 8, 9, 10],
         "mask_mode": "default",
         "resampling": "nearest",
+        "read_concurrency": 16,
+        "gdal": {},
     }
     assert wf.stac.model_dump(exclude={"url"}) == {
         "file": None,
@@ -113,6 +115,7 @@ def test_defaults(tmp_path):
         "provider": "auto",
         "retries": 5,
         "on_bad_asset": "raise",
+        "concurrency": 8,
     }
     assert (wf.model.clip.model, wf.model.clip.pretrained) == ("ViT-B-32", "openai")
     assert (wf.model.device, wf.model.batch_size) == ("auto", 65536)
@@ -122,11 +125,14 @@ def test_defaults(tmp_path):
         "embeddings": False,
         "overview_resampling": "mode",
         "blocksize": 512,
+        "mosaic_max_pixels": 1_000_000_000,
     }
     assert wf.dask.model_dump() == {
         "scheduler": None,
         "n_workers": None,
         "threads_per_worker": None,
+        "stall_timeout": 3600.0,
+        "no_worker_timeout": 120.0,
     }
 
 
