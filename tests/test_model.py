@@ -185,7 +185,7 @@ def test_patch_input_k5():
     out = model(x, mask)
     assert out.shape == (4, 32)
     torch.testing.assert_close(out, plain_reference(model, x, mask), atol=TOL, rtol=0)
-    with pytest.raises(TimeSenCLIPError, match=r"\(N, 12 or 1, 10, 5, 5\)"):
+    with pytest.raises(TimeSenCLIPError, match=r"\(N, 12, 4 or 1, 10, 5, 5\)"):
         model(torch.rand(4, 12, 10))
 
 

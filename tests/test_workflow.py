@@ -105,6 +105,7 @@ def test_defaults(tmp_path):
         "cloud_mask": [0, 1, 3, 8, 9, 10],
         "mask_mode": "default",
         "resampling": "nearest",
+        "temporal": "monthly",
     }
     assert wf.stac.model_dump(exclude={"url"}) == {
         "file": None,
@@ -116,6 +117,7 @@ def test_defaults(tmp_path):
     }
     assert (wf.model.clip.model, wf.model.clip.pretrained) == ("ViT-B-32", "openai")
     assert (wf.model.device, wf.model.batch_size) == ("auto", 65536)
+    assert (wf.model.band_order, wf.model.single_token_position) == (None, None)
     assert wf.tasks[0].templates == "class_names"
     assert wf.outputs.model_dump(exclude={"dir"}) == {
         "confidence": True,
