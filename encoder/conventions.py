@@ -1,5 +1,5 @@
 """A checkpoint's input conventions, as data: band order, normalisation constants, the position of
-a lone token and the composite rule its training data used.
+a lone token and the monthly composite rule its input is built with.
 
 Our checkpoints record them (``encoder.checkpoint``); published checkpoints carry none and get
 :class:`Conventions` ``()``, the values below. Which of the candidates the published weights were
@@ -28,7 +28,9 @@ B4_FIRST = ("B04", "B03", "B02", *BANDS[3:])
 # Where a lone token (an annual median, or a pixel with one present month) sits: the mean of all
 # positions (what training did) or the first row, January (the reference's inference).
 SINGLE_TOKEN_POSITIONS = ("mean", "january")
-# masked_median: our SCL-masked NaN-aware median; reference: the published training rule.
+# How the pipeline composites this model's input: masked_median, our SCL-masked NaN-aware median
+# (the default, also for published weights: it keeps clouds out); reference, the published
+# training rule (pipeline.temporal.reference_composite), for parity studies.
 COMPOSITE_RULES = ("masked_median", "reference")
 
 
@@ -74,7 +76,7 @@ def published_constants(
 class Conventions:
     """How a model expects its input: ``band_order`` of its input channels, ``low``/``high`` per
     channel (in that order; ``x = (dn - low) / high``, clamped to 0..1 when ``clamp``), where a
-    lone token sits and the composite rule of its training data."""
+    lone token sits and the monthly composite rule its input is built with."""
 
     band_order: tuple[str, ...] = BANDS
     low: tuple[float, ...] = LOW

@@ -347,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--composite",
         choices=["masked_median", "reference"],
-        help="the composite rule of the training data (default: as recorded, else masked_median)",
+        help="the monthly composite rule maps build this model's input with "
+        "(default: as recorded, else masked_median)",
     )
 
     p = sub.add_parser("ground-embed", help="embed ground photo folders with the CLIP image tower")

@@ -18,6 +18,7 @@ from encoder.conventions import (
 )
 from encoder.preprocess import normalize
 from encoder.tiny import tiny_encoder
+from pipeline.cli import main
 from pipeline.embed import cached_encoder, pixel_series
 from pipeline.workflow import ModelConfig
 
@@ -179,3 +180,16 @@ def test_workflow_overrides_reach_normalize(tmp_path):
     assert present.all()
     with pytest.raises(ValueError, match="must name each of the 10 bands"):
         ModelConfig.model_validate({"checkpoint": config.checkpoint, "band_order": ["B4", "B3"]})
+
+
+def test_convert_command_and_its_errors(tmp_path, capsys):
+    torch.save(tiny_encoder(dim=16, heads=8).state_dict(), tmp_path / "published.pt")
+    out = tmp_path / "ours.pt"
+    argv = ["convert", str(tmp_path / "published.pt"), "--out", str(out)]
+    assert main([*argv, "--band-order", *REFERENCE_CHANNELS, "--constants-order", "B2,B3,B4"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "each of the 10 bands" in err and "Traceback" not in err
+    assert not out.exists()
+    assert main([*argv, "--band-order", *REFERENCE_CHANNELS, "--composite", "reference"]) == 0
+    assert "bands B04 B03 B02" in capsys.readouterr().out
+    assert load_encoder(out).conventions == Conventions.published(B4_FIRST, composite="reference")
