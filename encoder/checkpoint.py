@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import pickle
 import re
@@ -20,10 +21,12 @@ from huggingface_hub import errors as hub_errors
 from torch import Tensor
 
 from encoder.atomic import atomic_path
+from encoder.conventions import ConventionOverrides, Conventions
 from encoder.errors import TimeSenCLIPError
 from encoder.files import file_sha256 as file_sha256  # re-exported: callers import it here
 from encoder.model import EncoderConfig, TimeSenCLIPEncoder
-from encoder.preprocess import BANDS, HIGH, LOW
+
+log = logging.getLogger(__name__)
 
 FORMAT = "timesenclip-encoder"
 HF_PREFIX = "hf-hub:"
@@ -41,6 +44,8 @@ DROPPED = re.compile(
     r"clip_model\.|learner\.queue$|learner\.queue_ptr$|learner\.pooling_layer\.|logit_scale$"
 )
 PUBLISHED_HEADS = 8
+# Metadata keys of earlier versions of our format -> Conventions fields.
+LEGACY_CONVENTIONS = {"bands": "band_order", "low": "low", "high": "high", "clamp": "clamp"}
 # The tensors the architecture is read from, with their number of dimensions.
 INFERENCE_KEYS = {
     "spectral_embedding.1.weight": 2,
@@ -62,33 +67,32 @@ def _package_version() -> str:
 
 @dataclass(frozen=True)
 class EncoderMetadata:
-    """What a checkpoint needs besides its tensors: architecture and the input convention."""
+    """What a checkpoint needs besides its tensors: architecture and the input conventions."""
 
     config: EncoderConfig = field(default_factory=EncoderConfig)
-    bands: tuple[str, ...] = BANDS
-    low: tuple[float, ...] = LOW
-    high: tuple[float, ...] = HIGH
-    clamp: bool = True
+    conventions: Conventions = field(default_factory=Conventions)
     clip_model: str = "ViT-B-32"
     clip_pretrained: str | None = "openai"
     package_version: str = field(default_factory=_package_version)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain python types only, so ``torch.load(weights_only=True)`` reads it back."""
-        return dataclasses.asdict(self)
+        return dataclasses.asdict(self) | {"conventions": self.conventions.to_dict()}
 
     @classmethod
     def from_dict(cls, record: Mapping[str, Any]) -> EncoderMetadata:
-        """Rebuild from ``to_dict`` output (lists become tuples); unknown keys are ignored."""
+        """Rebuild from ``to_dict`` output; unknown keys are ignored. Files of earlier versions
+        kept ``bands``, ``low``, ``high`` and ``clamp`` at the top level: they are read too."""
         try:
             fields = {f.name for f in dataclasses.fields(cls)}
             values = {k: v for k, v in record.items() if k in fields}
             values["config"] = EncoderConfig(**record.get("config", {}))
-            for key in ("bands", "low", "high"):
-                if key in values:
-                    values[key] = tuple(values[key])
+            legacy = {
+                LEGACY_CONVENTIONS[k]: v for k, v in record.items() if k in LEGACY_CONVENTIONS
+            }
+            values["conventions"] = Conventions.from_dict(legacy | record.get("conventions", {}))
             return cls(**values)
-        except (TypeError, AttributeError) as err:
+        except (TypeError, AttributeError, TimeSenCLIPError) as err:
             raise CheckpointError(f"checkpoint metadata is malformed ({err}): {record!r}") from err
 
 
@@ -100,10 +104,12 @@ def save_checkpoint(
 ) -> Path:
     """Write ``model`` in our format (bare published keys + metadata); atomic. Returns the path.
 
-    The metadata's ``config`` is always the model's own; ``extra`` must hold plain python types and
-    tensors only, so that the file loads with ``weights_only=True``.
+    The metadata's ``config`` and ``conventions`` are always the model's own; ``extra`` must hold
+    plain python types and tensors only, so that the file loads with ``weights_only=True``.
     """
-    meta = dataclasses.replace(metadata or EncoderMetadata(), config=model.config)
+    meta = dataclasses.replace(
+        metadata or EncoderMetadata(), config=model.config, conventions=model.conventions
+    )
     record: dict[str, Any] = {
         "format": FORMAT,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -118,13 +124,16 @@ def save_checkpoint(
 
 
 def load_encoder(
-    source: str | os.PathLike, map_location: str | torch.device = "cpu"
+    source: str | os.PathLike,
+    map_location: str | torch.device = "cpu",
+    overrides: ConventionOverrides | None = None,
 ) -> TimeSenCLIPEncoder:
     """Load an encoder (eval mode, on ``map_location``) from a file or ``hf-hub:OWNER/REPO/FILE``.
 
     Reads our checkpoints and every published layout; the architecture is inferred from the tensors
     (heads and band count from the metadata when present, else the published 8 heads and 10 bands).
-    The returned model has ``.metadata`` (``EncoderMetadata`` or None).
+    The returned model has ``.metadata`` (``EncoderMetadata`` or None) and ``.conventions``: the
+    recorded ones (published defaults without metadata) with ``overrides`` applied.
     """
     path = resolve_source(source)
     # Always read onto the CPU: training checkpoints also hold CLIP, optimiser state and queues,
@@ -137,7 +146,23 @@ def load_encoder(
     _check_tensors(model, state, path)
     model.load_state_dict(state, strict=True)
     model.metadata = meta
+    recorded = meta.conventions if meta is not None else Conventions()
+    model.conventions = recorded.override(overrides)
+    if overrides and model.conventions != recorded:
+        log.info("%s: conventions overridden: %s", path, model.conventions.describe())
     return model.to(map_location).eval()
+
+
+def convert_checkpoint(
+    source: str | os.PathLike, out: str | os.PathLike, overrides: ConventionOverrides
+) -> Path:
+    """``timesenclip convert``: write ``source`` (any layout) in our format with its conventions
+    (recorded or published defaults) changed by ``overrides``, so maps use them from then on."""
+    model = load_encoder(source, overrides=overrides)
+    meta = model.metadata or EncoderMetadata()
+    return save_checkpoint(
+        model, out, dataclasses.replace(meta, package_version=_package_version())
+    )
 
 
 def resolve_source(source: str | os.PathLike) -> Path:
@@ -168,22 +193,15 @@ def resolve_source(source: str | os.PathLike) -> Path:
 
 
 def _check_metadata(meta: EncoderMetadata, config: EncoderConfig, path: Path) -> None:
-    """The metadata must agree with the tensors and with the normalisation this version applies."""
+    """The metadata must agree with the tensors, its band order with the model's input width."""
     if meta.config != config:
         raise CheckpointError(
             f"{path}: the metadata describes {meta.config} but the tensors are {config}."
         )
-    recorded = {"bands": meta.bands, "low": meta.low, "high": meta.high, "clamp": meta.clamp}
-    applied = {"bands": BANDS, "low": LOW, "high": HIGH, "clamp": True}
-    differ = [
-        f"{k} {recorded[k]!r} (this version: {applied[k]!r})"
-        for k in recorded
-        if recorded[k] != applied[k]
-    ]
-    if differ:
+    if len(meta.conventions.band_order) != config.bands:
         raise CheckpointError(
-            f"{path} expects another input normalisation than this version of encoder.preprocess "
-            "applies; the checkpoint records " + "; ".join(differ) + "."
+            f"{path}: the conventions name {len(meta.conventions.band_order)} bands but the "
+            f"model takes {config.bands}."
         )
 
 

@@ -106,21 +106,80 @@ def _train(args: argparse.Namespace) -> int:
 
 @verb("evaluate")
 def _evaluate(args: argparse.Namespace) -> int:
-    from encoder.evaluate import run_evaluation
+    from encoder.evaluate import run_evaluation, try_conventions
 
-    run_evaluation(
-        checkpoint=args.checkpoint,
-        data=args.data,
-        task=args.task,
-        out_dir=args.out,
-        templates=args.templates,
-        clip_model=args.clip_model,
-        clip_pretrained=args.clip_pretrained,
-        device=args.device,
-        transductive=not args.no_transductive,
-    )
+    overrides = _overrides(args)
+    common = {
+        "checkpoint": args.checkpoint,
+        "data": args.data,
+        "task": args.task,
+        "out_dir": args.out,
+        "templates": args.templates,
+        "clip_model": args.clip_model,
+        "clip_pretrained": args.clip_pretrained,
+        "device": args.device,
+    }
+    if args.try_conventions:
+        if overrides:
+            raise TimeSenCLIPError(
+                "--try-conventions scores every candidate convention itself: leave out "
+                "--band-order, --constants-order and --single-token-position."
+            )
+        report = try_conventions(**common, limit=args.limit)
+        print(report.table())
+        print()
+        print(report.recommendation())
+        print(f"scores written to {report.json_path}")
+        return 0
+    run_evaluation(**common, transductive=not args.no_transductive, overrides=overrides)
     print(f"report written to {args.out}")
     return 0
+
+
+@verb("convert")
+def _convert(args: argparse.Namespace) -> int:
+    from encoder.checkpoint import convert_checkpoint, load_encoder
+
+    path = convert_checkpoint(args.checkpoint, args.out, _overrides(args))
+    print(f"{path}: {load_encoder(path).conventions.describe()}")
+    return 0
+
+
+def _overrides(args: argparse.Namespace):
+    """The convention options of ``evaluate`` / ``convert`` (bands comma- or space-separated)."""
+    from encoder.conventions import ConventionOverrides
+
+    def bands(values: list[str] | None) -> tuple[str, ...] | None:
+        return None if values is None else tuple(b for v in values for b in v.split(",") if b)
+
+    return ConventionOverrides(
+        band_order=bands(args.band_order),
+        constants_order=bands(args.constants_order),
+        single_token_position=args.single_token_position,
+        composite=getattr(args, "composite", None),
+    )
+
+
+def _add_conventions(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--band-order",
+        nargs="+",
+        metavar="BAND",
+        help="the order of the model's input bands, e.g. B4,B3,B2,B5,B6,B7,B8,B8A,B11,B12 "
+        "(default: as recorded in the checkpoint, else B2 first)",
+    )
+    parser.add_argument(
+        "--constants-order",
+        nargs="+",
+        metavar="BAND",
+        help="whose normalisation constants each input band takes, in the same notation "
+        "(default: each band its own)",
+    )
+    parser.add_argument(
+        "--single-token-position",
+        choices=["mean", "january"],
+        help="where a lone token (annual median) sits (default: as recorded, else mean)",
+    )
 
 
 @verb("pairs")
@@ -256,7 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="zero-shot accuracy and retrieval of a checkpoint")
     p.add_argument("--checkpoint", required=True, help="checkpoint path or hf-hub:OWNER/REPO/FILE")
-    p.add_argument("--data", required=True, type=Path, help="pairs Zarr store")
+    p.add_argument(
+        "--data", required=True, type=Path, help="pairs Zarr store, or a Sen4Map HDF5 file"
+    )
     p.add_argument("--task", default="land_cover", help="task / class set to evaluate")
     p.add_argument("--out", type=Path, default=Path("evaluation"), help="report folder")
     p.add_argument("--templates", default="class_names", help="template set name")
@@ -266,7 +327,29 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave out the transductive per-class normalisation scores",
     )
+    p.add_argument(
+        "--try-conventions",
+        action="store_true",
+        help="score every candidate band order and lone-token position, recommend the best",
+    )
+    p.add_argument(
+        "--limit", type=int, help="--try-conventions: score a random subset of this many points"
+    )
+    _add_conventions(p)
     _add_clip(p, model=None, pretrained=None)
+
+    p = sub.add_parser(
+        "convert", help="rewrite a checkpoint in our format with its input conventions recorded"
+    )
+    p.add_argument("checkpoint", help="checkpoint path (any published layout) or hf-hub:...")
+    p.add_argument("--out", required=True, type=Path, help="checkpoint file to write")
+    _add_conventions(p)
+    p.add_argument(
+        "--composite",
+        choices=["masked_median", "reference"],
+        help="the monthly composite rule maps build this model's input with "
+        "(default: as recorded, else masked_median)",
+    )
 
     p = sub.add_parser("ground-embed", help="embed ground photo folders with the CLIP image tower")
     p.add_argument("photos", type=Path, help="folder of photos (see the docs for the layout)")

@@ -35,6 +35,7 @@ from pipeline.grid import Grid
 from pipeline.items import ON_BAD_ASSET, SCL, BadAssetError, ItemRef, usable_refs
 from pipeline.reader import SceneRead, read_scenes
 from pipeline.sentinel2 import BANDS_20M, DEFAULT_CLOUD_MASK, REFERENCE_ZERO_CLASSES
+from pipeline.temporal import BLOCKS, block_medians, nanmedian_time, reference_composite
 
 __all__ = ["BadAssetError", "CubeOptions", "build_cube", "composite_chunk", "nanmedian_time"]
 
@@ -54,6 +55,7 @@ class CubeOptions:
     resampling: str = "nearest"
     on_bad_asset: str = "raise"
     read_concurrency: int = 16
+    temporal: str = "monthly"  # tokens: 12 months, 4 seasons (Jan-Mar, ...) or 1 year
     sign_hrefs: bool = False  # Planetary Computer: signed where read, so no signature expires
 
     def resampling_of(self, band: str) -> Resampling:
@@ -76,33 +78,40 @@ def composite_chunk(
 ) -> ChunkCube:
     """Composites of the scenes in ``refs`` that meet ``grid``, over ``window`` of it (or all).
 
-    Months are read one after another while the next month's reads are already in flight; in
-    reference mode every scene is read at once (the whole-year median fills empty months).
+    ``composite`` holds 12 monthly, 4 seasonal or 1 annual token (``options.temporal``). Scenes
+    are read one block of months at a time while the next block's reads are already in flight;
+    in reference mode every scene is read at once (the whole-year median fills empty months).
     """
     height, width = grid.shape if window is None else (window.height, window.width)
-    composite = np.full((len(MONTHS), len(BANDS), height, width), np.nan, np.float32)
+    blocks = _blocks(options)
+    composite = np.full((len(_tokens(options)), len(BANDS), height, width), np.nan, np.float32)
     valid = np.zeros((height, width), np.uint8)
     scenes = _in_order([r for r in refs if r.meets(grid)])
-    if options.mask_mode == "reference":
-        groups = [scenes] if scenes else []
-    else:
-        groups = [[r for r in scenes if r.month == m] for m in MONTHS]
-        groups = [g for g in groups if g]
+    groups = [(i, [r for r in scenes if r.month in block]) for i, block in enumerate(blocks)]
+    groups = [(i, group) for i, group in groups if group]
     used, skipped = [], []
     with ThreadPoolExecutor(1) as ahead:
-        pending = [ahead.submit(_read, group, grid, window, options) for group in groups[:1]]
-        for k in range(len(groups)):
+        pending = [ahead.submit(_read, g, grid, window, options) for _, g in groups[:1]]
+        for k, (i, _) in enumerate(groups):
             read = pending.pop().result()
             if k + 1 < len(groups):
-                pending.append(ahead.submit(_read, groups[k + 1], grid, window, options))
+                pending.append(ahead.submit(_read, groups[k + 1][1], grid, window, options))
             used += read.used
             skipped += read.skipped
-            months = MONTHS if options.mask_mode == "reference" else (groups[k][0].month,)
-            block = _reduce(read, options, months)
-            for j, month in enumerate(months):
-                composite[month - 1] = block[j, :-1]
-            valid += (block[:, -1] == 1).sum(axis=0, dtype=np.uint8)
+            tokens, has_data = _reduce(read, options, blocks[i])
+            first = 0 if options.mask_mode == "reference" else i
+            composite[first : first + len(tokens)] = tokens
+            valid += has_data.sum(axis=0, dtype=np.uint8)
     return ChunkCube(composite, valid, used, skipped)
+
+
+def _blocks(options: CubeOptions) -> tuple[tuple[int, ...], ...]:
+    """The months read together: one block per token, or the whole year in reference mode."""
+    return (MONTHS,) if options.mask_mode == "reference" else BLOCKS[options.temporal]
+
+
+def _tokens(options: CubeOptions) -> tuple[tuple[int, ...], ...]:
+    return BLOCKS["monthly"] if options.mask_mode == "reference" else BLOCKS[options.temporal]
 
 
 def build_cube(
@@ -172,19 +181,6 @@ def build_cube(
     )
 
 
-def nanmedian_time(values: np.ndarray) -> np.ndarray:
-    """Median over axis 0 ignoring NaN; NaN where a pixel has no finite value.
-
-    Equals ``np.nanmedian(values, axis=0)``, several times faster on a short time axis and without
-    its all-NaN warnings (sort once, NaN last, pick the middle of each pixel's finite values).
-    """
-    count = np.isfinite(values).sum(axis=0)
-    ordered = np.sort(values, axis=0)
-    low = np.take_along_axis(ordered, (np.maximum(count - 1, 0) // 2)[None], axis=0)[0]
-    high = np.take_along_axis(ordered, (count // 2)[None], axis=0)[0]
-    return (low + high) / values.dtype.type(2)
-
-
 def _in_order(refs: Iterable[ItemRef]) -> list[ItemRef]:
     """Scenes by acquisition time, as stackstac orders them."""
     return sorted(refs, key=lambda r: str_to_datetime(r.datetime))
@@ -237,18 +233,50 @@ def _read(
     return read
 
 
-def _reduce(read: SceneRead, options: CubeOptions, out_months: Sequence[int]) -> np.ndarray:
-    """``(len(out_months), 11, h, w)``: each month's composites plus a 0/1 has-data layer."""
+def _reduce(
+    read: SceneRead, options: CubeOptions, block: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Tokens ``(k, 10, h, w)`` of a block of months' scenes and ``(months, h, w)`` has-data.
+
+    One token per month in the default monthly mode; one per block (the median of the block's
+    observations, ``pipeline.temporal``) in seasonal and annual modes; 12 by the published rule
+    in reference mode.
+    """
     months = np.array([r.month for r in read.used], dtype=np.int8)
     offsets = np.array([r.offset for r in read.used], dtype=np.float32)
-    return _composite_block(
-        read.layers,
-        months,
-        offsets,
-        options.cloud_mask,
-        options.mask_mode == "reference",
-        out_months,
-    )
+    shape = read.layers[SCL].shape[1:]
+    if options.mask_mode == "reference":
+        values = _band_values(read.layers, offsets)
+        has_data = np.stack([np.isfinite(values[months == m, 0]).any(axis=0) for m in block])
+        if not len(months):
+            return np.full((len(MONTHS), len(BANDS), *shape), np.nan, np.float32), has_data
+        return reference_composite(values, months, read.layers[SCL]), has_data
+    observations = _observations(read.layers, offsets, options.cloud_mask)
+    has_data = np.stack([np.isfinite(observations[months == m, 0]).any(axis=0) for m in block])
+    if options.temporal == "monthly":
+        tokens = [nanmedian_time(observations[months == m]) for m in block]
+    else:
+        tokens = [block_medians(observations, months, "annual")[0]]
+    return np.stack(tokens), has_data
+
+
+def _band_values(layers: Mapping[str, np.ndarray], offsets: np.ndarray) -> np.ndarray:
+    """``(t, 10, h, w)`` digital numbers on the pre-2022 scale; NaN where a scene has none."""
+    return np.stack([layers[band] - offsets[:, None, None] for band in BANDS], axis=1)
+
+
+def _observations(
+    layers: Mapping[str, np.ndarray], offsets: np.ndarray, cloud_mask: Sequence[int]
+) -> np.ndarray:
+    """Valid observations ``(t, 10, h, w)``: NaN unless SCL and all 10 bands hold data (DN 0 is
+    no data) and SCL is not in ``cloud_mask``."""
+    scl = layers[SCL]
+    values = _band_values(layers, offsets)
+    valid = np.isfinite(scl) & ~np.isin(scl, cloud_mask)
+    for b, band in enumerate(BANDS):
+        valid &= np.isfinite(values[:, b]) & (layers[band] != 0)
+    values[~np.broadcast_to(valid[:, None], values.shape)] = np.nan
+    return values
 
 
 def _lazy_composite(
@@ -302,8 +330,9 @@ def _lazy_composite(
 
 
 def _block(refs: Sequence[ItemRef], grid: Grid, window: Window, options: CubeOptions) -> np.ndarray:
-    months = MONTHS if options.mask_mode == "reference" else (refs[0].month,)
-    return _reduce(_read(refs, grid, window, options), options, months)
+    block = MONTHS if options.mask_mode == "reference" else (refs[0].month,)
+    tokens, has_data = _reduce(_read(refs, grid, window, options), options, block)
+    return np.concatenate([tokens, has_data[:, None].astype(np.float32)], axis=1)
 
 
 def _chunk_sizes(length: int, chunk: int) -> tuple[int, ...]:
@@ -341,45 +370,6 @@ def _check_arguments(
         )
     if problems:
         raise TimeSenCLIPError("cannot build the cube: " + "; ".join(problems) + ".")
-
-
-def _composite_block(
-    layers: Mapping[str, np.ndarray],
-    months: np.ndarray,
-    offsets: np.ndarray,
-    cloud_mask: Sequence[int],
-    reference: bool,
-    out_months: Sequence[int],
-) -> np.ndarray:
-    """Scenes ``(t, h, w)`` per asset, in time order -> ``(months, 11, h, w)`` (+ has-data)."""
-    scl = layers[SCL]
-    out = np.full((len(out_months), len(BANDS) + 1, *scl.shape[1:]), np.nan, np.float32)
-    if not len(months):
-        out[:, -1] = 0
-        return out
-    valid = np.isfinite(scl)
-    for band in BANDS:
-        values = layers[band]
-        valid &= np.isfinite(values) & (values != 0)
-    zeroed = valid & np.isin(scl, REFERENCE_ZERO_CLASSES) if reference else None
-    if not reference:
-        valid &= ~np.isin(scl, cloud_mask)
-    spans = [slice(*np.searchsorted(months, [m, m + 1])) for m in out_months]
-    for j, span in enumerate(spans):
-        out[j, -1] = valid[span].any(axis=0)
-    unfilled = out[:, -1] == 0  # reference mode: (month, y, x) to take the whole-year median
-    invalid = ~valid
-    for b, band in enumerate(BANDS):
-        values = layers[band] - offsets[:, None, None]
-        if zeroed is not None:
-            values[zeroed] = 0
-        values[invalid] = np.nan
-        for j, span in enumerate(spans):
-            if span.stop > span.start:
-                out[j, b] = nanmedian_time(values[span])
-        if reference:
-            out[:, b][unfilled] = np.broadcast_to(nanmedian_time(values), unfilled.shape)[unfilled]
-    return out
 
 
 def _dataset(composite: da.Array, valid: da.Array, grid: Grid, attrs: dict) -> xr.Dataset:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from encoder.atomic import atomic_path, write_text_atomic
+from encoder.conventions import ConventionOverrides
 from pipeline.chunks import tile_chunks
 from pipeline.classify import TaskPlan, classify
 from pipeline.cog import CLASS_NODATA, CONFIDENCE_NODATA, write_cog
@@ -43,6 +44,7 @@ class ChunkSettings:
     batch_size: int
     tasks: tuple[TaskPlan, ...]
     confidence: bool
+    conventions: ConventionOverrides | None = None  # the workflow's over the checkpoint's
     gdal: tuple[tuple[str, str], ...] = tuple(GDAL_OPTIONS.items())
     embeddings_store: Path | None = None
     tile_overviews: bool = False  # True when the tiles are the final outputs
@@ -118,8 +120,8 @@ def process_chunk(task: ChunkTask, settings: ChunkSettings) -> ChunkReport:
     seconds["cube"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    model = cached_encoder(settings.checkpoint, settings.device)
-    series, present = pixel_series(composite)
+    model = cached_encoder(settings.checkpoint, settings.device, settings.conventions)
+    series, present = pixel_series(composite, model.conventions)
     embeddings = embed_series(model, series, present, batch_size=settings.batch_size)
     seconds["embed"] = time.perf_counter() - start
     if settings.embeddings_store is not None:

@@ -15,11 +15,13 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from encoder.atomic import remove_stale_temporaries
 from encoder.checkpoint import file_sha256, load_encoder, resolve_source
+from encoder.conventions import ConventionOverrides
 from encoder.device import resolve_device
 from encoder.errors import TimeSenCLIPError
 from encoder.prompts import TextEncoder
@@ -96,7 +98,7 @@ def run_workflow(
         plan = make_plan(workflow, targets, concurrency=workflow.stac.concurrency)
         print(describe(plan, workflow, cpu_pixels_per_second()))
         return summary
-    source, checkpoint_hash, dim = check_checkpoint(workflow)
+    source, checkpoint_hash, dim, conventions = check_checkpoint(workflow)
     tasks = plan_tasks(workflow, dim)
     cube = workflow.cube
     settings = ChunkSettings(
@@ -109,6 +111,7 @@ def run_workflow(
             resampling=cube.resampling,
             on_bad_asset=workflow.stac.on_bad_asset,
             read_concurrency=cube.read_concurrency,
+            temporal=cube.temporal,
             sign_hrefs=stac_source(workflow).resolved_provider == "planetary-computer",
         ),
         checkpoint=source,
@@ -116,6 +119,7 @@ def run_workflow(
         batch_size=workflow.model.batch_size,
         tasks=tuple(tasks),
         confidence=workflow.outputs.confidence,
+        conventions=convention_overrides(workflow),
         gdal=tuple({**GDAL_OPTIONS, **cube.gdal}.items()),
         blocksize=workflow.outputs.blocksize,
         overview_resampling=workflow.outputs.overview_resampling,
@@ -132,7 +136,11 @@ def run_workflow(
         targets.append(
             RegionTarget(region, folder, folder / ".tiles" / tiles_key[:16], fingerprint)
         )
-    provenance = {"checkpoint": source, "checkpoint_sha256": checkpoint_hash}
+    provenance = {
+        "checkpoint": source,
+        "checkpoint_sha256": checkpoint_hash,
+        "input_conventions": conventions,
+    }
     if targets:
         start = time.perf_counter()
         plan = make_plan(workflow, targets, concurrency=workflow.stac.concurrency)
@@ -212,17 +220,37 @@ def cpu_pixels_per_second() -> float:
     return 0.5 * flops / FLOP_PER_PIXEL
 
 
-def check_checkpoint(workflow: Workflow) -> tuple[str, str, int]:
-    """Resolve and load the checkpoint once up front, so a bad one fails before any work.
+class Checkpoint(NamedTuple):
+    """What workers load (a hub source stays a hub source: each worker, possibly on another
+    machine, fetches it into its own cache), the file's sha256, the embedding width and the
+    input conventions in force."""
 
-    Returns what workers load (a hub source stays a hub source: each worker, possibly on another
-    machine, fetches it into its own cache), the file's sha256 and the embedding width.
-    """
+    source: str
+    sha256: str
+    dim: int
+    conventions: dict
+
+
+def check_checkpoint(workflow: Workflow) -> Checkpoint:
+    """Resolve and load the checkpoint once up front, so a bad one fails before any work."""
     source = workflow.model.checkpoint
     path = resolve_source(source)
-    model = load_encoder(path)
+    model = load_encoder(path, overrides=convention_overrides(workflow))
     worker_source = source if source.startswith("hf-hub:") else str(path)
-    return worker_source, file_sha256(path), model.config.dim
+    return Checkpoint(
+        worker_source, file_sha256(path), model.config.dim, model.conventions.to_dict()
+    )
+
+
+def convention_overrides(workflow: Workflow) -> ConventionOverrides | None:
+    """The workflow's input conventions over the checkpoint's own (None: the checkpoint's)."""
+    model = workflow.model
+    overrides = ConventionOverrides(
+        band_order=tuple(model.band_order) if model.band_order else None,
+        constants_order=tuple(model.constants_order) if model.constants_order else None,
+        single_token_position=model.single_token_position,
+    )
+    return overrides or None
 
 
 def plan_tasks(workflow: Workflow, dim: int) -> list[TaskPlan]:
@@ -268,6 +296,9 @@ def tile_fingerprint(
         workflow.cube.model_dump(mode="json", exclude={"read_concurrency", "gdal"}),
         workflow.stac.model_dump(mode="json", exclude={"concurrency", "retries"}),
         region.area,
+        workflow.model.model_dump(
+            mode="json", include={"band_order", "constants_order", "single_token_position"}
+        ),
         device.split(":")[0],
         workflow.outputs.confidence,
         workflow.outputs.embeddings,

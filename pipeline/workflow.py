@@ -250,6 +250,8 @@ class CubeConfig(_Model):
     read_concurrency: int = Field(16, ge=1, le=256)
     # GDAL configuration options for reads, on top of pipeline.reader.GDAL_OPTIONS.
     gdal: dict[str, str] = Field(default_factory=dict)
+    # Tokens per pixel: 12 months, 4 seasons or 1 annual median (pipeline.temporal).
+    temporal: Literal["monthly", "seasonal", "annual"] = "monthly"
 
     @field_validator("chunk_size")
     @classmethod
@@ -293,6 +295,17 @@ class ModelConfig(_Model):
     clip: ClipConfig = Field(default_factory=ClipConfig)
     device: str = "auto"
     batch_size: int = Field(65536, ge=1)
+    # Input conventions over the checkpoint's own (encoder.conventions); None keeps them.
+    band_order: list[str] | None = None
+    constants_order: list[str] | None = None
+    single_token_position: Literal["mean", "january"] | None = None
+
+    @field_validator("band_order", "constants_order")
+    @classmethod
+    def _check_bands(cls, value: list[str] | None) -> list[str] | None:
+        from encoder.conventions import band_order
+
+        return None if value is None else list(band_order(value))
 
     @field_validator("checkpoint")
     @classmethod

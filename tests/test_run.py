@@ -283,7 +283,7 @@ def test_hub_checkpoints_reach_workers_as_hub_sources(
     path = workflow_file(tmp_path, workflow, model=model)
     asked = []
     monkeypatch.setattr(run, "resolve_source", lambda s: asked.append(s) or Path(local))
-    source, digest, dim = run.check_checkpoint(load_workflow(path))
+    source, digest, dim, _ = run.check_checkpoint(load_workflow(path))
     assert asked == ["hf-hub:owner/repo/sub/encoder.pt"]
     assert source == "hf-hub:owner/repo/sub/encoder.pt"
     assert digest == file_sha256(local) and dim == 32

@@ -107,6 +107,7 @@ def test_defaults(tmp_path):
         "resampling": "nearest",
         "read_concurrency": 16,
         "gdal": {},
+        "temporal": "monthly",
     }
     assert wf.stac.model_dump(exclude={"url"}) == {
         "file": None,
@@ -119,6 +120,7 @@ def test_defaults(tmp_path):
     }
     assert (wf.model.clip.model, wf.model.clip.pretrained) == ("ViT-B-32", "openai")
     assert (wf.model.device, wf.model.batch_size) == ("auto", 65536)
+    assert (wf.model.band_order, wf.model.single_token_position) == (None, None)
     assert wf.tasks[0].templates == "class_names"
     assert wf.outputs.model_dump(exclude={"dir"}) == {
         "confidence": True,
