@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import pickle
 import re
+import time
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +26,8 @@ from encoder.errors import TimeSenCLIPError
 from encoder.files import file_sha256 as file_sha256  # re-exported: callers import it here
 from encoder.model import EncoderConfig, TimeSenCLIPEncoder
 from encoder.preprocess import BANDS, HIGH, LOW
+
+log = logging.getLogger(__name__)
 
 FORMAT = "timesenclip-encoder"
 HF_PREFIX = "hf-hub:"
@@ -140,8 +144,19 @@ def load_encoder(
     return model.to(map_location).eval()
 
 
-def resolve_source(source: str | os.PathLike) -> Path:
-    """A local path as is; ``hf-hub:OWNER/REPO/PATH/IN/REPO`` fetched (cached) via the hub."""
+HUB_RETRIES = 1
+"""Default extra tries of the hub when it cannot be reached ($TIMESENCLIP_HUB_RETRIES)."""
+HUB_TIMEOUT = 4.0
+"""Seconds one hub request may take before it counts as unreachable ($TIMESENCLIP_HUB_TIMEOUT)."""
+
+
+def resolve_source(source: str | os.PathLike, *, retries: int | None = None) -> Path:
+    """A local path as is; ``hf-hub:OWNER/REPO/PATH/IN/REPO`` fetched (cached) via the hub.
+
+    An unreachable hub is asked ``1 + retries`` times in all, a second apart and more, then the
+    cached copy is used if there is one: so a machine without network fails (or carries on from
+    the cache) within seconds, not after huggingface_hub's own minute of retries.
+    """
     text = os.fspath(source)
     if not text.startswith(HF_PREFIX):
         path = Path(text).expanduser()
@@ -155,16 +170,56 @@ def resolve_source(source: str | os.PathLike) -> Path:
             f"{text!r} is not a hub source; write hf-hub:OWNER/REPO/FILE, "
             "e.g. hf-hub:pallavijainpj/TimeSenCLIP/TimeSenCLIP_1x1.ckpt."
         )
+    repo_id = f"{owner}/{repo}"
+    if retries is None:
+        retries = int(os.environ.get("TIMESENCLIP_HUB_RETRIES", HUB_RETRIES))
+    unreachable = _hub_unreachable(repo_id, filename, retries)
     try:
-        return Path(huggingface_hub.hf_hub_download(f"{owner}/{repo}", filename))
+        # With the hub out of reach, only the local cache is read: no second round of retries.
+        path = huggingface_hub.hf_hub_download(
+            repo_id, filename, local_files_only=unreachable is not None
+        )
     except (hub_errors.LocalEntryNotFoundError, hub_errors.OfflineModeIsEnabled) as err:
         raise CheckpointError(
-            f"cannot fetch {text}: the Hugging Face Hub is not reachable (offline or "
-            "HF_HUB_OFFLINE=1) and the file is not in the local cache. Run once with network "
-            "access to cache it, or pass the path of a local checkpoint file."
-        ) from err
+            f"cannot fetch {text}: the Hugging Face Hub is not reachable "
+            f"({unreachable or err}) and the file is not in the local cache. Run once with network "
+            "access to cache it, or pass the path of a local checkpoint file "
+            "(more tries of the hub: TIMESENCLIP_HUB_RETRIES=N)."
+        ) from None
     except hub_errors.HfHubHTTPError as err:
         raise CheckpointError(f"cannot fetch {text} from the Hugging Face Hub: {err}") from err
+    if unreachable is not None and unreachable != _OFFLINE:
+        log.warning(
+            "the Hugging Face Hub is not reachable (%s): using the cached %s", unreachable, text
+        )
+    return Path(path)
+
+
+_OFFLINE = "HF_HUB_OFFLINE is set"
+
+
+def _hub_unreachable(repo_id: str, filename: str, retries: int) -> str | None:
+    """None when the hub answers for the file, else why not (offline mode, network, 5xx)."""
+    url = huggingface_hub.hf_hub_url(repo_id, filename)
+    timeout = float(os.environ.get("TIMESENCLIP_HUB_TIMEOUT", HUB_TIMEOUT))
+    reason = ""
+    for attempt in range(retries + 1):
+        if attempt:
+            time.sleep(min(2.0 ** (attempt - 1), 8.0))
+        try:
+            # One request, no retries of its own (huggingface_hub retries only downloads).
+            huggingface_hub.get_hf_file_metadata(url, timeout=timeout)
+            return None
+        except hub_errors.OfflineModeIsEnabled:
+            return _OFFLINE
+        except hub_errors.HfHubHTTPError as err:
+            status = err.response.status_code if err.response is not None else None
+            if status is not None and status < 500 and status not in (408, 429):
+                return None  # the hub answered: hf_hub_download reports it (404, gated, ...)
+            reason = f"HTTP {status}"
+        except Exception as err:  # the network errors are requests' or httpx's, by version
+            reason = f"{type(err).__name__}: {err}"
+    return reason
 
 
 def _check_metadata(meta: EncoderMetadata, config: EncoderConfig, path: Path) -> None:
