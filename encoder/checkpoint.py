@@ -173,7 +173,7 @@ def resolve_source(source: str | os.PathLike, *, retries: int | None = None) -> 
     repo_id = f"{owner}/{repo}"
     if retries is None:
         retries = int(os.environ.get("TIMESENCLIP_HUB_RETRIES", HUB_RETRIES))
-    unreachable = _hub_unreachable(repo_id, filename, retries)
+    unreachable = hub_unreachable(repo_id, filename, retries)
     try:
         # With the hub out of reach, only the local cache is read: no second round of retries.
         path = huggingface_hub.hf_hub_download(
@@ -198,8 +198,13 @@ def resolve_source(source: str | os.PathLike, *, retries: int | None = None) -> 
 _OFFLINE = "HF_HUB_OFFLINE is set"
 
 
-def _hub_unreachable(repo_id: str, filename: str, retries: int) -> str | None:
-    """None when the hub answers for the file, else why not (offline mode, network, 5xx)."""
+def hub_unreachable(repo_id: str, filename: str, retries: int) -> str | None:
+    """None when the hub answers for the file, else why not (offline mode, network, 5xx).
+
+    Asks ``1 + retries`` times, waiting 1, 2, 4 (up to 8) seconds between tries, each try one
+    request of at most $TIMESENCLIP_HUB_TIMEOUT seconds: so any hub download can first learn
+    cheaply whether it should only read the cache.
+    """
     url = huggingface_hub.hf_hub_url(repo_id, filename)
     timeout = float(os.environ.get("TIMESENCLIP_HUB_TIMEOUT", HUB_TIMEOUT))
     reason = ""
