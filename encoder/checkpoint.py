@@ -8,10 +8,10 @@ import logging
 import os
 import pickle
 import re
+import time
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,9 @@ from encoder.conventions import ConventionOverrides, Conventions
 from encoder.errors import TimeSenCLIPError
 from encoder.files import file_sha256 as file_sha256  # re-exported: callers import it here
 from encoder.model import EncoderConfig, TimeSenCLIPEncoder
+from encoder.version import package_version
+
+log = logging.getLogger(__name__)
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +61,6 @@ class CheckpointError(TimeSenCLIPError):
     """A checkpoint that cannot be read or does not match the encoder."""
 
 
-def _package_version() -> str:
-    try:
-        return importlib_metadata.version("timesenclip")
-    except importlib_metadata.PackageNotFoundError:
-        return "unknown"
-
-
 @dataclass(frozen=True)
 class EncoderMetadata:
     """What a checkpoint needs besides its tensors: architecture and the input conventions."""
@@ -73,7 +69,7 @@ class EncoderMetadata:
     conventions: Conventions = field(default_factory=Conventions)
     clip_model: str = "ViT-B-32"
     clip_pretrained: str | None = "openai"
-    package_version: str = field(default_factory=_package_version)
+    package_version: str = field(default_factory=package_version)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain python types only, so ``torch.load(weights_only=True)`` reads it back."""
@@ -160,13 +156,22 @@ def convert_checkpoint(
     (recorded or published defaults) changed by ``overrides``, so maps use them from then on."""
     model = load_encoder(source, overrides=overrides)
     meta = model.metadata or EncoderMetadata()
-    return save_checkpoint(
-        model, out, dataclasses.replace(meta, package_version=_package_version())
-    )
+    return save_checkpoint(model, out, dataclasses.replace(meta, package_version=package_version()))
 
 
-def resolve_source(source: str | os.PathLike) -> Path:
-    """A local path as is; ``hf-hub:OWNER/REPO/PATH/IN/REPO`` fetched (cached) via the hub."""
+HUB_RETRIES = 1
+"""Default extra tries of the hub when it cannot be reached ($TIMESENCLIP_HUB_RETRIES)."""
+HUB_TIMEOUT = 4.0
+"""Seconds one hub request may take before it counts as unreachable ($TIMESENCLIP_HUB_TIMEOUT)."""
+
+
+def resolve_source(source: str | os.PathLike, *, retries: int | None = None) -> Path:
+    """A local path as is; ``hf-hub:OWNER/REPO/PATH/IN/REPO`` fetched (cached) via the hub.
+
+    An unreachable hub is asked ``1 + retries`` times in all, a second apart and more, then the
+    cached copy is used if there is one: so a machine without network fails (or carries on from
+    the cache) within seconds, not after huggingface_hub's own minute of retries.
+    """
     text = os.fspath(source)
     if not text.startswith(HF_PREFIX):
         path = Path(text).expanduser()
@@ -180,16 +185,61 @@ def resolve_source(source: str | os.PathLike) -> Path:
             f"{text!r} is not a hub source; write hf-hub:OWNER/REPO/FILE, "
             "e.g. hf-hub:pallavijainpj/TimeSenCLIP/TimeSenCLIP_1x1.ckpt."
         )
+    repo_id = f"{owner}/{repo}"
+    if retries is None:
+        retries = int(os.environ.get("TIMESENCLIP_HUB_RETRIES", HUB_RETRIES))
+    unreachable = hub_unreachable(repo_id, filename, retries)
     try:
-        return Path(huggingface_hub.hf_hub_download(f"{owner}/{repo}", filename))
+        # With the hub out of reach, only the local cache is read: no second round of retries.
+        path = huggingface_hub.hf_hub_download(
+            repo_id, filename, local_files_only=unreachable is not None
+        )
     except (hub_errors.LocalEntryNotFoundError, hub_errors.OfflineModeIsEnabled) as err:
         raise CheckpointError(
-            f"cannot fetch {text}: the Hugging Face Hub is not reachable (offline or "
-            "HF_HUB_OFFLINE=1) and the file is not in the local cache. Run once with network "
-            "access to cache it, or pass the path of a local checkpoint file."
-        ) from err
+            f"cannot fetch {text}: the Hugging Face Hub is not reachable "
+            f"({unreachable or err}) and the file is not in the local cache. Run once with network "
+            "access to cache it, or pass the path of a local checkpoint file "
+            "(more tries of the hub: TIMESENCLIP_HUB_RETRIES=N)."
+        ) from None
     except hub_errors.HfHubHTTPError as err:
         raise CheckpointError(f"cannot fetch {text} from the Hugging Face Hub: {err}") from err
+    if unreachable is not None and unreachable != _OFFLINE:
+        log.warning(
+            "the Hugging Face Hub is not reachable (%s): using the cached %s", unreachable, text
+        )
+    return Path(path)
+
+
+_OFFLINE = "HF_HUB_OFFLINE is set"
+
+
+def hub_unreachable(repo_id: str, filename: str, retries: int) -> str | None:
+    """None when the hub answers for the file, else why not (offline mode, network, 5xx).
+
+    Asks ``1 + retries`` times, waiting 1, 2, 4 (up to 8) seconds between tries, each try one
+    request of at most $TIMESENCLIP_HUB_TIMEOUT seconds: so any hub download can first learn
+    cheaply whether it should only read the cache.
+    """
+    url = huggingface_hub.hf_hub_url(repo_id, filename)
+    timeout = float(os.environ.get("TIMESENCLIP_HUB_TIMEOUT", HUB_TIMEOUT))
+    reason = ""
+    for attempt in range(retries + 1):
+        if attempt:
+            time.sleep(min(2.0 ** (attempt - 1), 8.0))
+        try:
+            # One request, no retries of its own (huggingface_hub retries only downloads).
+            huggingface_hub.get_hf_file_metadata(url, timeout=timeout)
+            return None
+        except hub_errors.OfflineModeIsEnabled:
+            return _OFFLINE
+        except hub_errors.HfHubHTTPError as err:
+            status = err.response.status_code if err.response is not None else None
+            if status is not None and status < 500 and status not in (408, 429):
+                return None  # the hub answered: hf_hub_download reports it (404, gated, ...)
+            reason = f"HTTP {status}"
+        except Exception as err:  # the network errors are requests' or httpx's, by version
+            reason = f"{type(err).__name__}: {err}"
+    return reason
 
 
 def _check_metadata(meta: EncoderMetadata, config: EncoderConfig, path: Path) -> None:

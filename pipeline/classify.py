@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from encoder.prompts import ClassSpec, TextEncoder, class_colors, class_prompts, template_set
+from encoder.prompts import ClassSpec, TextEncoder, class_prompts, template_set
 from encoder.zeroshot import score
 from pipeline.cog import CLASS_NODATA, confidence_percent
+from pipeline.style import class_colors
 
 
 @dataclass(frozen=True)

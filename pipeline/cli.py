@@ -9,7 +9,9 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from encoder.classes import template_set_names
 from encoder.errors import TimeSenCLIPError
+from encoder.version import package_version
 
 VERBS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -49,7 +51,8 @@ def _validate(args: argparse.Namespace) -> int:
 
 @verb("classes")
 def _classes(args: argparse.Namespace) -> int:
-    from encoder.prompts import class_colors, class_set, class_set_names
+    from encoder.classes import class_set, class_set_names
+    from pipeline.style import class_colors
 
     if args.set is None:
         for name in class_set_names():
@@ -85,7 +88,7 @@ def _classify(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from pipeline.demo import run_demo
 
-    run_demo(args.out, progress=not args.quiet)
+    run_demo(args.out, progress=not args.quiet, fresh=args.fresh)
     return 0
 
 
@@ -238,6 +241,15 @@ def _add_clip(
     )
 
 
+def _add_templates(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--templates",
+        default="class_names",
+        choices=template_set_names(),
+        help="prompt template set (default: class_names, the bare class names)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="timesenclip",
@@ -247,7 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)"
     )
-    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", title="verbs (each has --help)")
 
     p = sub.add_parser("run", help="map the regions of a workflow YAML")
     p.add_argument("workflow", type=Path, help="workflow YAML file")
@@ -258,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("validate", help="check a workflow YAML without doing any work")
-    p.add_argument("workflow", type=Path)
+    p.add_argument("workflow", type=Path, help="workflow YAML file")
 
     p = sub.add_parser("classes", help="list the built-in class sets, or the classes of one")
     p.add_argument("set", nargs="?", help="a class set name, e.g. land_cover")
@@ -271,16 +284,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="a built-in class set name, or comma-separated names, e.g. 'vineyard,olive grove'",
     )
     p.add_argument("--name", default="custom", help="task name used for the output files")
-    p.add_argument("--templates", default="class_names", help="template set name")
+    _add_templates(p)
     p.add_argument("--out", type=Path, help="output folder (default: beside the store)")
     _add_clip(p, model=None, pretrained=None)
 
     p = sub.add_parser("demo", help="run the whole pipeline offline on synthetic data")
-    p.add_argument("--out", type=Path, default=Path("timesenclip-demo"), help="output folder")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="folder for the demo's inputs and maps (default: timesenclip-demo in the cache "
+        "folder, $TIMESENCLIP_CACHE or ~/.cache/timesenclip)",
+    )
+    p.add_argument(
+        "--fresh", action="store_true", help="delete an earlier demo in that folder and redo it"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("train", help="train an encoder from a training config YAML")
-    p.add_argument("config", type=Path)
+    p.add_argument(
+        "config",
+        type=Path,
+        help="training config YAML: sections data, model, clip, train, validation, output "
+        "(README.md, 'Training an encoder', has an example)",
+    )
     p.add_argument(
         "--resume",
         nargs="?",
@@ -320,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--task", default="land_cover", help="task / class set to evaluate")
     p.add_argument("--out", type=Path, default=Path("evaluation"), help="report folder")
-    p.add_argument("--templates", default="class_names", help="template set name")
+    _add_templates(p)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument(
         "--no-transductive",
@@ -352,16 +378,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser("ground-embed", help="embed ground photo folders with the CLIP image tower")
-    p.add_argument("photos", type=Path, help="folder of photos (see the docs for the layout)")
-    p.add_argument("--out", required=True, type=Path, help="embedding file to write or extend")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument(
+        "photos",
+        type=Path,
+        help="folder of ground photos, one per direction W, E, N, S of each point: "
+        "PHOTOS/<point_id>/W.jpg or PHOTOS/<point_id>_W.jpg (.jpg, .jpeg or .png)",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="embedding file to write or extend: .zarr (best for many photos), .pt or .npz; "
+        "points already in it are skipped",
+    )
+    p.add_argument("--batch-size", type=int, default=64, help="photos per CLIP batch (default: 64)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     _add_clip(p)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verb is None:
+        parser.print_help()
+        return 0
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if args.verbose < 2:
@@ -371,6 +412,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("distributed").setLevel(logging.WARNING)
         # pipeline.stac logs each retry once; urllib3 would log it a second time.
         logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+    # huggingface_hub prints through a handler of its own: passed on to ours too, every line of
+    # it would appear twice.
+    logging.getLogger("huggingface_hub").propagate = False
     try:
         return VERBS[args.verb](args)
     except TimeSenCLIPError as err:

@@ -20,7 +20,7 @@ import numpy as np
 from pipeline.chunks import Chunk, tile_chunks
 from pipeline.grid import reproject_bounds
 from pipeline.items import ItemRef, usable_refs
-from pipeline.stac import EmptySearchError, RetryPolicy, StacSource, search_boxes
+from pipeline.stac import EmptySearchError, RetryPolicy, StacError, StacSource, search_boxes
 from pipeline.tiles import Tile, region_mask
 from pipeline.workflow import Region, Workflow
 
@@ -138,12 +138,16 @@ def make_plan(
     """
     tiles = {target.region.name: workflow.tiles(target.region) for target in regions}
     every = [t for target in regions for t in tiles[target.region.name]]
-    catalog = search_boxes(
-        stac_source(workflow),
-        [t.lonlat_bounds for t in every],
-        workflow.year,
-        concurrency=concurrency,
-    )
+    try:
+        catalog = search_boxes(
+            stac_source(workflow),
+            [t.lonlat_bounds for t in every],
+            workflow.year,
+            concurrency=concurrency,
+        )
+    except StacError as error:
+        names = ", ".join(f"{t.region.name} (bbox {list(t.region.bbox)})" for t in regions)
+        raise StacError(f"searching Sentinel-2 items for region {names} failed: {error}") from None
     refs, skipped = usable_refs(
         catalog.items, workflow.year, workflow.stac.on_bad_asset, base=catalog.base
     )

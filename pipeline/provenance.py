@@ -7,7 +7,6 @@ import datetime as dt
 import json
 import platform
 from collections.abc import Mapping
-from importlib import metadata
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -15,14 +14,7 @@ import numpy as np
 import rasterio
 
 from encoder.atomic import write_text_atomic
-
-
-def package_version(distribution: str = "timesenclip") -> str:
-    """Installed version of ``distribution``, or "unknown" when run from a source tree."""
-    try:
-        return metadata.version(distribution)
-    except metadata.PackageNotFoundError:
-        return "unknown"
+from encoder.version import package_version
 
 
 def environment() -> dict[str, str]:

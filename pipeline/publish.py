@@ -1,4 +1,4 @@
-"""Finish a class map: its palette and names, the QGIS style beside it and its STAC Item."""
+"""Finish a class map: its palette and names, the QGIS styles beside it and its STAC Item."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from pathlib import Path
 
 from pipeline.classify import TaskPlan
 from pipeline.cog import class_category_names, class_colormap
-from pipeline.qml import write_qml
+from pipeline.qml import write_qml, write_ramp_qml
 from pipeline.stac_output import class_item, write_item
+from pipeline.style import CONFIDENCE_RAMP, VALID_MONTHS_RAMP
 
 
 def map_style(task: TaskPlan) -> dict:
@@ -24,9 +25,13 @@ def describe_map(
     confidence_path: Path | None = None,
     valid_months_path: Path | None = None,
 ) -> list[Path]:
-    """Write ``<map>.qml`` and the STAC Item ``<map>.json`` for a finished class map."""
+    """Write the QGIS styles (``<map>.qml`` and one beside each quality layer) and then the STAC
+    Item ``<map>.json`` listing every file; return the files written."""
     legend = task.legend()
-    style = write_qml(map_path.with_suffix(".qml"), legend)
+    written = [write_qml(map_path.with_suffix(".qml"), legend)]
+    for layer, ramp in ((confidence_path, CONFIDENCE_RAMP), (valid_months_path, VALID_MONTHS_RAMP)):
+        if layer is not None:
+            written.append(write_ramp_qml(Path(layer).with_suffix(".qml"), ramp))
     item = class_item(
         map_path.stem,
         map_path,
@@ -36,6 +41,5 @@ def describe_map(
         description=f"TimeSenCLIP zero-shot map of {len(task.classes)} classes ({task.name}).",
         confidence_path=confidence_path,
         valid_months_path=valid_months_path,
-        style_path=style,
     )
-    return [style, write_item(item, map_path.with_suffix(".json"))]
+    return [*written, write_item(item, map_path.with_suffix(".json"))]

@@ -71,7 +71,7 @@ class RunSummary:
             f"{self.tiles} tile(s) processed, {self.tiles_skipped} already done",
             f"time per stage (summed over workers): {stages}",
             "outputs:",
-            *(f"  {path}" for path in self.outputs),
+            *(f"  {path}" for path in dict.fromkeys(self.outputs)),
         ]
         return "\n".join(lines)
 
@@ -523,10 +523,18 @@ def task_result(future, region: str):
 
 def _layer_styles(workflow: Workflow, tasks: tuple[TaskPlan, ...]) -> dict[str, dict]:
     """Per output layer: COG style keyword arguments (overview rule, palette and names)."""
-    styles = {"valid_months": {"overview_resampling": "nearest"}}
+    styles = {
+        "valid_months": {
+            "overview_resampling": "nearest",
+            "description": "months with a valid observation (0-12; 255 outside the region)",
+        }
+    }
     for task in tasks:
         if workflow.outputs.confidence:
-            styles[f"{task.name}_confidence"] = {"overview_resampling": "average"}
+            styles[f"{task.name}_confidence"] = {
+                "overview_resampling": "average",
+                "description": f"{task.name} confidence (% probability of the top class)",
+            }
         styles[task.name] = {
             "overview_resampling": workflow.outputs.overview_resampling,
             **map_style(task),

@@ -16,7 +16,7 @@ import json
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +35,7 @@ from urllib3.util.retry import Retry
 
 from encoder.errors import TimeSenCLIPError
 from encoder.preprocess import BANDS
+from pipeline.tiles import check_bbox
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +207,9 @@ def search_items(
 
     Raises ``EmptySearchError`` naming the query when nothing is left after filtering.
     """
-    query = _Query(source.collection, _check_bbox(bbox), _check_year(year), source.max_cloud_cover)
+    query = _Query(
+        source.collection, check_bbox(bbox, mapped=False), _check_year(year), source.max_cloud_cover
+    )
     raw = _api_items(source, query) if source.url is not None else _file_items(source.file)
     kept: dict[tuple[str | None, str], dict] = {}
     dropped: dict[str, int] = {}
@@ -264,22 +267,6 @@ def band_assets(item: pystac.Item | dict) -> dict[str, str]:
     raise StacError(
         f"item {item_id} has asset keys {', '.join(sorted(assets)) or '<none>'}, which match no "
         f"known Sentinel-2 L2A layout ({expected}). Search a Sentinel-2 L2A collection."
-    )
-
-
-def _check_bbox(bbox: Iterable[float]) -> tuple[float, float, float, float]:
-    try:
-        values = tuple(float(v) for v in bbox)
-    except (TypeError, ValueError):
-        values = ()
-    if len(values) == 4:
-        west, south, east, north = values
-        if -180 <= west <= east <= 180 and -90 <= south <= north <= 90:
-            return west, south, east, north
-    raise StacError(
-        f"bbox {bbox!r} is not a lon/lat box: give (west, south, east, north) in degrees "
-        "with west <= east within -180..180 and south <= north within -90..90 (split a region "
-        "that crosses the antimeridian)."
     )
 
 
@@ -440,7 +427,12 @@ def search_boxes(
     expires during a long run.
     """
     queries = [
-        _Query(source.collection, _check_bbox(b), _check_year(year), source.max_cloud_cover)
+        _Query(
+            source.collection,
+            check_bbox(b, mapped=False),
+            _check_year(year),
+            source.max_cloud_cover,
+        )
         for b in boxes
     ]
     keys: dict[tuple[Any, str], int] = {}

@@ -22,9 +22,14 @@ from rasterio.warp import transform_bounds
 from encoder.atomic import write_text_atomic
 from encoder.errors import TimeSenCLIPError
 from pipeline.cog import CLASS_NODATA, CONFIDENCE_NODATA, NODATA_NAME
-from pipeline.qml import ClassEntry, fill_colors
+from pipeline.style import ClassEntry, fill_colors
 
 _EDGE_POINTS = 21  # per footprint edge: UTM edges are curves in lon/lat
+# Files that travel with a raster x.tif: (name suffix replacing ".tif", asset key suffix, title).
+_SIDECARS = (
+    (".qml", "style", "QGIS style"),
+    (".tif.aux.xml", "aux_xml", "GDAL sidecar: category names, colour table, attribute table"),
+)
 _NOT_NAME_CHARS = re.compile(r"[^0-9A-Za-z_-]+")
 
 
@@ -43,13 +48,14 @@ def class_item(
     class_descriptions: Mapping[int, str] | None = None,
     confidence_path: Path | str | None = None,
     valid_months_path: Path | str | None = None,
-    style_path: Path | str | None = None,
     properties: Mapping[str, Any] | None = None,
 ) -> pystac.Item:
     """A STAC Item for a class map COG, to be saved beside it (asset hrefs are relative).
 
     Footprint, projection and per-class pixel counts are read from ``data_path``; ``classes`` are
     the map's (value, label, "#rrggbb") entries, value 0 being nodata; the item spans ``year``.
+    Each raster's sidecars present on disk (``x.qml``, ``x.tif.aux.xml``) are listed too, as
+    ``style`` / ``aux_xml`` for the map and ``<asset>_style`` / ``<asset>_aux_xml`` for the others.
     """
     data_path = Path(data_path)
     folder = data_path.parent
@@ -96,16 +102,6 @@ def class_item(
             item, "valid_months", valid_months_path, folder, ["quality"], "Valid months"
         )
         asset.description = "Months (0..12) with at least one cloud-free observation."
-    if style_path is not None:
-        item.add_asset(
-            "style",
-            pystac.Asset(
-                _relative_href(style_path, folder),
-                title="QGIS style",
-                media_type=pystac.MediaType.XML,
-                roles=["metadata"],
-            ),
-        )
     return item
 
 
@@ -128,7 +124,22 @@ def _add_asset(
     )
     item.add_asset(key, asset)
     RasterExtension.ext(asset, add_if_missing=True).bands = [band]
+    _add_sidecars(item, key, Path(path), folder)
     return asset
+
+
+def _add_sidecars(item: pystac.Item, key: str, path: Path, folder: Path) -> None:
+    prefix = "" if key == "data" else f"{key}_"
+    for suffix, name, title in _SIDECARS:
+        sidecar = path.with_name(path.name.removesuffix(".tif") + suffix)
+        if sidecar.is_file():
+            sidecar_asset = pystac.Asset(
+                _relative_href(sidecar, folder),
+                title=title,
+                media_type=pystac.MediaType.XML,
+                roles=["metadata"],
+            )
+            item.add_asset(prefix + name, sidecar_asset)
 
 
 def _relative_href(path: Path | str, folder: Path) -> str:

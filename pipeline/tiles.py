@@ -53,8 +53,12 @@ def utm_epsg(lon: float, lat: float) -> int:
     return (32600 if lat >= 0 else 32700) + zone
 
 
-def check_bbox(bbox: Sequence[float]) -> Bounds:
-    """A lon/lat ``[west, south, east, north]`` as floats; a TimeSenCLIPError says what is wrong."""
+def check_bbox(bbox: Sequence[float], *, mapped: bool = True) -> Bounds:
+    """A lon/lat ``[west, south, east, north]`` as floats; a TimeSenCLIPError says what is wrong.
+
+    ``mapped`` boxes (regions) must lie where UTM zones are defined; a search box (``mapped=False``)
+    may reach the poles.
+    """
     try:
         west, south, east, north = (float(v) for v in bbox)
     except (TypeError, ValueError):
@@ -63,11 +67,10 @@ def check_bbox(bbox: Sequence[float]) -> Bounds:
         ) from None
     if not all(-180.0 <= v <= 180.0 for v in (west, east)):
         raise TimeSenCLIPError("longitudes (west, east) must lie in -180..180")
-    if not all(MIN_LAT <= v <= MAX_LAT for v in (south, north)):
-        raise TimeSenCLIPError(
-            f"latitudes (south, north) must lie in {MIN_LAT:g}..{MAX_LAT:g}, "
-            "where UTM zones and Sentinel-2 tiles are defined"
-        )
+    low, high = (MIN_LAT, MAX_LAT) if mapped else (-90.0, 90.0)
+    if not all(low <= v <= high for v in (south, north)):
+        where = ", where UTM zones and Sentinel-2 tiles are defined" if mapped else ""
+        raise TimeSenCLIPError(f"latitudes (south, north) must lie in {low:g}..{high:g}{where}")
     if west >= east:
         raise TimeSenCLIPError(
             "west must be less than east (the order is [west, south, east, north]; a region "

@@ -30,12 +30,19 @@ from pydantic import (
     model_validator,
 )
 
+from encoder.classes import (
+    class_set,
+    class_set_names,
+    resolve_classes,
+    template_set,
+    template_set_names,
+)
 from encoder.errors import TimeSenCLIPError
 from pipeline.sentinel2 import DEFAULT_CLOUD_MASK
+from pipeline.style import StyleError, normalize_color
 from pipeline.tiles import Tile, check_bbox, geometry_bounds, tiles_for_region
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
-_COLOR_RE = re.compile(r"#[0-9a-fA-F]{6}")
 _SCHEDULER_RE = re.compile(r"(tcp|tls|ucx|inproc|ws|wss)://\S+")
 _DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 _HF_HUB_RE = re.compile(r"hf-hub:[^/\s]+/[^/\s]+/\S+")
@@ -56,9 +63,10 @@ def _safe_name(value: str) -> str:
 
 
 def _color(value: str) -> str:
-    if not _COLOR_RE.fullmatch(value):
-        raise ValueError("a colour is a '#rrggbb' hex string, e.g. '#7b2d8b'")
-    return value.lower()
+    try:
+        return normalize_color(value)
+    except StyleError:
+        raise ValueError("a colour is a '#rrggbb' hex string, e.g. '#7b2d8b'") from None
 
 
 SafeName = Annotated[str, AfterValidator(_safe_name)]
@@ -211,7 +219,8 @@ class StacConfig(_Model):
     collection: str = "sentinel-2-l2a"
     max_cloud_cover: float | None = Field(None, ge=0, le=100)
     provider: Literal["auto", "earth-search", "planetary-computer"] = "auto"
-    retries: int = Field(5, ge=0)
+    # Few by default, so an unreachable API fails within seconds; raise it for long runs.
+    retries: int = Field(2, ge=0)
     on_bad_asset: Literal["raise", "skip"] = "raise"
     # API searches in flight at once while planning (one per tile, through one session).
     concurrency: int = Field(8, ge=1, le=64)
@@ -338,8 +347,6 @@ class ClassEntry(_Model):
 
 
 def _check_class_set(name: str) -> str:
-    from encoder.prompts import class_set, class_set_names  # torch import, deferred
-
     try:
         class_set(name)
     except TimeSenCLIPError:
@@ -351,8 +358,6 @@ def _check_class_set(name: str) -> str:
 
 
 def _check_class_list(entries: list[ClassEntry]) -> list[ClassEntry]:
-    from encoder.prompts import resolve_classes
-
     resolve_classes([e.model_dump(exclude_none=True) for e in entries])  # e.g. duplicate names
     return entries
 
@@ -380,8 +385,6 @@ class TaskConfig(_Model):
     @field_validator("templates", mode="before")
     @classmethod
     def _check_templates(cls, value: Any) -> Any:
-        from encoder.prompts import template_set, template_set_names
-
         names = template_set_names()
         if isinstance(value, str) and value not in names:
             raise ValueError(
@@ -394,9 +397,7 @@ class TaskConfig(_Model):
         return value
 
     def class_specs(self) -> list[Any]:
-        """The classes as ``encoder.prompts.ClassSpec`` objects, in label order."""
-        from encoder.prompts import resolve_classes
-
+        """The classes as ``encoder.classes.ClassSpec`` objects, in label order."""
         if isinstance(self.classes, str):
             return resolve_classes(self.classes)
         return resolve_classes([e.model_dump(exclude_none=True) for e in self.classes])

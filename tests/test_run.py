@@ -17,7 +17,7 @@ import pytest
 import rasterio
 
 from encoder.checkpoint import file_sha256, load_encoder
-from encoder.prompts import TextEncoder, class_colors, class_set
+from encoder.prompts import TextEncoder, class_set
 from encoder.zeroshot import score
 from pipeline.cli import main
 from pipeline.cog import read_category_names
@@ -26,6 +26,7 @@ from pipeline.embed import embed_series, pixel_series
 from pipeline.process import OUTSIDE_REGION
 from pipeline.run import run_workflow
 from pipeline.stac_server import serve_stac
+from pipeline.style import class_colors
 from pipeline.tiles import Tile, region_mask
 from pipeline.workflow import load_workflow
 

@@ -114,7 +114,7 @@ def test_defaults(tmp_path):
         "collection": "sentinel-2-l2a",
         "max_cloud_cover": None,
         "provider": "auto",
-        "retries": 5,
+        "retries": 2,
         "on_bad_asset": "raise",
         "concurrency": 8,
     }
