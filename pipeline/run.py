@@ -26,8 +26,9 @@ from pipeline.chunks import tile_chunks
 from pipeline.classify import TaskPlan, plan_task
 from pipeline.cog import mosaic_to_cog, write_cog
 from pipeline.harmonize import harmonization
+from pipeline.lock import output_lock
 from pipeline.process import ChunkResult, ChunkSettings, process_chunk
-from pipeline.provenance import write_provenance
+from pipeline.provenance import record_outputs, verify_outputs, write_provenance
 from pipeline.publish import describe_map, map_style
 from pipeline.stac import EmptySearchError, RetryPolicy, StacSource, search_items
 from pipeline.tiles import Tile, region_mask, zone_groups
@@ -102,40 +103,46 @@ def run_workflow(
     if dry_run:
         print_plan(workflow, {r.name: plan_region(workflow, r, summary) for r in workflow.regions})
         return summary
-    source, checkpoint_hash, dim = check_checkpoint(workflow)
-    tasks = plan_tasks(workflow, dim)
-    settings = ChunkSettings(
-        year=workflow.year,
-        resolution=workflow.cube.resolution,
-        chunk_size=workflow.cube.chunk_size,
-        cloud_mask=tuple(workflow.cube.cloud_mask),
-        mask_mode=workflow.cube.mask_mode,
-        resampling=workflow.cube.resampling,
-        on_bad_asset=workflow.stac.on_bad_asset,
-        checkpoint=source,
-        device=str(resolve_device(workflow.model.device)),
-        batch_size=workflow.model.batch_size,
-        tasks=tuple(tasks),
-        confidence=workflow.outputs.confidence,
-    )
-    jobs = []
-    for region in workflow.regions:
-        folder = workflow.outputs.dir / region.name
-        tiles_key = tile_fingerprint(workflow, region, checkpoint_hash, tasks, settings.device)
-        fingerprint = region_fingerprint(workflow, tiles_key, tasks)
-        if region_is_complete(folder, fingerprint):
-            log.info("region %s is complete: skipped", region.name)
-            summary.tiles_skipped += len(workflow.tiles(region))
-            continue
-        scratch = folder / ".tiles" / tiles_key[:16]
-        jobs.append(
-            RegionJob(region, folder, plan_region(workflow, region, summary, scratch), fingerprint)
+    with output_lock(workflow.outputs.dir):  # issue 9: one run per output folder
+        source, checkpoint_hash, dim = check_checkpoint(workflow)
+        tasks = plan_tasks(workflow, dim)
+        settings = ChunkSettings(
+            year=workflow.year,
+            resolution=workflow.cube.resolution,
+            chunk_size=workflow.cube.chunk_size,
+            cloud_mask=tuple(workflow.cube.cloud_mask),
+            mask_mode=workflow.cube.mask_mode,
+            resampling=workflow.cube.resampling,
+            on_bad_asset=workflow.stac.on_bad_asset,
+            checkpoint=source,
+            device=str(resolve_device(workflow.model.device)),
+            batch_size=workflow.model.batch_size,
+            tasks=tuple(tasks),
+            confidence=workflow.outputs.confidence,
         )
-    provenance = {"checkpoint": source, "checkpoint_sha256": checkpoint_hash}
-    if jobs:
-        with dask_client(workflow, scheduler, settings.device) as client:
-            for job in jobs:
-                run_region(client, workflow, job, settings, provenance, summary, progress)
+        jobs = []
+        for region in workflow.regions:
+            folder = workflow.outputs.dir / region.name
+            tiles_key = tile_fingerprint(workflow, region, checkpoint_hash, tasks, settings.device)
+            fingerprint = region_fingerprint(workflow, tiles_key, tasks)
+            if region_is_complete(folder, fingerprint):
+                log.info("region %s is complete: skipped", region.name)
+                # issue 9: a kill during the last clean-up leaves these behind
+                shutil.rmtree(folder / ".tiles", ignore_errors=True)
+                remove_stale_temporaries(folder)
+                summary.tiles_skipped += len(workflow.tiles(region))
+                continue
+            scratch = folder / ".tiles" / tiles_key[:16]
+            jobs.append(
+                RegionJob(
+                    region, folder, plan_region(workflow, region, summary, scratch), fingerprint
+                )
+            )
+        provenance = {"checkpoint": source, "checkpoint_sha256": checkpoint_hash}
+        if jobs:
+            with dask_client(workflow, scheduler, settings.device) as client:
+                for job in jobs:
+                    run_region(client, workflow, job, settings, provenance, summary, progress)
     summary.seconds["total"] = time.perf_counter() - started
     return summary
 
@@ -164,8 +171,12 @@ def run_region(
         summary.outputs.append(store)
     run_tiles(client, job, settings, summary, progress)
     start = time.perf_counter()
-    summary.outputs += finish_region(workflow, job.tiles, settings.tasks, job.folder)
-    summary.outputs.append(write_region_metadata(workflow, job, settings.tasks, provenance))
+    outputs = finish_region(workflow, job.tiles, settings.tasks, job.folder)
+    summary.outputs += outputs
+    if settings.embeddings_store:  # issue 9: provenance vouches for the store too
+        outputs.append(settings.embeddings_store)
+    metadata = write_region_metadata(workflow, job, settings.tasks, provenance, outputs)
+    summary.outputs.append(metadata)
     # The region is complete (provenance.json says so): its tile pieces are no longer needed.
     shutil.rmtree(job.folder / ".tiles", ignore_errors=True)
     summary.seconds["write"] += time.perf_counter() - start
@@ -295,7 +306,20 @@ def region_is_complete(region_dir: Path, fingerprint: str) -> bool:
     provenance = region_dir / "provenance.json"
     if not provenance.exists():
         return False
-    return json.loads(provenance.read_text()).get("fingerprint") == fingerprint
+    try:
+        record = json.loads(provenance.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False  # issue 9: damaged after the run wrote it
+    if record.get("fingerprint") != fingerprint:
+        return False
+    # issue 9: resume verifies the outputs
+    if "outputs" in record:
+        problems = verify_outputs(region_dir, record["outputs"])
+    else:
+        problems = ["its provenance.json, written by an older version, lists no outputs"]
+    if problems:
+        log.warning("region %s: redone, %s", region_dir.name, "; ".join(problems))
+    return not problems
 
 
 @contextlib.contextmanager
@@ -500,7 +524,11 @@ def finish_region(
 
 
 def write_region_metadata(
-    workflow: Workflow, job: RegionJob, tasks: tuple[TaskPlan, ...], provenance: dict
+    workflow: Workflow,
+    job: RegionJob,
+    tasks: tuple[TaskPlan, ...],
+    provenance: dict,
+    outputs: list[Path],
 ) -> Path:
     """``provenance.json``, written last: its presence marks the region as complete."""
     tiles = job.tiles
@@ -525,5 +553,6 @@ def write_region_metadata(
         "tiles": [
             {"id": p.tile.id, "epsg": p.tile.epsg, "bounds": list(p.tile.bounds)} for p in tiles
         ],
+        "outputs": record_outputs(job.folder, outputs),  # issue 9: what resume verifies
     }
     return write_provenance(job.folder / "provenance.json", record)
