@@ -29,9 +29,14 @@ def _run(args: argparse.Namespace) -> int:
     from pipeline.workflow import load_workflow
 
     workflow = load_workflow(args.workflow)
-    summary = run_workflow(
-        workflow, scheduler=args.scheduler, dry_run=args.dry_run, progress=not args.quiet
-    )
+    try:
+        summary = run_workflow(
+            workflow, scheduler=args.scheduler, dry_run=args.dry_run, progress=not args.quiet
+        )
+    except OSError as err:
+        if err.filename is None and err.errno is not None:  # e.g. a worker's write, disk full
+            raise OSError(err.errno, err.strerror, str(workflow.outputs.dir)) from err
+        raise
     if not args.dry_run:
         print(summary.report())
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import glob
 import json
 import platform
 from collections.abc import Iterable, Mapping
@@ -68,13 +69,19 @@ def write_provenance(path: Path | str, record: Mapping[str, Any]) -> Path:
     return write_text_atomic(path, provenance_text(record))
 
 
+def _members(path: Path) -> list[Path]:
+    """The files of an output: a folder's (an embeddings store) or the file and its sidecars
+    (``x.tif.aux.xml`` holds a class map's category names)."""
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.is_file())
+    return [path, *sorted(path.parent.glob(f"{glob.escape(path.name)}.*"))]
+
+
 def record_outputs(folder: Path, paths: Iterable[Path]) -> dict[str, dict[str, Any]]:
-    """``{path relative to folder: {size, mtime_ns, sha256}}`` for each of ``paths``; a folder
-    (such as an embeddings store) is recorded file by file."""
+    """``{path relative to folder: {size, mtime_ns, sha256}}`` for every file of ``paths``."""
     files: dict[str, dict[str, Any]] = {}
     for path in paths:
-        members = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        for file in members:
+        for file in _members(path):
             stat = file.stat()
             files[file.relative_to(folder).as_posix()] = {
                 "size": stat.st_size,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from encoder.prompts import class_colors, class_set, class_set_names
-from pipeline.cli import VERBS, build_parser, main
+from pipeline.cli import VERBS, build_parser, main, os_error_message
 
 REPO = Path(__file__).resolve().parents[1]
 MONTPELLIER = REPO / "workflows" / "montpellier-2023.yaml"
@@ -66,3 +67,33 @@ def test_validate_names_the_field(tmp_path, capsys):
 def test_missing_workflow_file(capsys):
     assert main(["validate", "no-such-workflow.yaml"]) == 2
     assert "no-such-workflow.yaml" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("error", "advice"),
+    [
+        (PermissionError(errno.EACCES, "Permission denied", "/maps/a.tif"), "writable for you"),
+        (OSError(errno.EROFS, "Read-only file system", "/maps"), "on a writable disk"),
+        (OSError(errno.ENOSPC, "No space left on device", "/maps/a.tif"), "free space"),
+        (FileNotFoundError(errno.ENOENT, "No such file or directory", "/maps"), "check the path"),
+    ],
+)
+def test_disk_and_permission_errors_are_one_paragraph(error, advice, monkeypatch, capsys):
+    def write(args):
+        raise error
+
+    monkeypatch.setitem(VERBS, "classes", write)
+    assert main(["classes"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {error.strerror}: {error.filename}. To fix it, ")
+    assert advice in err and "run the same command again" in err and err.count("\n") == 1
+
+
+def test_other_os_errors_are_bugs_and_keep_their_traceback(monkeypatch):
+    def fail(args):
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    monkeypatch.setitem(VERBS, "classes", fail)
+    assert os_error_message(OSError(errno.EBADF, "Bad file descriptor")) is None
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        main(["classes"])
