@@ -111,7 +111,8 @@ def remove_stale_temporaries(folder: Path | str) -> list[Path]:
     """Delete the temporary files a killed process left under ``folder``; return their paths.
 
     Only a process that was killed outright leaves them: any other failure cleans up after itself.
-    Call this before writing into ``folder`` again, never while another writer uses it.
+    Call this before writing into ``folder`` again, never while another writer uses it (a run
+    holds its output folder's lock, ``pipeline.lock``, while it does).
     """
     folder = Path(folder)
     stale = [p for p in folder.rglob(".*") if p.is_file() and _TEMPORARY.match(p.name)]
