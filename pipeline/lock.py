@@ -106,7 +106,12 @@ def _create(path: Path, record: dict) -> bool:
     """Put ``record`` at ``path`` unless a lock is there; the lock is complete when it appears."""
     text = json.dumps(record, indent=1) + "\n"
     draft = path.with_name(f"{path.name}.{record['token']}")
-    draft.write_text(text, encoding="utf-8")
+    try:
+        draft.write_text(text, encoding="utf-8")
+    except OSError as err:  # read-only or full: name the folder, not the hidden draft
+        with contextlib.suppress(OSError):  # a read-only disk refuses even that
+            draft.unlink()
+        raise OSError(err.errno, err.strerror, str(path.parent)) from err
     try:
         os.link(draft, path)
         return True
@@ -133,14 +138,14 @@ def _take_over(path: Path, stale: dict) -> None:
         return  # another run took it over first
     moved = _read(aside)
     if moved == stale:
-        aside.unlink()
+        aside.unlink(missing_ok=True)
         log.warning("took over the lock %s of a run that no longer runs: %s", path, stale)
         return
     # Another run broke the stale lock and took the folder between our read and our rename:
     # its lock goes back (unless a third run got in, which the caller then finds).
-    with contextlib.suppress(FileExistsError):
+    with contextlib.suppress(FileExistsError, FileNotFoundError):
         os.link(aside, path)
-    aside.unlink()
+    aside.unlink(missing_ok=True)
 
 
 def _describe(record: dict, path: Path) -> str:
@@ -150,6 +155,15 @@ def _describe(record: dict, path: Path) -> str:
         f"the run with pid {record.get('pid')} on host {record.get('host')}, started "
         f"{record.get('started')} (lock file {path})"
     )
+
+
+def _remove_leftovers(folder: Path) -> None:
+    """Drafts and set-aside locks of runs killed while locking. A run locking right now holds
+    its own for microseconds; the inode change time (set by creation and by rename) tells."""
+    for leftover in folder.glob(f"{LOCK_NAME}.*"):
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - leftover.stat().st_ctime > 60:
+                leftover.unlink()
 
 
 def _stale_after(value: float | None) -> float:
@@ -171,6 +185,7 @@ def acquire(folder: Path, stale_after: float) -> tuple[Path, dict]:
     record = _record()
     for _ in range(5):  # each round either takes the lock, fails, or clears a stale one
         if _create(path, record):
+            _remove_leftovers(folder)
             return path, record
         held = _read(path)
         if held is None:

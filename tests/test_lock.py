@@ -128,3 +128,14 @@ def test_stale_after_from_the_environment(tmp_path, monkeypatch):
         output_lock(tmp_path),
     ):
         pass
+
+
+def test_leftovers_of_a_kill_while_locking_are_removed_once_old(tmp_path, monkeypatch):
+    draft = tmp_path / f"{LOCK_NAME}.0123abcd"  # killed between writing its draft and linking
+    draft.write_text("{}")
+    release(*acquire(tmp_path, stale_after=600))
+    assert draft.exists()  # as young as one of a run locking right now: kept
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now + 120)  # its change time cannot be set back
+    release(*acquire(tmp_path, stale_after=600))
+    assert os.listdir(tmp_path) == []

@@ -237,6 +237,8 @@ def test_read_only_and_missing_folders_end_with_one_paragraph(demo, mount_tmpfs,
     err = capsys.readouterr().err
     assert err.startswith(f"error: Read-only file system: {disk / 'maps'}. To fix it, choose")
     assert "Traceback" not in err
+    assert main(["run", str(workflow_file(tmp_path / "c", workflow, disk))]) == 2  # it exists
+    assert capsys.readouterr().err.startswith(f"error: Read-only file system: {disk}. To fix")
     (tmp_path / "file").write_text("not a folder")
     bad = workflow_file(tmp_path / "b", workflow, tmp_path / "file" / "maps")
     assert main(["run", str(bad)]) == 2
