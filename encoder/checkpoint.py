@@ -265,13 +265,21 @@ def _read(path: Path) -> tuple[dict[str, Tensor], EncoderMetadata | None]:
                 path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path)
             )
     except pickle.UnpicklingError as err:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        # torch words a refused global in several ways across versions and pickle opcodes.
+        found = re.search(
+            r"unsupported (?:global: )?GLOBAL (\S+)|reduce for unrecognized function (\S+)"
+            r"|via `add_safe_globals`,? but got (.+)",
+            str(err),
+            re.IGNORECASE,
+        )
         if found is None:
             raise CheckpointError(f"{path} is not a PyTorch checkpoint file.") from err
+        name = next(g for g in found.groups() if g).rstrip(".")
         raise CheckpointError(
-            f"{path} holds python objects besides tensors ({found.group(1)}), which safe loading "
-            "(weights_only=True) refuses; load it once in a trusted session, save its state_dict "
-            "alone with torch.save and pass that file."
+            f"{path} holds code besides tensors ({name}): unpickling it would run that code, so "
+            "safe loading (weights_only=True) refuses it. If you trust where the file came from, "
+            "load it once in a trusted session, re-save the weights alone with "
+            "torch.save(model.state_dict(), PATH) and pass that file."
         ) from err
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise CheckpointError(f"{path} is not a PyTorch checkpoint file ({err!r}).") from err

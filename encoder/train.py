@@ -64,7 +64,6 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -85,6 +84,7 @@ from encoder.inference import embed
 from encoder.model import TimeSenCLIPEncoder
 from encoder.pairs import TASKS, Pairs, read_pairs
 from encoder.preprocess import normalize
+from encoder.safe_yaml import parse_yaml, short_repr
 
 log = logging.getLogger(__name__)
 
@@ -241,9 +241,10 @@ def load_config(path: str | Path) -> TrainingConfig:
     """Read and validate a training config YAML; every problem is named in one error."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
         raise TrainConfigError(f"cannot read training config {path}: {exc}") from exc
+    raw, _ = parse_yaml(text, f"training config {path}", TrainConfigError)
     return parse_config(raw, base=path.resolve().parent, source=str(path))
 
 
@@ -257,7 +258,7 @@ def parse_config(raw: Any, base: Path = Path("."), source: str = "config") -> Tr
         problems = []
         for err in exc.errors(include_url=False):
             where = ".".join(str(p) for p in err["loc"])
-            got = "" if err["type"] == "missing" else f" (got {err.get('input')!r})"
+            got = "" if err["type"] == "missing" else f" (got {short_repr(err.get('input'))})"
             problems.append(f"  - {where}: {err['msg']}{got}")
         raise TrainConfigError(
             f"training config {source} has {len(problems)} problem(s):\n" + "\n".join(problems)

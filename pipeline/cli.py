@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -30,9 +31,14 @@ def _run(args: argparse.Namespace) -> int:
     from pipeline.workflow import load_workflow
 
     workflow = load_workflow(args.workflow)
-    summary = run_workflow(
-        workflow, scheduler=args.scheduler, dry_run=args.dry_run, progress=not args.quiet
-    )
+    try:
+        summary = run_workflow(
+            workflow, scheduler=args.scheduler, dry_run=args.dry_run, progress=not args.quiet
+        )
+    except OSError as err:
+        if err.filename is None and err.errno is not None:  # e.g. a worker's write, disk full
+            raise OSError(err.errno, err.strerror, str(workflow.outputs.dir)) from err
+        raise
     if not args.dry_run:
         print(summary.report())
     return 0
@@ -397,6 +403,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What to do about the file-system errors a user can fix; any other OSError is a bug to report.
+_OS_ADVICE = {
+    errno.EROFS: "choose a folder on a writable disk (for `run`: outputs.dir in the workflow)",
+    errno.ENOSPC: "free space on that disk, or choose a folder on another one",
+    errno.EDQUOT: "free space within your quota, or choose a folder on another disk",
+    errno.EACCES: "make it and its folder writable for you (ls -ld shows who may write), or "
+    "choose another folder",
+    errno.EPERM: "make it and its folder writable for you, or choose another folder",
+    errno.ENOENT: "check the path: create the missing folder or correct the name",
+    errno.ENOTDIR: "check the path: a part of it is a file where a folder is needed",
+}
+
+
+def os_error_message(err: OSError) -> str | None:
+    """One paragraph for a disk or permission error (what, where, what to do); None for others."""
+    advice = _OS_ADVICE.get(err.errno)
+    if advice is None:
+        return None
+    where = f" {err.filename}" if err.filename is not None else ""
+    if err.filename2 is not None:
+        where += f" -> {err.filename2}"
+    return (
+        f"{err.strerror or os.strerror(err.errno)}:{where}. To fix it, {advice}; then run the same "
+        "command again: finished work is kept, and no file was left half-written."
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -419,10 +452,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return VERBS[args.verb](args)
     except TimeSenCLIPError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return getattr(err, "exit_code", 2)
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         return 130
+    except BaseException as err:  # disk and cluster failures get a message; the rest are bugs
+        from pipeline.cluster_errors import CLUSTER_EXIT, cluster_failure_message
+
+        if isinstance(err, OSError) and (message := os_error_message(err)):
+            print(f"error: {message}", file=sys.stderr)
+            return 2
+        if message := cluster_failure_message(err):
+            print(f"error: {message}", file=sys.stderr)
+            return CLUSTER_EXIT
+        raise
 
 
 if __name__ == "__main__":

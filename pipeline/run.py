@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import hashlib
@@ -26,8 +25,10 @@ from encoder.device import resolve_device
 from encoder.errors import TimeSenCLIPError
 from encoder.prompts import TextEncoder
 from pipeline.classify import TaskPlan, plan_task
+from pipeline.cluster_errors import ClusterFailureError, cluster_failure_message
 from pipeline.cog import mosaic_to_cog
 from pipeline.cube import CubeOptions
+from pipeline.lock import output_lock
 from pipeline.plan import (
     FLOP_PER_PIXEL,
     RegionPlan,
@@ -38,7 +39,7 @@ from pipeline.plan import (
     stac_source,
 )
 from pipeline.process import ChunkReport, ChunkSettings, TileReport, finish_tile, process_chunk
-from pipeline.provenance import write_provenance
+from pipeline.provenance import record_outputs, verify_outputs, write_provenance
 from pipeline.publish import describe_map, map_style
 from pipeline.qml import write_qml
 from pipeline.reader import GDAL_OPTIONS
@@ -98,56 +99,62 @@ def run_workflow(
         plan = make_plan(workflow, targets, concurrency=workflow.stac.concurrency)
         print(describe(plan, workflow, cpu_pixels_per_second()))
         return summary
-    source, checkpoint_hash, dim, conventions = check_checkpoint(workflow)
-    tasks = plan_tasks(workflow, dim)
-    cube = workflow.cube
-    settings = ChunkSettings(
-        year=workflow.year,
-        resolution=cube.resolution,
-        chunk_size=cube.chunk_size,
-        cube=CubeOptions(
-            cloud_mask=tuple(cube.cloud_mask),
-            mask_mode=cube.mask_mode,
-            resampling=cube.resampling,
-            on_bad_asset=workflow.stac.on_bad_asset,
-            read_concurrency=cube.read_concurrency,
-            temporal=cube.temporal,
-            sign_hrefs=stac_source(workflow).resolved_provider == "planetary-computer",
-        ),
-        checkpoint=source,
-        device=str(resolve_device(workflow.model.device)),
-        batch_size=workflow.model.batch_size,
-        tasks=tuple(tasks),
-        confidence=workflow.outputs.confidence,
-        conventions=convention_overrides(workflow),
-        gdal=tuple({**GDAL_OPTIONS, **cube.gdal}.items()),
-        blocksize=workflow.outputs.blocksize,
-        overview_resampling=workflow.outputs.overview_resampling,
-    )
-    targets = []
-    for region in workflow.regions:
-        folder = workflow.outputs.dir / region.name
-        tiles_key = tile_fingerprint(workflow, region, checkpoint_hash, tasks, settings.device)
-        fingerprint = region_fingerprint(workflow, tiles_key, tasks)
-        if region_is_complete(folder, fingerprint):
-            log.info("region %s is complete: skipped", region.name)
-            summary.tiles_skipped += len(workflow.tiles(region))
-            continue
-        targets.append(
-            RegionTarget(region, folder, folder / ".tiles" / tiles_key[:16], fingerprint)
+    with output_lock(workflow.outputs.dir):  # one run per output folder
+        source, checkpoint_hash, dim, conventions = check_checkpoint(workflow)
+        tasks = plan_tasks(workflow, dim)
+        cube = workflow.cube
+        settings = ChunkSettings(
+            year=workflow.year,
+            resolution=cube.resolution,
+            chunk_size=cube.chunk_size,
+            cube=CubeOptions(
+                cloud_mask=tuple(cube.cloud_mask),
+                mask_mode=cube.mask_mode,
+                resampling=cube.resampling,
+                on_bad_asset=workflow.stac.on_bad_asset,
+                read_concurrency=cube.read_concurrency,
+                temporal=cube.temporal,
+                sign_hrefs=stac_source(workflow).resolved_provider == "planetary-computer",
+            ),
+            checkpoint=source,
+            device=str(resolve_device(workflow.model.device)),
+            batch_size=workflow.model.batch_size,
+            tasks=tuple(tasks),
+            confidence=workflow.outputs.confidence,
+            conventions=convention_overrides(workflow),
+            gdal=tuple({**GDAL_OPTIONS, **cube.gdal}.items()),
+            blocksize=workflow.outputs.blocksize,
+            overview_resampling=workflow.outputs.overview_resampling,
         )
-    provenance = {
-        "checkpoint": source,
-        "checkpoint_sha256": checkpoint_hash,
-        "input_conventions": conventions,
-    }
-    if targets:
-        start = time.perf_counter()
-        plan = make_plan(workflow, targets, concurrency=workflow.stac.concurrency)
-        summary.seconds["search"] += time.perf_counter() - start
-        with dask_client(workflow, scheduler, settings.device) as client:
-            for region in plan.regions:
-                run_region(client, workflow, plan, region, settings, provenance, summary, progress)
+        targets = []
+        for region in workflow.regions:
+            folder = workflow.outputs.dir / region.name
+            tiles_key = tile_fingerprint(workflow, region, checkpoint_hash, tasks, settings.device)
+            fingerprint = region_fingerprint(workflow, tiles_key, tasks)
+            if region_is_complete(folder, fingerprint):
+                log.info("region %s is complete: skipped", region.name)
+                # A kill during the last clean-up leaves these behind.
+                shutil.rmtree(folder / ".tiles", ignore_errors=True)
+                remove_stale_temporaries(folder)
+                summary.tiles_skipped += len(workflow.tiles(region))
+                continue
+            targets.append(
+                RegionTarget(region, folder, folder / ".tiles" / tiles_key[:16], fingerprint)
+            )
+        provenance = {
+            "checkpoint": source,
+            "checkpoint_sha256": checkpoint_hash,
+            "input_conventions": conventions,
+        }
+        if targets:
+            start = time.perf_counter()
+            plan = make_plan(workflow, targets, concurrency=workflow.stac.concurrency)
+            summary.seconds["search"] += time.perf_counter() - start
+            with dask_client(workflow, scheduler, settings.device) as client:
+                for region in plan.regions:
+                    run_region(
+                        client, workflow, plan, region, settings, provenance, summary, progress
+                    )
     summary.seconds["total"] = time.perf_counter() - started
     return summary
 
@@ -180,9 +187,12 @@ def run_region(
     reports = run_tiles(client, workflow, plan, region, settings, summary, progress)
     start = time.perf_counter()
     finish = finish_tiled if layout == "tiles" else finish_mosaics
-    summary.outputs += finish(client, workflow, region, settings.tasks)
+    outputs = finish(client, workflow, region, settings.tasks)
+    summary.outputs += outputs
+    if settings.embeddings_store:  # provenance vouches for the store too
+        outputs.append(settings.embeddings_store)
     summary.outputs.append(
-        write_region_metadata(workflow, plan, region, settings.tasks, reports, provenance)
+        write_region_metadata(workflow, plan, region, settings.tasks, reports, provenance, outputs)
     )
     # The region is complete (provenance.json says so): its tile pieces are no longer needed.
     shutil.rmtree(region.folder / ".tiles", ignore_errors=True)
@@ -315,10 +325,23 @@ def region_fingerprint(workflow: Workflow, tiles_key: str, tasks: list[TaskPlan]
 
 
 def region_is_complete(region_dir: Path, fingerprint: str) -> bool:
+    """Whether a region's provenance matches ``fingerprint`` and its files are as it recorded."""
     provenance = region_dir / "provenance.json"
     if not provenance.exists():
         return False
-    return json.loads(provenance.read_text()).get("fingerprint") == fingerprint
+    try:
+        record = json.loads(provenance.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False  # damaged after the run wrote it
+    if record.get("fingerprint") != fingerprint:
+        return False
+    if "outputs" in record:
+        problems = verify_outputs(region_dir, record["outputs"])
+    else:
+        problems = ["its provenance.json, written by an older version, lists no outputs"]
+    if problems:
+        log.warning("region %s: redone, %s", region_dir.name, "; ".join(problems))
+    return not problems
 
 
 @contextlib.contextmanager
@@ -485,13 +508,13 @@ class ProgressWatch:
         else:
             self.alone_since = self.alone_since or now
             if now - self.alone_since > self.no_worker:
-                raise TimeSenCLIPError(
+                raise ClusterFailureError(
                     f"the Dask cluster has had no worker for {self.no_worker:.0f} s while mapping "
                     f"region {region!r}: start workers (or check why they died), then run the "
                     "same command again to resume."
                 )
         if now - self.last > self.stall:
-            raise TimeSenCLIPError(
+            raise ClusterFailureError(
                 f"no task finished for {self.stall:.0f} s while mapping region {region!r}: the "
                 "workers may be stuck on reads or starved of memory. Check the Dask dashboard, "
                 "raise dask.stall_timeout if chunks are simply slow, and run the same command "
@@ -500,25 +523,16 @@ class ProgressWatch:
 
 
 def task_result(future, region: str):
-    """A finished task's result; cluster failures become one clear error."""
-    from distributed import KilledWorker
-
+    """A finished task's result; a cluster failure becomes one clear error (exit 3)."""
     try:
         return future.result()
     except TimeSenCLIPError:
         raise
-    except KilledWorker:
-        raise TimeSenCLIPError(
-            f"Dask workers died repeatedly running the same task of region {region!r} (out of "
-            "memory?): lower cube.chunk_size or model.batch_size, or give workers more memory, "
-            "then run the same command again to resume."
-        ) from None
-    except (asyncio.CancelledError, OSError) as error:
-        raise TimeSenCLIPError(
-            f"the Dask cluster lost the work of region {region!r} ({type(error).__name__}: "
-            f"{error}): check that the scheduler and workers are running, then run the same "
-            "command again to resume."
-        ) from None
+    except Exception as error:
+        message = cluster_failure_message(error, region)
+        if message is None:
+            raise
+        raise ClusterFailureError(message) from None
 
 
 def _layer_styles(workflow: Workflow, tasks: tuple[TaskPlan, ...]) -> dict[str, dict]:
@@ -645,6 +659,7 @@ def write_region_metadata(
     tasks: tuple[TaskPlan, ...],
     reports: dict[str, TileReport],
     provenance: dict,
+    outputs: list[Path],
 ) -> Path:
     """``provenance.json``, written last: its presence marks the region as complete.
 
@@ -683,5 +698,6 @@ def write_region_metadata(
             for p in region.tiles
         ],
         "tiles_without_items": [t.id for t in region.empty],
+        "outputs": record_outputs(region.folder, outputs),  # what resume verifies
     }
     return write_provenance(region.folder / "provenance.json", record)

@@ -38,6 +38,7 @@ from encoder.classes import (
     template_set_names,
 )
 from encoder.errors import TimeSenCLIPError
+from encoder.safe_yaml import parse_yaml, short_repr
 from pipeline.sentinel2 import DEFAULT_CLOUD_MASK
 from pipeline.style import StyleError, normalize_color
 from pipeline.tiles import Tile, check_bbox, geometry_bounds, tiles_for_region
@@ -47,6 +48,12 @@ _SCHEDULER_RE = re.compile(r"(tcp|tls|ucx|inproc|ws|wss)://\S+")
 _DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 _HF_HUB_RE = re.compile(r"hf-hub:[^/\s]+/[^/\s]+/\S+")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt")
+_MAX_PROBLEMS = 20  # listed in one error; a file with more is mostly the wrong file
+# Files a region folder holds besides each task's <name>.tif/.qml/.json (pipeline.run writes
+# valid_months*.tif, <task>_confidence*.tif and provenance.json; pipeline.embeddings the store):
+# a task named like one of them would overwrite it.
+RESERVED_TASK_NAMES = ("valid_months", "provenance", "embeddings")
+RESERVED_TASK_SUFFIX = "_confidence"
 
 
 class WorkflowError(TimeSenCLIPError):
@@ -70,6 +77,17 @@ def _color(value: str) -> str:
 
 
 SafeName = Annotated[str, AfterValidator(_safe_name)]
+
+
+def _not_reserved(value: str) -> str:
+    name = value.casefold()  # some file systems ignore case
+    if name in RESERVED_TASK_NAMES or name.endswith(RESERVED_TASK_SUFFIX):
+        raise ValueError(
+            "this name is reserved for an output every region folder holds (reserved: "
+            f"{', '.join(RESERVED_TASK_NAMES)} and any name ending in {RESERVED_TASK_SUFFIX}, "
+            "each map's confidence layer): choose another name"
+        )
+    return value
 
 
 def _resolve(value: str | Path, info: ValidationInfo) -> Path:
@@ -378,7 +396,7 @@ ClassesSpec = Annotated[
 class TaskConfig(_Model):
     """One map to make: classes (a built-in set name or a list) and prompt templates."""
 
-    name: SafeName
+    name: Annotated[SafeName, AfterValidator(_not_reserved)]
     classes: ClassesSpec
     templates: str | list[str] = "class_names"
 
@@ -500,24 +518,6 @@ class Workflow(_Model):
         return "\n".join(lines)
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys, where PyYAML would silently keep the last one."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[str, int] = {}
-        for key, _ in node.value:
-            if isinstance(key, yaml.ScalarNode):
-                if key.value in seen:
-                    raise yaml.constructor.ConstructorError(
-                        None,
-                        None,
-                        f"duplicate key {key.value!r} (first given at line {seen[key.value]})",
-                        key.start_mark,
-                    )
-                seen[key.value] = key.start_mark.line + 1
-        return super().construct_mapping(node, deep)
-
-
 def load_workflow(path: str | Path) -> Workflow:
     """Read and validate a workflow YAML file; any problem raises one ``WorkflowError``."""
     path = Path(path)
@@ -530,17 +530,7 @@ def load_workflow(path: str | Path) -> Workflow:
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise WorkflowError(f"cannot read workflow file {path}: {exc}") from None
-    loader = _Loader(text)
-    try:
-        node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise WorkflowError(f"workflow file {path} is not valid YAML{where}: {problem}") from None
-    finally:
-        loader.dispose()
+    data, node = parse_yaml(text, f"workflow file {path}", WorkflowError)
     workflow = _validate(data, path.parent, str(path), node)
     workflow._source = path.resolve()
     return workflow
@@ -563,9 +553,12 @@ def _validate(data: Any, base_dir: Path, source: str, node: yaml.Node | None) ->
     try:
         workflow = Workflow.model_validate(data, context={"base_dir": base_dir.resolve()})
     except ValidationError as exc:
-        problems = [_describe(err, node) for err in exc.errors(include_url=False)]
+        errors = exc.errors(include_url=False)
+        problems = [_describe(err, node) for err in errors[:_MAX_PROBLEMS]]
+        if len(errors) > _MAX_PROBLEMS:
+            problems.append(f"... and {len(errors) - _MAX_PROBLEMS:,} more")
         raise WorkflowError(
-            f"workflow {source} has {len(problems)} problem(s):\n"
+            f"workflow {source} has {len(errors)} problem(s):\n"
             + "\n".join(f"  - {p}" for p in problems)
             + f"\nFix them, then check with: timesenclip validate {source}"
         ) from None
@@ -583,15 +576,15 @@ def _describe(err: Any, node: yaml.Node | None) -> str:
     if kind == "extra_forbidden":
         allowed = list(owner.model_fields) if owner else []
         return (
-            f"{where}: got {_show(value)}; unknown key{_did_you_mean(loc[-1], allowed)}, "
+            f"{where}: got {short_repr(value)}; unknown key{_did_you_mean(loc[-1], allowed)}, "
             f"allowed keys: {', '.join(allowed)}"
         )
     if kind == "literal_error":
-        return f"{where}: got {_show(value)}; allowed: {err['ctx']['expected']}"
+        return f"{where}: got {short_repr(value)}; allowed: {err['ctx']['expected']}"
     msg = err["msg"].removeprefix("Value error, ")
     if msg.startswith("got "):
         return f"{where}: {msg}"
-    return f"{where}: got {_show(value)}; {msg[:1].lower()}{msg[1:]}"
+    return f"{where}: got {short_repr(value)}; {msg[:1].lower()}{msg[1:]}"
 
 
 def _walk(loc: tuple[Any, ...], extra: bool) -> tuple[str, type[BaseModel] | None]:
@@ -636,8 +629,3 @@ def _yaml_line(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
             node = node.value[part]
             line = node.start_mark.line + 1
     return line
-
-
-def _show(value: Any, limit: int = 120) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

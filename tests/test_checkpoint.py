@@ -4,6 +4,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -294,3 +295,32 @@ def test_package_exports_lazily():
         [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
+
+
+class RunsCode:
+    """What a malicious checkpoint pickles: a call made while the file is read."""
+
+    def __init__(self, func, arg):
+        self.func, self.arg = func, arg
+
+    def __reduce__(self):
+        return self.func, (self.arg,)
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+@pytest.mark.parametrize(
+    ("func", "shown"), [(os.system, "posix.system"), (eval, "eval")], ids=["system", "eval"]
+)
+def test_pickled_code_is_refused_as_code(func, shown, zip_format, model, tmp_path):
+    marker = tmp_path / "ran"
+    arg = f"touch {marker}" if func is os.system else f"open({str(marker)!r}, 'w')"
+    path = tmp_path / "evil.ckpt"
+    state = {"state_dict": model.state_dict(), "x": RunsCode(func, arg)}
+    torch.save(state, path, _use_new_zipfile_serialization=zip_format)
+    with pytest.raises(CheckpointError) as info:
+        load_encoder(path)
+    message = str(info.value)
+    assert f"holds code besides tensors ({shown})" in message
+    assert "torch.save(model.state_dict(), PATH)" in message
+    assert "not a PyTorch checkpoint" not in message
+    assert not marker.exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import re
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 from encoder.classes import template_set_names
 from encoder.prompts import class_set, class_set_names
 from encoder.version import package_version
-from pipeline.cli import VERBS, build_parser, main
+from pipeline.cli import VERBS, build_parser, main, os_error_message
 from pipeline.style import class_colors
 
 REPO = Path(__file__).resolve().parents[1]
@@ -160,3 +161,33 @@ def test_light_verbs_import_no_torch_open_clip_or_dask():
     assert done.returncode == 0, done.stderr
     assert "valid (2023" in done.stdout and "Woodland" not in done.stdout
     assert done.stdout.strip().splitlines()[-1] == "HEAVY []"
+
+
+@pytest.mark.parametrize(
+    ("error", "advice"),
+    [
+        (PermissionError(errno.EACCES, "Permission denied", "/maps/a.tif"), "writable for you"),
+        (OSError(errno.EROFS, "Read-only file system", "/maps"), "on a writable disk"),
+        (OSError(errno.ENOSPC, "No space left on device", "/maps/a.tif"), "free space"),
+        (FileNotFoundError(errno.ENOENT, "No such file or directory", "/maps"), "check the path"),
+    ],
+)
+def test_disk_and_permission_errors_are_one_paragraph(error, advice, monkeypatch, capsys):
+    def write(args):
+        raise error
+
+    monkeypatch.setitem(VERBS, "classes", write)
+    assert main(["classes"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {error.strerror}: {error.filename}. To fix it, ")
+    assert advice in err and "run the same command again" in err and err.count("\n") == 1
+
+
+def test_other_os_errors_are_bugs_and_keep_their_traceback(monkeypatch):
+    def fail(args):
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    monkeypatch.setitem(VERBS, "classes", fail)
+    assert os_error_message(OSError(errno.EBADF, "Bad file descriptor")) is None
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        main(["classes"])

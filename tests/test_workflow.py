@@ -429,3 +429,24 @@ def test_every_example_workflow_validates():
     cluster = load_workflow(WORKFLOWS / "cluster-europe.yaml")
     assert cluster.dask.scheduler == "tcp://scheduler:8786" and cluster.outputs.embeddings
     assert len(cluster.regions) > 1
+
+
+@pytest.mark.parametrize("name", ["valid_months", "Provenance", "embeddings", "land_confidence"])
+def test_task_names_of_built_in_outputs_are_reserved(tmp_path, name):
+    data = copy.deepcopy(MINIMAL)
+    data["tasks"].append({"name": name, "classes": "land_use"})
+    message = _error(tmp_path, data)
+    assert f"tasks[1].name (line 17): got {name!r}; this name is reserved" in message
+    assert "reserved: valid_months, provenance, embeddings and any name ending in _confidence" in (
+        message
+    )
+
+
+def test_a_huge_value_is_shown_short_and_problems_are_capped(tmp_path):
+    data = copy.deepcopy(MINIMAL)
+    data["name"] = "x" * 500_000
+    data["cube"] = {"cloud_mask": list(range(100, 160))}
+    message = _error(tmp_path, data)
+    assert "has 61 problem(s)" in message and "... and 41 more" in message
+    assert len(message) < 5000
+    assert "name (line 1): got 'xxx" in message
