@@ -447,8 +447,7 @@ def run_tiles(
         tqdm(total=chunk_total, desc=f"{name} chunks", unit="chunk", disable=not progress) as cbar,
     ):
         fill()
-        for future in finished(queue, watch, name):
-            result = task_result(future, name)
+        for future, result in finished(queue, watch, name):
             if isinstance(result, ChunkReport):
                 chunks_running -= 1
                 summary.pixels += result.pixels
@@ -468,17 +467,31 @@ def _identity(value):
     return value
 
 
-def finished(queue, watch: ProgressWatch, region: str) -> Iterator:
-    """Futures of ``queue`` as they finish (more may be added meanwhile), while ``watch`` checks
-    that the cluster still makes progress."""
+def finished(queue, watch: ProgressWatch, region: str) -> Iterator[tuple]:
+    """``(future, result)`` for the futures of ``queue`` as they finish (more may be added
+    meanwhile), while ``watch`` checks that the cluster still makes progress.
+
+    A result held by a worker that died after finishing is recomputed by the scheduler: its
+    future goes back into the queue instead of blocking the client.
+    """
     while not queue.is_empty():
         batch = queue.next_batch(block=False) if queue.has_ready() else []
         if not batch:
             watch.check(region)
             time.sleep(0.05)
             continue
-        watch.progressed()
-        yield from batch
+        for future in batch:
+            try:
+                result = task_result(future, region, timeout=RESULT_TIMEOUT)
+            except TimeoutError:
+                queue.add(future)
+                continue
+            watch.progressed()
+            yield future, result
+
+
+# Seconds to fetch one finished result before it counts as lost with its worker.
+RESULT_TIMEOUT = 10.0
 
 
 class ProgressWatch:
@@ -522,11 +535,14 @@ class ProgressWatch:
             )
 
 
-def task_result(future, region: str):
-    """A finished task's result; a cluster failure becomes one clear error (exit 3)."""
+def task_result(future, region: str, timeout: float | None = None):
+    """A finished task's result; a cluster failure becomes one clear error (exit 3).
+
+    With ``timeout``, a result that cannot be fetched in time raises ``TimeoutError``.
+    """
     try:
-        return future.result()
-    except TimeSenCLIPError:
+        return future.result(timeout=timeout)
+    except (TimeSenCLIPError, TimeoutError):
         raise
     except Exception as error:
         message = cluster_failure_message(error, region)
@@ -583,10 +599,7 @@ def finish_mosaics(
     keys = {f.key: key for key, f in futures.items()}
     watch = ProgressWatch.of(client, workflow)
     queue = as_completed(futures.values())
-    paths = {
-        keys[f.key]: task_result(f, region.region.name)
-        for f in finished(queue, watch, region.region.name)
-    }
+    paths = {keys[f.key]: path for f, path in finished(queue, watch, region.region.name)}
     outputs = list(paths.values())
     for epsg in zones:
         for task in tasks:
