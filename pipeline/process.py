@@ -11,8 +11,7 @@ import numpy as np
 import torch
 
 from pipeline.chunks import Chunk
-from pipeline.classify import TaskPlan, classify
-from pipeline.cog import CLASS_NODATA, CONFIDENCE_NODATA
+from pipeline.classify import Plan  # [issue 11] class or similarity plans
 from pipeline.cube import build_cube
 from pipeline.embed import cached_encoder, embed_series, pixel_series
 
@@ -34,17 +33,15 @@ class ChunkSettings:
     checkpoint: str
     device: str
     batch_size: int
-    tasks: tuple[TaskPlan, ...]
+    tasks: tuple[Plan, ...]
     confidence: bool
     embeddings_store: Path | None = None
 
     def layers(self) -> dict[str, int | None]:
         """The uint8 rasters each chunk yields, by name, with their nodata values."""
         layers: dict[str, int | None] = {"valid_months": OUTSIDE_REGION}
-        for task in self.tasks:
-            layers[task.name] = CLASS_NODATA
-            if self.confidence:
-                layers[f"{task.name}_confidence"] = CONFIDENCE_NODATA
+        for task in self.tasks:  # [issue 11] each plan names its own layers
+            layers.update(task.layers(self.confidence))
         return layers
 
 
@@ -115,10 +112,8 @@ def process_chunk(
     start = time.perf_counter()
     shape = (chunk.height, chunk.width)
     layers = {"valid_months": valid_months}
-    for task in settings.tasks:
-        values, confidence = classify(embeddings, task)
-        layers[task.name] = values.reshape(shape)
-        if settings.confidence:
-            layers[f"{task.name}_confidence"] = confidence.reshape(shape)
+    for task in settings.tasks:  # [issue 11] each plan scores its own layers
+        for name, values in task.score(embeddings, settings.confidence).items():
+            layers[name] = values.reshape(shape)
     seconds["classify"] = time.perf_counter() - start
     return ChunkResult(chunk, layers, seconds)

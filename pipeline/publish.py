@@ -1,13 +1,18 @@
-"""Finish a class map: its palette and names, the QGIS style beside it and its STAC Item."""
+"""Finish a map: its palette or colour ramp, the QGIS style beside it and its STAC Item."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from pipeline.classify import TaskPlan
 from pipeline.cog import class_category_names, class_colormap
-from pipeline.qml import write_qml
-from pipeline.stac_output import class_item, write_item
+from pipeline.qml import write_qml, write_ramp_qml
+from pipeline.stac_output import class_item, ramp_item, write_item
+
+if TYPE_CHECKING:
+    from pipeline.classify import Plan, TaskPlan
+    from pipeline.similarity import Ramp
 
 
 def map_style(task: TaskPlan) -> dict:
@@ -39,3 +44,46 @@ def describe_map(
         style_path=style,
     )
     return [style, write_item(item, map_path.with_suffix(".json"))]
+
+
+def describe_ramp(
+    map_path: Path,
+    ramp: Ramp,
+    *,
+    title: str,
+    years: tuple[int, int],
+    valid_months_path: Path | None = None,
+    properties: Mapping[str, Any] | None = None,
+) -> list[Path]:
+    """Write ``<map>.qml`` (colour ramp, labelled legend) and the Item ``<map>.json``."""
+    style = write_ramp_qml(map_path.with_suffix(".qml"), ramp.stops())
+    item = ramp_item(
+        map_path.stem,
+        map_path,
+        years=years,
+        title=title,
+        description=ramp.legend(),
+        valid_months_path=valid_months_path,
+        style_path=style,
+        properties={"timesenclip:quantity": ramp.quantity, **(properties or {})},
+    )
+    return [style, write_item(item, map_path.with_suffix(".json"))]
+
+
+def publish_plan(
+    plan: Plan,
+    write: Callable[..., Path],
+    *,
+    year: int,
+    confidence: bool,
+    class_resampling: str,
+    valid_months_path: Path | None = None,
+) -> list[Path]:
+    """Write a task's final layers with ``write(name, **cog_keywords)``, then their styles and
+    Items: the same for a ``run`` (mosaics of its tiles) and for a kept store. The writer knows
+    each layer's nodata from ``plan.layers``."""
+    paths = {
+        name: write(name, **plan.style(name, class_resampling)) for name in plan.layers(confidence)
+    }
+    described = plan.describe(paths, year=year, valid_months_path=valid_months_path)
+    return [*paths.values(), *described]

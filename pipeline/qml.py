@@ -97,3 +97,73 @@ def qml_text(classes: Sequence[ClassEntry], band: int = 1) -> str:
 def write_qml(path: Path | str, classes: Sequence[ClassEntry]) -> Path:
     """Write the QGIS style for a class map; name it like the .tif (``x.qml``) so QGIS uses it."""
     return write_text_atomic(path, qml_text(classes))
+
+
+# --- Continuous colour ramps (similarity and change maps) -------------------------------------
+
+
+def ramp_qml_text(stops: Sequence[tuple[float, str, str]], band: int = 1) -> str:
+    """The QML of a QGIS pseudocolour renderer interpolating ``(value, label, colour)`` stops.
+
+    Values are in the quantity's units: QGIS applies a band's GDAL scale and offset before it
+    renders, so a uint8 map with scale/offset and a float map take the same stops.
+    """
+    if len(stops) < 2:
+        raise StyleError("a colour ramp needs at least two (value, label, colour) stops.")
+    values = [float(v) for v, _, _ in stops]
+    if values != sorted(values):
+        raise StyleError(f"colour ramp stops {values} must be given from low to high.")
+    low, high = f"{values[0]:.8g}", f"{values[-1]:.8g}"
+    root = ET.Element("qgis", {"version": QGIS_VERSION, "styleCategories": "Symbology"})
+    pipe = ET.SubElement(root, "pipe")
+    renderer = ET.SubElement(
+        pipe,
+        "rasterrenderer",
+        {
+            "type": "singlebandpseudocolor",
+            "band": str(band),
+            "opacity": "1",
+            "alphaBand": "-1",
+            "classificationMin": low,
+            "classificationMax": high,
+            "nodataColor": "",
+        },
+    )
+    ET.SubElement(renderer, "rasterTransparency")
+    origin = ET.SubElement(renderer, "minMaxOrigin")
+    # Fixed limits: the stops are the legend, QGIS must not re-stretch them to the data.
+    for tag, text in (("limits", "None"), ("extent", "WholeRaster"), ("statAccuracy", "Exact")):
+        ET.SubElement(origin, tag).text = text
+    shader = ET.SubElement(ET.SubElement(renderer, "rastershader"), "colorrampshader")
+    shader.attrib.update(
+        {
+            "colorRampType": "INTERPOLATED",
+            "classificationMode": "1",
+            "clip": "0",
+            "minimumValue": low,
+            "maximumValue": high,
+        }
+    )
+    for value, label, color in stops:
+        r, g, b = parse_color(color)
+        ET.SubElement(
+            shader,
+            "item",
+            {
+                "value": f"{value:.8g}",
+                "label": label,
+                "color": f"#{r:02x}{g:02x}{b:02x}",
+                "alpha": "255",
+            },
+        )
+    ET.SubElement(pipe, "brightnesscontrast", {"brightness": "0", "contrast": "0", "gamma": "1"})
+    ET.SubElement(pipe, "rasterresampler", {"maxOversampling": "2"})
+    ET.SubElement(root, "blendMode").text = "0"
+    ET.indent(root)
+    body = ET.tostring(root, encoding="unicode")
+    return f"<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n{body}\n"
+
+
+def write_ramp_qml(path: Path | str, stops: Sequence[tuple[float, str, str]]) -> Path:
+    """Write the colour-ramp QGIS style of a continuous map, named like its .tif."""
+    return write_text_atomic(path, ramp_qml_text(stops))

@@ -23,12 +23,12 @@ from encoder.device import resolve_device
 from encoder.errors import TimeSenCLIPError
 from encoder.prompts import TextEncoder
 from pipeline.chunks import tile_chunks
-from pipeline.classify import TaskPlan, plan_task
+from pipeline.classify import Plan, plan_workflow_task  # [issue 11]
 from pipeline.cog import mosaic_to_cog, write_cog
 from pipeline.harmonize import harmonization
 from pipeline.process import ChunkResult, ChunkSettings, process_chunk
 from pipeline.provenance import write_provenance
-from pipeline.publish import describe_map, map_style
+from pipeline.publish import publish_plan  # [issue 11]
 from pipeline.stac import EmptySearchError, RetryPolicy, StacSource, search_items
 from pipeline.tiles import Tile, region_mask, zone_groups
 from pipeline.workflow import Region, Workflow
@@ -159,7 +159,13 @@ def run_region(
         from pipeline.embeddings import create_stores
 
         dim = settings.tasks[0].weights.shape[1]
-        store = create_stores(job.folder, [p.tile for p in job.tiles], workflow, dim)
+        store = create_stores(  # [issue 11] the store records the checkpoint it came from
+            job.folder,
+            [p.tile for p in job.tiles],
+            workflow,
+            dim,
+            checkpoint_sha256=provenance["checkpoint_sha256"],
+        )
         settings = dataclasses.replace(settings, embeddings_store=store)
         summary.outputs.append(store)
     run_tiles(client, job, settings, summary, progress)
@@ -234,7 +240,7 @@ def check_checkpoint(workflow: Workflow) -> tuple[str, str, int]:
     return worker_source, file_sha256(path), model.config.dim
 
 
-def plan_tasks(workflow: Workflow, dim: int) -> list[TaskPlan]:
+def plan_tasks(workflow: Workflow, dim: int) -> list[Plan]:
     """Prompt embeddings of every task, computed once here and shipped to the workers."""
     text = TextEncoder(
         model=workflow.model.clip.model,
@@ -243,7 +249,7 @@ def plan_tasks(workflow: Workflow, dim: int) -> list[TaskPlan]:
     )
     tasks = []
     for task in workflow.tasks:
-        plan = plan_task(task.name, task.class_specs(), task.templates, text)
+        plan = plan_workflow_task(task, text)  # [issue 11] classes or similarity, by task.mode
         if plan.weights.shape[1] != dim:
             raise TimeSenCLIPError(
                 f"the CLIP text model {workflow.model.clip.model!r} gives "
@@ -263,7 +269,7 @@ def _digest(*parts: object, arrays: tuple[np.ndarray, ...] = ()) -> str:
 
 
 def tile_fingerprint(
-    workflow: Workflow, region: Region, checkpoint_hash: str, tasks: list[TaskPlan], device: str
+    workflow: Workflow, region: Region, checkpoint_hash: str, tasks: list[Plan], device: str
 ) -> str:
     """A hash of everything that changes a tile's pixels; it names the folder of tile pieces.
 
@@ -284,10 +290,10 @@ def tile_fingerprint(
     )
 
 
-def region_fingerprint(workflow: Workflow, tiles_key: str, tasks: list[TaskPlan]) -> str:
+def region_fingerprint(workflow: Workflow, tiles_key: str, tasks: list[Plan]) -> str:
     """The tiles' fingerprint plus what only changes the final files (styles, COG layout)."""
     outputs = workflow.outputs.model_dump(mode="json", exclude={"dir"})
-    legends = [task.legend() for task in tasks]
+    legends = [task.record() for task in tasks]  # [issue 11] names, classes, colours, texts
     return _digest(tiles_key, outputs, legends)
 
 
@@ -464,7 +470,7 @@ def run_tiles(
 
 
 def finish_region(
-    workflow: Workflow, tiles: list[TilePlan], tasks: tuple[TaskPlan, ...], region_dir: Path
+    workflow: Workflow, tiles: list[TilePlan], tasks: tuple[Plan, ...], region_dir: Path
 ) -> list[Path]:
     """Join the region's finished tiles into one COG per task and UTM zone, with style and Item."""
     folders = {p.tile.id: p.folder for p in tiles}
@@ -482,25 +488,20 @@ def finish_region(
 
         valid = mosaic("valid_months", overview_resampling="nearest")
         outputs.append(valid)
-        for task in tasks:
-            confidence = None
-            if workflow.outputs.confidence:
-                confidence = mosaic(f"{task.name}_confidence", overview_resampling="average")
-                outputs.append(confidence)
-            path = mosaic(
-                task.name,
-                overview_resampling=workflow.outputs.overview_resampling,
-                **map_style(task),
-            )
-            outputs.append(path)
-            outputs += describe_map(
-                path, task, year=workflow.year, confidence_path=confidence, valid_months_path=valid
+        for task in tasks:  # [issue 11] any plan: its layers, styles and Items
+            outputs += publish_plan(
+                task,
+                mosaic,
+                year=workflow.year,
+                confidence=workflow.outputs.confidence,
+                class_resampling=workflow.outputs.overview_resampling,
+                valid_months_path=valid,
             )
     return outputs
 
 
 def write_region_metadata(
-    workflow: Workflow, job: RegionJob, tasks: tuple[TaskPlan, ...], provenance: dict
+    workflow: Workflow, job: RegionJob, tasks: tuple[Plan, ...], provenance: dict
 ) -> Path:
     """``provenance.json``, written last: its presence marks the region as complete."""
     tiles = job.tiles
@@ -509,15 +510,7 @@ def write_region_metadata(
         "fingerprint": job.fingerprint,
         "workflow": workflow.model_dump(mode="json"),
         **provenance,
-        "tasks": [
-            {
-                "name": task.name,
-                "classes": [c.name for c in task.classes],
-                "colors": list(task.colors),
-                "prompts": [list(p) for p in task.prompts],
-            }
-            for task in tasks
-        ],
+        "tasks": [task.record() for task in tasks],  # [issue 11]
         "stac_items": sorted(items),
         "harmonization": [
             dataclasses.asdict(harmonization(item)) for _, item in sorted(items.items())

@@ -1,0 +1,310 @@
+"""Kept embeddings end to end: similarity tasks in `run`, `query`, `similar`, `change`, `classify`
+against the run's own maps, and the int8 store against the float16 one.
+
+The encoders here are tiny ones whose last layer is fitted (least squares) to labelled pixels, so
+that their embeddings separate land covers as a trained encoder's do. A random tiny encoder maps
+every pixel to nearly the same direction (mean pairwise cosine 0.999), which no trained model
+does, and then int8's 1/127 step alone would decide the classes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pystac
+import pytest
+import rasterio
+import torch
+import yaml
+import zarr
+
+from encoder.checkpoint import load_encoder, save_checkpoint
+from encoder.preprocess import BANDS
+from encoder.prompts import ClassSpec, TextEncoder, class_prompts
+from encoder.tiny import tiny_encoder, write_tiny_clip
+from pipeline.classify import classify, plan_task
+from pipeline.cli import main
+from pipeline.cube import build_cube
+from pipeline.demo import write_demo_inputs
+from pipeline.embed import embed_series, pixel_series
+from pipeline.embeddings import decode_embeddings, encode_embeddings
+from pipeline.run import run_workflow
+from pipeline.stac_server import serve_stac
+from pipeline.synthetic import LAND_CLASSES
+from pipeline.tiles import Tile, region_mask
+from pipeline.workflow import load_workflow
+
+TEXTS = ["dense forest", "Open water!"]
+SLUGS = ["dense_forest", "open_water"]
+
+
+def fit_head(model, series, present, labels, targets) -> None:
+    """Fit the encoder's last linear layer so that pixels of class k embed near ``targets[k]``
+    (labels < 0: not used)."""
+    head = model.mlp_head[1]
+    model.mlp_head[1] = torch.nn.Identity()
+    features = embed_series(model, series, present)
+    model.mlp_head[1] = head
+    keep = (labels >= 0) & np.isfinite(features).all(axis=1)
+    design = np.column_stack([features[keep], np.ones(keep.sum())])
+    solution, *_ = np.linalg.lstsq(design, targets[labels[keep]], rcond=None)
+    with torch.no_grad():
+        head.weight.copy_(torch.from_numpy(solution[:-1].T.astype(np.float32)))
+        head.bias.copy_(torch.from_numpy(solution[-1].astype(np.float32)))
+
+
+def text_embeddings(clip_model: str, texts, templates="class_names") -> np.ndarray:
+    text = TextEncoder(model=clip_model, pretrained=None)
+    return text.embed_prompts(class_prompts(texts, templates)).numpy()
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The demo's inputs, its encoder fitted to the synthetic scene's land classes."""
+    root = tmp_path_factory.mktemp("query")
+    workflow, synthetic = write_demo_inputs(root)
+    model = load_encoder(workflow["model"]["checkpoint"])
+    items = [pystac.Item.from_dict(d) for d in synthetic.items]
+    cube = build_cube(items, epsg=synthetic.epsg, bounds=synthetic.bounds, year=2023).compute()
+    series, present = pixel_series(cube["composite"].values)
+    targets = text_embeddings(workflow["model"]["clip"]["model"], list(LAND_CLASSES))
+    fit_head(model, series, present, synthetic.land_cover.ravel().astype(int), targets)
+    workflow["model"]["checkpoint"] = str(root / "fitted.pt")
+    save_checkpoint(model, workflow["model"]["checkpoint"], metadata=model.metadata)
+    with serve_stac(synthetic.collection, synthetic.items, root / "data" / "stac") as url:
+        workflow["stac"]["url"] = url
+        workflow["tasks"].append({"name": "sim", "mode": "similarity", "texts": TEXTS})
+        workflow["dask"] = {"n_workers": 1, "threads_per_worker": 2}
+        yield root, workflow, synthetic
+
+
+def run(demo, name: str, embeddings) -> tuple[Path, object]:
+    root, workflow, _ = demo
+    folder = root / name
+    folder.mkdir()
+    outputs = {**workflow["outputs"], "dir": str(folder / "maps"), "embeddings": embeddings}
+    path = folder / "workflow.yaml"
+    path.write_text(yaml.safe_dump({**workflow, "outputs": outputs}, sort_keys=False))
+    loaded = load_workflow(path)
+    run_workflow(loaded, progress=False)
+    return folder / "maps" / "synthetic", loaded
+
+
+@pytest.fixture(scope="module")
+def float16_run(demo):
+    return run(demo, "float16", True)
+
+
+@pytest.fixture(scope="module")
+def int8_run(demo):
+    return run(demo, "int8", "int8")
+
+
+@pytest.fixture(scope="module")
+def direct(demo, float16_run):
+    """Float32 embeddings of the region's grid in one piece, with no tiles, chunks or Dask."""
+    _, _, synthetic = demo
+    region_dir, workflow = float16_run
+    with rasterio.open(region_dir / "land_cover.tif") as src:
+        bounds, epsg, shape = tuple(src.bounds), src.crs.to_epsg(), src.shape
+        grid = Tile("r", epsg, 0, 0, bounds, shape, src.res[0])
+    inside = region_mask(workflow.regions[0].area, grid)
+    items = [pystac.Item.from_dict(d) for d in synthetic.items]
+    cube = build_cube(items, epsg=epsg, bounds=bounds, year=2023, chunk_size=1024).compute()
+    series, present = pixel_series(cube["composite"].values)
+    embeddings = embed_series(load_encoder(workflow.model.checkpoint), series, present)
+    embeddings[~inside.ravel()] = np.nan
+    return embeddings.reshape(*shape, -1)
+
+
+def text_weights(workflow, texts, templates="class_names") -> np.ndarray:
+    return text_embeddings(workflow.model.clip.model, texts, templates)
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def as_pixels(cosines: np.ndarray) -> np.ndarray:
+    """The documented uint8 rule, written out: round((cosine + 1) * 100), 255 = no data."""
+    pixels = np.rint((np.nan_to_num(cosines) + 1.0) * 100.0)
+    return np.where(np.isnan(cosines), 255, pixels).astype(np.uint8)
+
+
+def stored(region_dir: Path) -> np.ndarray:
+    """The store's region window decoded by the documented rules, read with zarr alone."""
+    array = zarr.open_group(region_dir / "embeddings.zarr", mode="r")["EPSG32631"]
+    row, col, height, width = array.attrs["region_window"]
+    values = array[row : row + height, col : col + width]
+    if values.dtype == np.int8:
+        return np.where((values == -128).any(-1, keepdims=True), np.nan, values / 127.0)
+    return values.astype(np.float32)
+
+
+def read(path: Path) -> np.ndarray:
+    with rasterio.open(path) as src:
+        return src.read(1)
+
+
+def test_similarity_task_in_run_equals_a_direct_computation(float16_run, direct):
+    region_dir, workflow = float16_run
+    expected = as_pixels(unit(direct) @ unit(text_weights(workflow, TEXTS)).T)
+    for i, slug in enumerate(SLUGS):
+        path = region_dir / f"sim_{slug}.tif"
+        got = read(path)
+        np.testing.assert_array_equal(got == 255, expected[..., i] == 255)
+        diff = np.abs(got.astype(int) - expected[..., i])
+        assert diff.max() <= 1 and (diff == 0).mean() > 0.999  # float32 rounding at .5 only
+        assert len(np.unique(got[got != 255])) > 5
+        with rasterio.open(path) as src, rasterio.open(region_dir / "land_cover.tif") as ref:
+            assert src.dtypes[0] == "uint8" and src.nodata == 255
+            assert (src.scales[0], src.offsets[0]) == (0.01, -1.0)
+            assert src.transform == ref.transform and src.shape == ref.shape
+            assert src.profile["blockxsize"] == 128 and len(src.overviews(1)) > 0
+            assert src.descriptions[0] == f"cosine similarity to {TEXTS[i]!r}"
+            assert "255 = no data" in src.tags(1)["LEGEND"]
+        qml = ET.parse(path.with_suffix(".qml")).getroot()
+        assert qml.find("pipe/rasterrenderer").get("type") == "singlebandpseudocolor"
+        stops = [float(e.get("value")) for e in qml.iter("item")]
+        assert stops == [-1.0, -0.5, 0.0, 0.5, 1.0]
+        item = json.loads(path.with_suffix(".json").read_text())
+        band = item["assets"]["data"]["raster:bands"][0]
+        assert (band["scale"], band["offset"], band["nodata"]) == (0.01, -1.0, 255)
+        assert item["properties"]["timesenclip:text"] == TEXTS[i]
+        assert set(item["assets"]) == {"data", "valid_months", "style"}
+    record = json.loads((region_dir / "provenance.json").read_text())
+    assert record["tasks"][-1]["layers"] == [f"sim_{s}" for s in SLUGS]
+
+
+@pytest.mark.parametrize("encoding", ["float16", "int8"])
+def test_query_equals_an_independent_computation_from_the_store(
+    request, encoding, direct, tmp_path
+):
+    region_dir, workflow = request.getfixturevalue(f"{encoding}_run")
+    out = tmp_path / "q"
+    assert main(["query", str(region_dir / "embeddings.zarr"), *TEXTS, "--out", str(out)]) == 0
+    weights = unit(text_weights(workflow, TEXTS))
+    from_store = as_pixels(unit(stored(region_dir)) @ weights.T)
+    exact = as_pixels(unit(direct) @ weights.T)
+    # Worst case of the storage: |cos error| <= sqrt(D)/127 for int8, float16's 2**-11 relative.
+    dim = weights.shape[1]
+    bound = math.ceil(100 * math.sqrt(dim) / 127) + 1 if encoding == "int8" else 1
+    for i, slug in enumerate(SLUGS):
+        got = read(out / f"{slug}.tif")
+        np.testing.assert_array_equal(got == 255, exact[..., i] == 255)
+        assert np.abs(got.astype(int) - from_store[..., i]).max() <= 1
+        error = np.abs(got.astype(int) - exact[..., i])[got != 255]
+        assert error.max() <= bound and error.mean() < 0.5
+        # The run's own map of the same text (from float32 embeddings), on the same grid.
+        with (
+            rasterio.open(out / f"{slug}.tif") as src,
+            rasterio.open(region_dir / f"sim_{slug}.tif") as ref,
+        ):
+            assert src.transform == ref.transform and src.shape == ref.shape
+            assert src.profile["blockxsize"] == ref.profile["blockxsize"]
+            assert src.overviews(1) == ref.overviews(1)
+            assert (src.scales, src.offsets, src.nodata) == (ref.scales, ref.offsets, ref.nodata)
+        assert (out / f"{slug}.qml").read_text() == (region_dir / f"sim_{slug}.qml").read_text()
+
+
+def classify_into(region_dir: Path, out: Path, classes: str = "land_cover") -> None:
+    store = str(region_dir / "embeddings.zarr")
+    args = ["--classes", classes, "--name", "land_cover", "--out", str(out)]
+    assert main(["classify", store, *args]) == 0
+
+
+def test_classify_writes_what_run_writes(float16_run, tmp_path):
+    """Same grid, layout, styles, sidecars and Items as the run's map; pixels differ only at
+    near-ties that float16 storage can flip."""
+    region_dir, workflow = float16_run
+    classify_into(region_dir, tmp_path)
+    with (
+        rasterio.open(tmp_path / "land_cover.tif") as new,
+        rasterio.open(region_dir / "land_cover.tif") as old,
+    ):
+        for key in ("crs", "transform", "width", "height", "dtype", "nodata", "blockxsize"):
+            assert new.profile[key] == old.profile[key], key
+        assert new.overviews(1) == old.overviews(1) and new.colormap(1) == old.colormap(1)
+        assert new.tags(1) == old.tags(1) and new.descriptions == old.descriptions
+        got, want = new.read(1), old.read(1)
+    np.testing.assert_array_equal(got == 0, want == 0)
+    task = next(t for t in workflow.tasks if t.name == "land_cover")
+    weights = unit(text_weights(workflow, task.class_specs(), task.templates))
+    cosines = unit(stored(region_dir)) @ weights.T
+    rows, cols = np.nonzero(got != want)
+    pair = cosines[rows, cols, got[rows, cols] - 1], cosines[rows, cols, want[rows, cols] - 1]
+    gap = np.abs(pair[0] - pair[1])
+    assert len(rows) <= 0.01 * (want > 0).sum() and (gap < 2e-3).all()
+    conf_new, conf_old = (
+        read(tmp_path / "land_cover_confidence.tif"),
+        read(region_dir / "land_cover_confidence.tif"),
+    )
+    assert np.abs(conf_new.astype(int) - conf_old).max() <= 1
+    for suffix in (".qml", ".tif.aux.xml"):
+        name = f"land_cover{suffix}"
+        assert (tmp_path / name).read_text() == (region_dir / name).read_text()
+    items = [json.loads((d / "land_cover.json").read_text()) for d in (tmp_path, region_dir)]
+    for item, folder in zip(items, (tmp_path, region_dir), strict=True):
+        del item["properties"]["created"]
+        for asset in item["assets"].values():
+            asset["href"] = (folder / asset["href"]).resolve().name
+            for entry in asset.get("classification:classes", []):
+                entry.pop("count"), entry.pop("percentage")
+    assert items[0] == items[1]
+
+
+def test_int8_store_classifies_like_float16(float16_run, int8_run, tmp_path):
+    f16_dir, _ = float16_run
+    i8_dir, _ = int8_run
+    store = zarr.open_group(i8_dir / "embeddings.zarr", mode="r")
+    assert store["EPSG32631"].dtype == np.int8 and store.attrs["encoding"] == "int8"
+    for name, folder in (("f16", f16_dir), ("i8", i8_dir)):
+        classify_into(folder, tmp_path / name)
+    a, b = read(tmp_path / "f16" / "land_cover.tif"), read(tmp_path / "i8" / "land_cover.tif")
+    np.testing.assert_array_equal(a == 0, b == 0)
+    valid = a > 0
+    counts = np.bincount(a[valid])
+    assert (counts > 0.05 * valid.sum()).sum() >= 2  # a map with classes to disagree on
+    assert (a == b)[valid].mean() >= 0.99
+
+
+def test_int8_classifies_like_float16_on_the_real_patch(realdata, tmp_path):
+    """Real Sentinel-2 pixels of the eo-learn patch (cloudy dates masked), its land-cover labels."""
+    folder = realdata / "timeseries" / "eolearn_TestEOPatch"
+    meta = json.loads((folder / "DERIVED_METADATA.json").read_text())
+    scenes = np.load(folder / "REFERENCE_SCENES.npy")  # (scene, y, x, 13 L1C bands)
+    clouds = np.load(folder / "TestEOPatch" / "mask" / "CLM.npy")[..., 0] == 1
+    order = meta["REFERENCE_SCENES"]["band_order"]
+    bands = [order.index(b) for b in BANDS]
+    by_month: dict[int, list] = {}
+    for entry in meta["REFERENCE_SCENES"]["scene_dates"]:
+        dn = np.moveaxis(scenes[entry["reference_scene_index"]][..., bands] * 10000, -1, 0)
+        cloud = clouds[entry["timestamp_index"]]
+        by_month.setdefault(int(entry["timestamp"][5:7]), []).append(np.where(cloud, np.nan, dn))
+    composite = np.full((12, 10, *scenes.shape[1:3]), np.nan, np.float32)
+    for month, stack in by_month.items():
+        composite[month - 1] = np.nanmedian(np.stack(stack), axis=0)
+    series, present = pixel_series(composite)
+    lulc = np.load(folder / "TestEOPatch" / "mask_timeless" / "LULC.npy").ravel()
+    names = {1: "cultivated land", 2: "forest", 3: "grassland", 4: "shrubland", 8: "artificial"}
+    labels = np.full(lulc.shape, -1)
+    for index, code in enumerate(names):
+        labels[lulc == code] = index
+    clip = f"local-dir:{write_tiny_clip(tmp_path / 'clip', embed_dim=32)}"
+    model = tiny_encoder(32)
+    fit_head(model, series, present, labels, text_embeddings(clip, list(names.values())))
+    embeddings = embed_series(model, series, present)
+    classes = [ClassSpec(n) for n in names.values()]
+    task = plan_task("lulc", classes, "class_names", TextEncoder(clip, None))
+    maps = {}
+    for encoding in ("float16", "int8"):
+        kept = decode_embeddings(encode_embeddings(embeddings, encoding), encoding)
+        maps[encoding] = classify(kept, task)[0]
+    counts = np.bincount(maps["float16"])
+    assert (counts > 0.05 * len(labels)).sum() >= 2
+    assert (maps["float16"] - 1 == labels)[labels >= 0].mean() > 0.8  # it maps the patch
+    assert (maps["int8"] == maps["float16"]).mean() >= 0.99
