@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -168,8 +169,10 @@ def _add_asset(
     """Add a COG asset, its href relative to ``folder`` (where the item is saved)."""
     with rasterio.open(path) as src:
         scaled = src.scales[0] != 1 or src.offsets[0] != 0
+        nodata = src.nodata
         band = RasterBand.create(
-            nodata=src.nodata,
+            # JSON has no NaN: the raster extension spells it "nan".
+            nodata="nan" if nodata is not None and math.isnan(nodata) else nodata,
             data_type=DataType(src.dtypes[0]),
             spatial_resolution=src.res[0],
             unit=src.units[0] or None,

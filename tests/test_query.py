@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -21,6 +23,7 @@ import rasterio
 import torch
 import yaml
 import zarr
+from pyproj import Transformer
 
 from encoder.checkpoint import load_encoder, save_checkpoint
 from encoder.preprocess import BANDS
@@ -36,7 +39,7 @@ from pipeline.run import run_workflow
 from pipeline.stac_server import serve_stac
 from pipeline.synthetic import LAND_CLASSES
 from pipeline.tiles import Tile, region_mask
-from pipeline.workflow import load_workflow
+from pipeline.workflow import WorkflowError, load_workflow, parse_workflow
 
 TEXTS = ["dense forest", "Open water!"]
 SLUGS = ["dense_forest", "open_water"]
@@ -308,3 +311,215 @@ def test_int8_classifies_like_float16_on_the_real_patch(realdata, tmp_path):
     assert (counts > 0.05 * len(labels)).sum() >= 2
     assert (maps["float16"] - 1 == labels)[labels >= 0].mean() > 0.8  # it maps the patch
     assert (maps["int8"] == maps["float16"]).mean() >= 0.99
+
+
+def store_of(region_dir: Path) -> str:
+    return str(region_dir / "embeddings.zarr")
+
+
+def test_contrast_and_float16(float16_run, tmp_path):
+    region_dir, workflow = float16_run
+    cos = (unit(stored(region_dir)) @ unit(text_weights(workflow, TEXTS[:1])).T)[..., 0]
+    low, high = np.percentile(cos[np.isfinite(cos)], [2, 98])
+    for flags in ([], ["--contrast"], ["--float16"], ["--float16", "--contrast"]):
+        out = tmp_path / "-".join(flags or ["plain"])
+        assert main(["query", store_of(region_dir), TEXTS[0], "--out", str(out), *flags]) == 0
+        path = out / f"{SLUGS[0]}.tif"
+        with rasterio.open(path) as src:
+            got, scale, offset, nodata = src.read(1), src.scales[0], src.offsets[0], src.nodata
+            nbits = src.tags(1, "IMAGE_STRUCTURE").get("NBITS")
+        stops = [float(e.get("value")) for e in ET.parse(path.with_suffix(".qml")).iter("item")]
+        ramp = (low, high) if "--contrast" in flags else (-1.0, 1.0)
+        np.testing.assert_allclose([stops[0], stops[-1]], ramp, rtol=1e-5)
+        if "--float16" in flags:  # the cosine itself, half precision; contrast stretches colours
+            assert nbits == "16" and math.isnan(nodata) and (scale, offset) == (1.0, 0.0)
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(cos))
+            np.testing.assert_allclose(got, cos.astype(np.float16), atol=1e-3)
+            continue
+        assert nbits is None and nodata == 255
+        span = np.clip((cos - ramp[0]) / (ramp[1] - ramp[0]) * 200, 0, 200)
+        expected = np.where(np.isnan(cos), 255, np.rint(span))
+        assert np.abs(got.astype(int) - expected).max() <= 1
+        np.testing.assert_allclose((scale, offset), ((ramp[1] - ramp[0]) / 200, ramp[0]), rtol=1e-5)
+        if "--contrast" in flags:
+            valid = got[got != 255]
+            # At least the 2 % beyond each percentile sit at the ends; most lie between them.
+            assert (valid == 0).mean() >= 0.015 and (valid == 200).mean() >= 0.015
+            assert ((valid > 0) & (valid < 200)).mean() > 0.5
+            assert (
+                "2nd-98th percentile"
+                in json.loads(path.with_suffix(".json").read_text())["properties"]["description"]
+            )
+
+
+def pixel_lonlat(region_dir: Path, row: float, col: float) -> tuple[float, float]:
+    with rasterio.open(region_dir / "land_cover.tif") as src:
+        x, y = src.transform * (col, row)
+        to_lonlat = Transformer.from_crs(src.crs, 4326, always_xy=True)
+    return to_lonlat.transform(x, y)
+
+
+def test_similar_to_a_point_and_to_exemplar_features(float16_run, tmp_path):
+    region_dir, _ = float16_run
+    embeddings = unit(stored(region_dir))
+    lon, lat = pixel_lonlat(region_dir, 40.5, 50.5)
+    args = ["similar", store_of(region_dir), "--out", str(tmp_path)]
+    assert main([*args, "--point", f"{lon},{lat}", "--name", "one point"]) == 0
+    got = read(tmp_path / "one_point.tif")
+    assert got[40, 50] == 200  # the exemplar itself: cosine 1
+    assert np.abs(got.astype(int) - as_pixels(embeddings @ embeddings[40, 50])).max() <= 1
+
+    corners = [
+        pixel_lonlat(region_dir, r, c) for r, c in ((100, 20), (100, 23), (97, 23), (97, 20))
+    ]
+    features = [
+        {
+            "type": "Feature",
+            "properties": {},
+            "geometry": {
+                "type": "Point",
+                "coordinates": list(pixel_lonlat(region_dir, 10.5, 120.5)),
+            },
+        },
+        {
+            "type": "Feature",
+            "properties": {},
+            "geometry": {
+                "type": "Polygon",
+                "coordinates": [[*map(list, corners), list(corners[0])]],
+            },
+        },
+    ]
+    geojson = tmp_path / "exemplars.geojson"
+    geojson.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    assert main([*args, "--geojson", str(geojson)]) == 0
+    pixels = np.concatenate(
+        [embeddings[10:11, 120], embeddings[97:100, 20:23].reshape(-1, embeddings.shape[-1])]
+    )
+    target = unit(unit(pixels).mean(axis=0))
+    got = read(tmp_path / "similar_exemplars.tif")
+    assert np.abs(got.astype(int) - as_pixels(embeddings @ target)).max() <= 1
+    item = json.loads((tmp_path / "similar_exemplars.json").read_text())
+    assert item["properties"]["timesenclip:exemplar"] == {
+        "geojson": "exemplars.geojson",
+        "pixels": 10,
+    }
+
+
+def copy_store(region_dir: Path, folder: Path) -> tuple[Path, zarr.Group]:
+    path = folder / "embeddings.zarr"
+    shutil.copytree(region_dir / "embeddings.zarr", path)
+    return path, zarr.open_group(path, mode="r+")
+
+
+def test_change_between_two_years(float16_run, tmp_path):
+    region_dir, _ = float16_run
+    later, group = copy_store(region_dir, tmp_path / "2024")
+    group.attrs["year"] = 2024
+    array = group["EPSG32631"]
+    row, col, _, _ = array.attrs["region_window"]
+    block = (slice(row + 20, row + 60), slice(col + 30, col + 70))
+    array[block] = array[row + 100 : row + 140, col + 100 : col + 140]  # now built-up there
+    assert main(["change", store_of(region_dir), str(later), "--out", str(tmp_path / "out")]) == 0
+    path = tmp_path / "out" / "change_2023_2024.tif"
+    first, second = unit(stored(region_dir)), unit(stored(tmp_path / "2024"))
+    expected = 1.0 - (first * second).sum(axis=-1)
+    got = read(path)
+    np.testing.assert_array_equal(got == 255, np.isnan(expected))
+    pixels = np.where(np.isnan(expected), 255, np.rint(np.nan_to_num(expected) * 100))
+    assert np.abs(got.astype(int) - pixels).max() <= 1
+    unchanged = np.ones(got.shape, bool)
+    unchanged[20:60, 30:70] = False
+    assert (got[unchanged & (got != 255)] == 0).all() and got[~unchanged].max() > 5
+    with rasterio.open(path) as src:
+        assert (src.scales[0], src.offsets[0]) == (0.01, 0.0)
+    item = json.loads(path.with_suffix(".json").read_text())["properties"]
+    assert (item["start_datetime"][:4], item["end_datetime"][:4]) == ("2023", "2024")
+
+
+def _other_clip(region_dir, tmp_path):
+    clip = write_tiny_clip(tmp_path / "other-clip", embed_dim=32, seed=1)
+    return ["query", store_of(region_dir), "water", "--clip-model", f"local-dir:{clip}"]
+
+
+def _outside_feature(region_dir, tmp_path):
+    path = tmp_path / "far.geojson"
+    path.write_text(json.dumps({"type": "Point", "coordinates": [10.0, 50.0]}))
+    return ["similar", store_of(region_dir), "--geojson", str(path)]
+
+
+def _changed_store(change):
+    def args(region_dir, tmp_path):
+        path, group = copy_store(region_dir, tmp_path)
+        change(group)
+        return ["change", store_of(region_dir), str(path)]
+
+    return args
+
+
+def _old_store(region_dir, tmp_path):
+    path, group = copy_store(region_dir, tmp_path)
+    del group.attrs["format"]
+    return ["query", str(path), "water"]
+
+
+def _shrink(group):
+    array = group["EPSG32631"]
+    row, col, height, width = array.attrs["region_window"]
+    array.attrs["region_window"] = [row, col, height - 1, width]
+
+
+@pytest.mark.parametrize(
+    ("make_args", "message"),
+    [
+        (lambda d, t: ["query", str(t / "missing.zarr"), "water"], "is not an embeddings store"),
+        (_other_clip, "another text model gives meaningless scores"),
+        (lambda d, t: ["similar", store_of(d), "--point", "10,50"], "lies outside"),
+        (_outside_feature, "covers no pixel with an embedding"),
+        (
+            lambda d, t: ["query", store_of(d), "open water", "Open-Water"],
+            "both give the file name",
+        ),
+        (_changed_store(_shrink), "different grids"),
+        (_changed_store(lambda g: g.attrs.update(checkpoint_sha256="0" * 64)), "different encoder"),
+        (_old_store, "older timesenclip"),
+    ],
+)
+def test_bad_inputs_fail_clearly(float16_run, tmp_path, capsys, make_args, message):
+    region_dir, _ = float16_run
+    assert main([*make_args(region_dir, tmp_path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_workflow_similarity_tasks_and_encodings(demo, tmp_path):
+    _, workflow, _ = demo
+
+    def parse(**changes):
+        return parse_workflow({**workflow, **changes}, base_dir=tmp_path)
+
+    parsed = parse(outputs={**workflow["outputs"], "embeddings": "int8"})
+    assert parsed.outputs.embeddings == "int8" and parsed.tasks[-1].mode == "similarity"
+    assert (
+        parse(outputs={**workflow["outputs"], "embeddings": True}).outputs.embeddings == "float16"
+    )
+    assert "similarity to 2 text(s)" in parsed.summary()
+    bad = [
+        ({"outputs": {**workflow["outputs"], "embeddings": "int4"}}, "'float16' or 'int8'"),
+        ({"tasks": [{"name": "s", "mode": "similarity"}]}, "needs texts"),
+        ({"tasks": [{"name": "s", "classes": "land_cover", "texts": ["a"]}]}, "no texts"),
+        ({"tasks": [{"name": "s", "mode": "similarity", "texts": ["a b", "A-B"]}]}, "both give"),
+        (
+            {
+                "tasks": [
+                    {"name": "a_b", "classes": "land_cover"},
+                    {"name": "a", "mode": "similarity", "texts": ["b"]},
+                ]
+            },
+            "a_b.tif",
+        ),
+    ]
+    for changes, message in bad:
+        with pytest.raises(WorkflowError, match=re.escape(message)):
+            parse(**changes)
