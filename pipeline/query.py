@@ -81,7 +81,11 @@ def similar_store(
     if point is not None:
         pixels = point_embedding(kept, *point)[None]
         what = f"the pixel at {point[0]:g}, {point[1]:g}"
-        default = f"similar_{point[0]:.5f}_{point[1]:.5f}"
+        lon, lat = point
+        default = (
+            f"similar_{abs(lon):.5f}{'e' if lon >= 0 else 'w'}_"
+            f"{abs(lat):.5f}{'n' if lat >= 0 else 's'}"
+        )
         about: dict[str, Any] = {"point": list(point)}
     else:
         pixels = geojson_embeddings(kept, Path(geojson))
@@ -315,7 +319,10 @@ def _read_exemplars(path: Path) -> list[dict]:
                 f"{path.name} holds a {got} geometry; exemplars are "
                 f"{', '.join(_EXEMPLAR_TYPES)} geometries in lon/lat."
             )
-        lon, lat = np.asarray(_positions(geometry["coordinates"]), dtype=float).T[:2]
+        positions = [p[:2] for p in _positions(geometry.get("coordinates"))]
+        if not positions:
+            raise TimeSenCLIPError(f"{path.name} holds a {geometry['type']} without coordinates.")
+        lon, lat = np.asarray(positions, dtype=float).T
         _check_lonlat(lon, lat, path.name)
     if not geometries:
         raise TimeSenCLIPError(f"{path.name} holds no geometry: add points or polygons.")
@@ -324,9 +331,11 @@ def _read_exemplars(path: Path) -> list[dict]:
 
 def _positions(coordinates: Any) -> list:
     """The [lon, lat, ...] positions nested anywhere in GeoJSON coordinates."""
-    if coordinates and isinstance(coordinates[0], int | float):
+    if not isinstance(coordinates, list) or not coordinates:
+        return []
+    if all(isinstance(v, int | float) for v in coordinates):
         return [coordinates]
-    return [p for part in coordinates or [] for p in _positions(part)]
+    return [p for part in coordinates for p in _positions(part)]
 
 
 def _check_lonlat(lon: Any, lat: Any, what: str) -> None:
