@@ -10,8 +10,9 @@ Encodings (``outputs.embeddings``):
 - ``float16``: the encoder's output as it is, NaN where a pixel has no valid month; 2 bytes a value.
 - ``int8``: the unit-normalised embedding ``u = e / |e|`` stored as ``q = round(127 * u)``
   (round half to even; ``|u_i| <= 1`` so ``q`` stays in -127..127), ``-128`` for every value of a
-  pixel without an embedding; decoded as ``q / 127``. One scale for all values and pixels, as in
-  AlphaEarth's int8 embeddings with -128 as nodata; 1 byte a value, a quarter of float32. A cosine
+  pixel without an embedding; decoded as ``q / 127``. One scale for every value and pixel and -128
+  as nodata, as AlphaEarth's int8 embeddings are laid out; the mapping is the linear one written
+  here. 1 byte a value, a quarter of float32. A cosine
   from decoded vectors is off by at most ``sqrt(D) / 127`` and typically by about
   ``1 / (127 sqrt(12)) = 0.0023`` (the spread of the rounding error along a unit direction).
 

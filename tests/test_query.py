@@ -23,6 +23,7 @@ import rasterio
 import torch
 import yaml
 import zarr
+from affine import Affine
 from pyproj import Transformer
 
 from encoder.checkpoint import load_encoder, save_checkpoint
@@ -523,3 +524,22 @@ def test_workflow_similarity_tasks_and_encodings(demo, tmp_path):
     for changes, message in bad:
         with pytest.raises(WorkflowError, match=re.escape(message)):
             parse(**changes)
+
+
+def test_store_records_model_grid_and_encoding(float16_run):
+    region_dir, workflow = float16_run
+    store = zarr.open_group(region_dir / "embeddings.zarr", mode="r")
+    record = json.loads((region_dir / "provenance.json").read_text())
+    attrs = store.attrs
+    assert attrs["encoding"] == "float16" and attrs["dim"] == 32 and attrs["year"] == 2023
+    assert attrs["checkpoint_sha256"] == record["checkpoint_sha256"]
+    assert attrs["clip_model"] == workflow.model.clip.model
+    assert attrs["clip_weights"] == TextEncoder(workflow.model.clip.model, None).weights_id()
+    assert attrs["layout"] == {"blocksize": 128, "overview_resampling": "mode", "confidence": True}
+    array = store["EPSG32631"]
+    row, col, height, width = array.attrs["region_window"]
+    origin = Affine(*array.attrs["transform"]) * (col, row)
+    with rasterio.open(region_dir / "land_cover.tif") as src:
+        assert origin == (src.transform.c, src.transform.f) and (height, width) == src.shape
+    assert [t["id"] for t in array.attrs["tiles"]] == [t["id"] for t in record["tiles"]]
+    assert array.shape[0] % 64 == 0 and array.chunks == (64, 64, 32)  # whole chunks per writer
