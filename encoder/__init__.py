@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from encoder.checkpoint import EncoderMetadata, load_encoder, save_checkpoint
+    from encoder.conventions import ConventionOverrides, Conventions
     from encoder.model import EncoderConfig, TimeSenCLIPEncoder
     from encoder.preprocess import BANDS, normalize
 
@@ -15,6 +16,8 @@ if TYPE_CHECKING:
 # torch and huggingface_hub through this file, or the command line's deferred imports are lost.
 _EXPORTS = {
     "BANDS": "encoder.preprocess",
+    "ConventionOverrides": "encoder.conventions",
+    "Conventions": "encoder.conventions",
     "EncoderConfig": "encoder.model",
     "EncoderMetadata": "encoder.checkpoint",
     "TimeSenCLIPEncoder": "encoder.model",
@@ -25,6 +28,8 @@ _EXPORTS = {
 
 __all__ = [
     "BANDS",
+    "ConventionOverrides",
+    "Conventions",
     "EncoderConfig",
     "EncoderMetadata",
     "TimeSenCLIPEncoder",

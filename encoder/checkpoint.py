@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import pickle
 import re
+import time
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,15 @@ from huggingface_hub import errors as hub_errors
 from torch import Tensor
 
 from encoder.atomic import atomic_path
+from encoder.conventions import ConventionOverrides, Conventions
 from encoder.errors import TimeSenCLIPError
 from encoder.files import file_sha256 as file_sha256  # re-exported: callers import it here
 from encoder.model import EncoderConfig, TimeSenCLIPEncoder
-from encoder.preprocess import BANDS, HIGH, LOW
+from encoder.version import package_version
+
+log = logging.getLogger(__name__)
+
+log = logging.getLogger(__name__)
 
 FORMAT = "timesenclip-encoder"
 HF_PREFIX = "hf-hub:"
@@ -41,6 +47,8 @@ DROPPED = re.compile(
     r"clip_model\.|learner\.queue$|learner\.queue_ptr$|learner\.pooling_layer\.|logit_scale$"
 )
 PUBLISHED_HEADS = 8
+# Metadata keys of earlier versions of our format -> Conventions fields.
+LEGACY_CONVENTIONS = {"bands": "band_order", "low": "low", "high": "high", "clamp": "clamp"}
 # The tensors the architecture is read from, with their number of dimensions.
 INFERENCE_KEYS = {
     "spectral_embedding.1.weight": 2,
@@ -53,42 +61,34 @@ class CheckpointError(TimeSenCLIPError):
     """A checkpoint that cannot be read or does not match the encoder."""
 
 
-def _package_version() -> str:
-    try:
-        return importlib_metadata.version("timesenclip")
-    except importlib_metadata.PackageNotFoundError:
-        return "unknown"
-
-
 @dataclass(frozen=True)
 class EncoderMetadata:
-    """What a checkpoint needs besides its tensors: architecture and the input convention."""
+    """What a checkpoint needs besides its tensors: architecture and the input conventions."""
 
     config: EncoderConfig = field(default_factory=EncoderConfig)
-    bands: tuple[str, ...] = BANDS
-    low: tuple[float, ...] = LOW
-    high: tuple[float, ...] = HIGH
-    clamp: bool = True
+    conventions: Conventions = field(default_factory=Conventions)
     clip_model: str = "ViT-B-32"
     clip_pretrained: str | None = "openai"
-    package_version: str = field(default_factory=_package_version)
+    package_version: str = field(default_factory=package_version)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain python types only, so ``torch.load(weights_only=True)`` reads it back."""
-        return dataclasses.asdict(self)
+        return dataclasses.asdict(self) | {"conventions": self.conventions.to_dict()}
 
     @classmethod
     def from_dict(cls, record: Mapping[str, Any]) -> EncoderMetadata:
-        """Rebuild from ``to_dict`` output (lists become tuples); unknown keys are ignored."""
+        """Rebuild from ``to_dict`` output; unknown keys are ignored. Files of earlier versions
+        kept ``bands``, ``low``, ``high`` and ``clamp`` at the top level: they are read too."""
         try:
             fields = {f.name for f in dataclasses.fields(cls)}
             values = {k: v for k, v in record.items() if k in fields}
             values["config"] = EncoderConfig(**record.get("config", {}))
-            for key in ("bands", "low", "high"):
-                if key in values:
-                    values[key] = tuple(values[key])
+            legacy = {
+                LEGACY_CONVENTIONS[k]: v for k, v in record.items() if k in LEGACY_CONVENTIONS
+            }
+            values["conventions"] = Conventions.from_dict(legacy | record.get("conventions", {}))
             return cls(**values)
-        except (TypeError, AttributeError) as err:
+        except (TypeError, AttributeError, TimeSenCLIPError) as err:
             raise CheckpointError(f"checkpoint metadata is malformed ({err}): {record!r}") from err
 
 
@@ -100,10 +100,12 @@ def save_checkpoint(
 ) -> Path:
     """Write ``model`` in our format (bare published keys + metadata); atomic. Returns the path.
 
-    The metadata's ``config`` is always the model's own; ``extra`` must hold plain python types and
-    tensors only, so that the file loads with ``weights_only=True``.
+    The metadata's ``config`` and ``conventions`` are always the model's own; ``extra`` must hold
+    plain python types and tensors only, so that the file loads with ``weights_only=True``.
     """
-    meta = dataclasses.replace(metadata or EncoderMetadata(), config=model.config)
+    meta = dataclasses.replace(
+        metadata or EncoderMetadata(), config=model.config, conventions=model.conventions
+    )
     record: dict[str, Any] = {
         "format": FORMAT,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -118,13 +120,16 @@ def save_checkpoint(
 
 
 def load_encoder(
-    source: str | os.PathLike, map_location: str | torch.device = "cpu"
+    source: str | os.PathLike,
+    map_location: str | torch.device = "cpu",
+    overrides: ConventionOverrides | None = None,
 ) -> TimeSenCLIPEncoder:
     """Load an encoder (eval mode, on ``map_location``) from a file or ``hf-hub:OWNER/REPO/FILE``.
 
     Reads our checkpoints and every published layout; the architecture is inferred from the tensors
     (heads and band count from the metadata when present, else the published 8 heads and 10 bands).
-    The returned model has ``.metadata`` (``EncoderMetadata`` or None).
+    The returned model has ``.metadata`` (``EncoderMetadata`` or None) and ``.conventions``: the
+    recorded ones (published defaults without metadata) with ``overrides`` applied.
     """
     path = resolve_source(source)
     # Always read onto the CPU: training checkpoints also hold CLIP, optimiser state and queues,
@@ -137,11 +142,36 @@ def load_encoder(
     _check_tensors(model, state, path)
     model.load_state_dict(state, strict=True)
     model.metadata = meta
+    recorded = meta.conventions if meta is not None else Conventions()
+    model.conventions = recorded.override(overrides)
+    if overrides and model.conventions != recorded:
+        log.info("%s: conventions overridden: %s", path, model.conventions.describe())
     return model.to(map_location).eval()
 
 
-def resolve_source(source: str | os.PathLike) -> Path:
-    """A local path as is; ``hf-hub:OWNER/REPO/PATH/IN/REPO`` fetched (cached) via the hub."""
+def convert_checkpoint(
+    source: str | os.PathLike, out: str | os.PathLike, overrides: ConventionOverrides
+) -> Path:
+    """``timesenclip convert``: write ``source`` (any layout) in our format with its conventions
+    (recorded or published defaults) changed by ``overrides``, so maps use them from then on."""
+    model = load_encoder(source, overrides=overrides)
+    meta = model.metadata or EncoderMetadata()
+    return save_checkpoint(model, out, dataclasses.replace(meta, package_version=package_version()))
+
+
+HUB_RETRIES = 1
+"""Default extra tries of the hub when it cannot be reached ($TIMESENCLIP_HUB_RETRIES)."""
+HUB_TIMEOUT = 4.0
+"""Seconds one hub request may take before it counts as unreachable ($TIMESENCLIP_HUB_TIMEOUT)."""
+
+
+def resolve_source(source: str | os.PathLike, *, retries: int | None = None) -> Path:
+    """A local path as is; ``hf-hub:OWNER/REPO/PATH/IN/REPO`` fetched (cached) via the hub.
+
+    An unreachable hub is asked ``1 + retries`` times in all, a second apart and more, then the
+    cached copy is used if there is one: so a machine without network fails (or carries on from
+    the cache) within seconds, not after huggingface_hub's own minute of retries.
+    """
     text = os.fspath(source)
     if not text.startswith(HF_PREFIX):
         path = Path(text).expanduser()
@@ -155,35 +185,73 @@ def resolve_source(source: str | os.PathLike) -> Path:
             f"{text!r} is not a hub source; write hf-hub:OWNER/REPO/FILE, "
             "e.g. hf-hub:pallavijainpj/TimeSenCLIP/TimeSenCLIP_1x1.ckpt."
         )
+    repo_id = f"{owner}/{repo}"
+    if retries is None:
+        retries = int(os.environ.get("TIMESENCLIP_HUB_RETRIES", HUB_RETRIES))
+    unreachable = hub_unreachable(repo_id, filename, retries)
     try:
-        return Path(huggingface_hub.hf_hub_download(f"{owner}/{repo}", filename))
+        # With the hub out of reach, only the local cache is read: no second round of retries.
+        path = huggingface_hub.hf_hub_download(
+            repo_id, filename, local_files_only=unreachable is not None
+        )
     except (hub_errors.LocalEntryNotFoundError, hub_errors.OfflineModeIsEnabled) as err:
         raise CheckpointError(
-            f"cannot fetch {text}: the Hugging Face Hub is not reachable (offline or "
-            "HF_HUB_OFFLINE=1) and the file is not in the local cache. Run once with network "
-            "access to cache it, or pass the path of a local checkpoint file."
-        ) from err
+            f"cannot fetch {text}: the Hugging Face Hub is not reachable "
+            f"({unreachable or err}) and the file is not in the local cache. Run once with network "
+            "access to cache it, or pass the path of a local checkpoint file "
+            "(more tries of the hub: TIMESENCLIP_HUB_RETRIES=N)."
+        ) from None
     except hub_errors.HfHubHTTPError as err:
         raise CheckpointError(f"cannot fetch {text} from the Hugging Face Hub: {err}") from err
+    if unreachable is not None and unreachable != _OFFLINE:
+        log.warning(
+            "the Hugging Face Hub is not reachable (%s): using the cached %s", unreachable, text
+        )
+    return Path(path)
+
+
+_OFFLINE = "HF_HUB_OFFLINE is set"
+
+
+def hub_unreachable(repo_id: str, filename: str, retries: int) -> str | None:
+    """None when the hub answers for the file, else why not (offline mode, network, 5xx).
+
+    Asks ``1 + retries`` times, waiting 1, 2, 4 (up to 8) seconds between tries, each try one
+    request of at most $TIMESENCLIP_HUB_TIMEOUT seconds: so any hub download can first learn
+    cheaply whether it should only read the cache.
+    """
+    url = huggingface_hub.hf_hub_url(repo_id, filename)
+    timeout = float(os.environ.get("TIMESENCLIP_HUB_TIMEOUT", HUB_TIMEOUT))
+    reason = ""
+    for attempt in range(retries + 1):
+        if attempt:
+            time.sleep(min(2.0 ** (attempt - 1), 8.0))
+        try:
+            # One request, no retries of its own (huggingface_hub retries only downloads).
+            huggingface_hub.get_hf_file_metadata(url, timeout=timeout)
+            return None
+        except hub_errors.OfflineModeIsEnabled:
+            return _OFFLINE
+        except hub_errors.HfHubHTTPError as err:
+            status = err.response.status_code if err.response is not None else None
+            if status is not None and status < 500 and status not in (408, 429):
+                return None  # the hub answered: hf_hub_download reports it (404, gated, ...)
+            reason = f"HTTP {status}"
+        except Exception as err:  # the network errors are requests' or httpx's, by version
+            reason = f"{type(err).__name__}: {err}"
+    return reason
 
 
 def _check_metadata(meta: EncoderMetadata, config: EncoderConfig, path: Path) -> None:
-    """The metadata must agree with the tensors and with the normalisation this version applies."""
+    """The metadata must agree with the tensors, its band order with the model's input width."""
     if meta.config != config:
         raise CheckpointError(
             f"{path}: the metadata describes {meta.config} but the tensors are {config}."
         )
-    recorded = {"bands": meta.bands, "low": meta.low, "high": meta.high, "clamp": meta.clamp}
-    applied = {"bands": BANDS, "low": LOW, "high": HIGH, "clamp": True}
-    differ = [
-        f"{k} {recorded[k]!r} (this version: {applied[k]!r})"
-        for k in recorded
-        if recorded[k] != applied[k]
-    ]
-    if differ:
+    if len(meta.conventions.band_order) != config.bands:
         raise CheckpointError(
-            f"{path} expects another input normalisation than this version of encoder.preprocess "
-            "applies; the checkpoint records " + "; ".join(differ) + "."
+            f"{path}: the conventions name {len(meta.conventions.band_order)} bands but the "
+            f"model takes {config.bands}."
         )
 
 
@@ -197,13 +265,21 @@ def _read(path: Path) -> tuple[dict[str, Tensor], EncoderMetadata | None]:
                 path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path)
             )
     except pickle.UnpicklingError as err:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        # torch words a refused global in several ways across versions and pickle opcodes.
+        found = re.search(
+            r"unsupported (?:global: )?GLOBAL (\S+)|reduce for unrecognized function (\S+)"
+            r"|via `add_safe_globals`,? but got (.+)",
+            str(err),
+            re.IGNORECASE,
+        )
         if found is None:
             raise CheckpointError(f"{path} is not a PyTorch checkpoint file.") from err
+        name = next(g for g in found.groups() if g).rstrip(".")
         raise CheckpointError(
-            f"{path} holds python objects besides tensors ({found.group(1)}), which safe loading "
-            "(weights_only=True) refuses; load it once in a trusted session, save its state_dict "
-            "alone with torch.save and pass that file."
+            f"{path} holds code besides tensors ({name}): unpickling it would run that code, so "
+            "safe loading (weights_only=True) refuses it. If you trust where the file came from, "
+            "load it once in a trusted session, re-save the weights alone with "
+            "torch.save(model.state_dict(), PATH) and pass that file."
         ) from err
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise CheckpointError(f"{path} is not a PyTorch checkpoint file ({err!r}).") from err

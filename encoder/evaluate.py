@@ -8,10 +8,16 @@ the whole evaluated set), reported separately and labelled transductive because 
 statistics of the test set itself. Retrieval: Recall@1/5/10 satellite -> ground and ground ->
 satellite among all evaluated points with photos, against the pooled ground embeddings. Outputs
 ``report.json``, ``report.md`` and ``confusion_<task>.png``.
+
+``try_conventions`` settles the input conventions of weights that do not record them: it scores
+the checkpoint under each candidate band order and lone-token position (``conventions.json``) and
+recommends the best. Data: a pairs store, or Sen4Map HDF5 files read directly (no ground photos,
+so no retrieval).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -25,17 +31,42 @@ import torch
 from torch import Tensor
 
 from encoder.atomic import atomic_path, write_text_atomic
+from encoder.conventions import (
+    B4_FIRST,
+    BANDS,
+    SINGLE_TOKEN_POSITIONS,
+    ConventionOverrides,
+    Conventions,
+)
 from encoder.device import resolve_device
 from encoder.errors import TimeSenCLIPError
-from encoder.ground import PhotoPooling
+from encoder.ground import GroundEmbeddings, PhotoPooling
 from encoder.inference import embed
-from encoder.pairs import check_task, read_pairs
+from encoder.pairs import (
+    AssembleStats,
+    LabelRouter,
+    Pairs,
+    assemble_pairs,
+    check_task,
+    iter_sen4map,
+    read_pairs,
+)
 from encoder.preprocess import normalize
 
 log = logging.getLogger(__name__)
 
 RECALL_AT = (1, 5, 10)
 TOP_K = 5
+HDF5_SUFFIXES = (".h5", ".hdf5")
+# Candidate (band order, constants order) of weights without metadata. The reference training CLI
+# defaults --channels to B4 B3 B2 ...: its patch dataset stacks bands in that order with their own
+# constants; its 1x1 dataset keeps the file's order (B2 first) but takes the constants in the
+# --channels order.
+BAND_CANDIDATES = {
+    "B2-first": (BANDS, BANDS),
+    "B4-first": (B4_FIRST, B4_FIRST),
+    "B2-first, B4-first constants": (BANDS, B4_FIRST),
+}
 
 
 class EvaluationError(TimeSenCLIPError):
@@ -166,8 +197,10 @@ def run_evaluation(
     retrieval_limit: int | None = None,
     cache_dir: str | Path | None = None,
     seed: int = 0,
+    overrides: ConventionOverrides | None = None,
 ) -> EvaluationReport:
-    """``timesenclip evaluate``: metrics of ``checkpoint`` on the pairs store ``data``.
+    """``timesenclip evaluate``: metrics of ``checkpoint`` on ``data`` (a pairs store or Sen4Map
+    HDF5 file), under the checkpoint's conventions changed by ``overrides``.
 
     ``task``: one task or several (a list or "a,b"). ``clip_model``/``clip_pretrained`` default to
     the ones recorded in the checkpoint (else ViT-B-32 / openai). ``retrieval_limit``: evaluate
@@ -177,18 +210,12 @@ def run_evaluation(
     from encoder.prompts import TextEncoder, class_set
     from encoder.zeroshot import cosine_logits
 
-    tasks = [t.strip() for t in task.split(",")] if isinstance(task, str) else list(task)
-    tasks = [check_task(t) for t in tasks]
+    tasks = _tasks(task)
     dev = resolve_device(device)
-    model = load_encoder(checkpoint, map_location=dev)
-    meta = model.metadata
-    clip_model = clip_model or (meta.clip_model if meta else "ViT-B-32")
-    if clip_pretrained is None:
-        clip_pretrained = (meta.clip_pretrained if meta else "openai") or None
-    pairs = read_pairs(data, tasks)
-    x = torch.from_numpy(normalize(pairs.series)).to(dev)
-    month_mask = torch.from_numpy(pairs.month_mask).to(dev)
-    satellite = embed(model, x, month_mask, batch_size=batch_size).to(dev)
+    model = load_encoder(checkpoint, map_location=dev, overrides=overrides)
+    clip_model, clip_pretrained = _clip(model, clip_model, clip_pretrained)
+    pairs = read_eval_pairs(data, tasks)
+    satellite = _embed(model, pairs.series, pairs.month_mask, batch_size).to(dev)
     valid = ~satellite.isnan().any(1).cpu()
     text = TextEncoder(clip_model, clip_pretrained, dev, cache_dir)
     results: dict[str, Any] = {
@@ -196,6 +223,7 @@ def run_evaluation(
         "data": str(data),
         "points": len(pairs),
         "points_without_valid_month": int((~valid).sum()),
+        "conventions": model.conventions.to_dict(),
         "clip_model": clip_model,
         "clip_pretrained": clip_pretrained,
         "templates": templates,
@@ -229,6 +257,40 @@ def run_evaluation(
     write_text_atomic(json_path, json.dumps(results, indent=1, allow_nan=True))
     md_path = write_text_atomic(out / "report.md", markdown_report(results))
     return EvaluationReport(results, json_path, md_path, figures)
+
+
+def _tasks(task: str | Sequence[str]) -> list[str]:
+    tasks = [t.strip() for t in task.split(",")] if isinstance(task, str) else list(task)
+    return [check_task(t) for t in tasks]
+
+
+def _clip(model, clip_model: str | None, clip_pretrained: str | None) -> tuple[str, str | None]:
+    """The CLIP text tower: as given, else as recorded in the checkpoint, else ViT-B-32/openai."""
+    meta = model.metadata
+    clip_model = clip_model or (meta.clip_model if meta else "ViT-B-32")
+    if clip_pretrained is None:
+        clip_pretrained = (meta.clip_pretrained if meta else "openai") or None
+    return clip_model, clip_pretrained
+
+
+def _embed(model, series: np.ndarray, month_mask: np.ndarray, batch_size: int) -> Tensor:
+    """Embeddings of DN ``series`` (BANDS order) under the model's own conventions."""
+    x = torch.from_numpy(normalize(series, conventions=model.conventions))
+    return embed(model, x, torch.from_numpy(month_mask), batch_size=batch_size)
+
+
+def read_eval_pairs(data: str | Path, tasks: Sequence[str]) -> Pairs:
+    """Evaluation points: a pairs store, or a Sen4Map HDF5 file read directly (default layout,
+    labels from its attributes, no ground photos)."""
+    path = Path(data)
+    if path.suffix.lower() not in HDF5_SUFFIXES:
+        return read_pairs(path, tasks)
+    no_photos = GroundEmbeddings([], np.zeros((0, 1), np.float32))
+    records = list(iter_sen4map(path))
+    router = LabelRouter(tasks)
+    pairs = assemble_pairs(records, no_photos, router, AssembleStats(), require_photos=False)
+    router.warn_unknown()
+    return pairs
 
 
 def _retrieval(checkpoint, pairs, satellite, valid, pooling, device, limit, seed) -> dict[str, Any]:
@@ -292,6 +354,7 @@ def markdown_report(results: dict[str, Any]) -> str:
         f"- checkpoint: `{results['checkpoint']}`",
         f"- data: `{results['data']}` ({results['points']} points, "
         f"{results['points_without_valid_month']} without any valid month)",
+        f"- conventions: {Conventions.from_dict(results['conventions']).describe()}",
         f"- CLIP: {results['clip_model']} / {results['clip_pretrained']}, "
         f"templates: {results['templates'] or 'class_names'}",
         "",
@@ -350,3 +413,171 @@ def markdown_report(results: dict[str, Any]) -> str:
             "",
         ]
     return "\n".join(lines)
+
+
+# --- which conventions? -------------------------------------------------------------------------
+
+
+@dataclass
+class ConventionScore:
+    """Zero-shot scores of one candidate convention on one kind of input."""
+
+    candidate: str  # a BAND_CANDIDATES name
+    input: str  # "monthly" (the 12 months) or "annual" (one token: the median of the months)
+    conventions: Conventions
+    tasks: dict[str, dict[str, float]]  # task -> {"n", "top1", "balanced_accuracy"}
+
+    def key(self) -> tuple[float, float]:
+        """Mean balanced accuracy over the tasks, then mean top-1 (higher is better)."""
+        values = list(self.tasks.values())
+        return (
+            float(np.mean([v["balanced_accuracy"] for v in values])),
+            float(np.mean([v["top1"] for v in values])),
+        )
+
+
+@dataclass
+class ConventionsReport:
+    """What :func:`try_conventions` measured, its recommendation and the file it wrote."""
+
+    checkpoint: str
+    rows: list[ConventionScore]
+    best: Conventions
+    json_path: Path
+
+    def table(self) -> str:
+        """A Markdown table: one row per candidate, top-1 and balanced accuracy per task."""
+        tasks = list(self.rows[0].tasks)
+        head = "| input | bands | constants | lone token | " + " | ".join(
+            f"{t} top-1 | {t} balanced" for t in tasks
+        )
+        lines = [head + " |", "|---" * (4 + 2 * len(tasks)) + "|"]
+        for row in self.rows:
+            bands, constants = BAND_CANDIDATES[row.candidate]
+            lone = row.conventions.single_token_position if row.input == "annual" else "-"
+            cells = [row.input, _first3(bands), _first3(constants), lone]
+            cells += [
+                f"{_pct(row.tasks[t]['top1'])} | {_pct(row.tasks[t]['balanced_accuracy'])}"
+                for t in tasks
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+    def recommendation(self) -> str:
+        """The best conventions and the command that records them in a checkpoint."""
+        best = self.best
+        constants = best.constants_order() or best.band_order
+        out = Path(self.checkpoint).stem + "-conventions.pt"
+        command = (
+            f"timesenclip convert {self.checkpoint} --band-order {','.join(best.band_order)} "
+            + (f"--constants-order {','.join(constants)} " if constants != best.band_order else "")
+            + f"--single-token-position {best.single_token_position} --out {out}"
+        )
+        return f"recommended: {best.describe()}\nto record them: {command}"
+
+
+def _first3(bands: Sequence[str]) -> str:
+    return " ".join(bands[:3]) + " ..."
+
+
+def _annual(series: np.ndarray, month_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One token per point: the median of its present months (the lower one for an even count,
+    as the reference's ``torch.median``), (N, 1, bands), and its (N, 1) mask."""
+    values = torch.from_numpy(np.where(month_mask[..., None], series, np.nan))
+    median = values.nanmedian(dim=1, keepdim=True).values.numpy()
+    return median, month_mask.any(1, keepdims=True)
+
+
+def try_conventions(
+    checkpoint: str | Path,
+    data: str | Path,
+    task: str | Sequence[str] = "land_cover",
+    out_dir: str | Path = "evaluation",
+    *,
+    templates: str | Sequence[str] | None = None,
+    clip_model: str | None = None,
+    clip_pretrained: str | None = None,
+    device: str | None = "auto",
+    batch_size: int = 8192,
+    limit: int | None = None,
+    cache_dir: str | Path | None = None,
+    seed: int = 0,
+) -> ConventionsReport:
+    """``timesenclip evaluate --try-conventions``: zero-shot top-1 and balanced accuracy of
+    ``checkpoint`` on ``data`` under each candidate convention, written to ``conventions.json``.
+
+    Each :data:`BAND_CANDIDATES` entry is scored on the 12 months; and, with each lone-token
+    position (mean, January), on one token per point, the median of its months. The recommended
+    band order is the best on the months (mean balanced accuracy over the tasks, then top-1), the
+    lone-token position the best on the single tokens under that band order; ties keep the
+    published defaults. ``limit``: score a random subset of that many points (seeded).
+    """
+    from encoder.checkpoint import load_encoder
+    from encoder.prompts import TextEncoder
+    from encoder.zeroshot import cosine_logits
+
+    tasks = _tasks(task)
+    dev = resolve_device(device)
+    model = load_encoder(checkpoint, map_location=dev)
+    recorded = model.conventions
+    clip_model, clip_pretrained = _clip(model, clip_model, clip_pretrained)
+    pairs = read_eval_pairs(data, tasks)
+    if limit is not None and len(pairs) > limit:
+        chosen = np.random.default_rng(seed).choice(len(pairs), limit, replace=False)
+        pairs = pairs.subset(np.sort(chosen))
+    text = TextEncoder(clip_model, clip_pretrained, dev, cache_dir)
+    weights = {t: text.class_embeddings(t, templates) for t in tasks}
+    inputs = {
+        "monthly": (pairs.series, pairs.month_mask),
+        "annual": _annual(pairs.series, pairs.month_mask),
+    }
+
+    def score(candidate: str, kind: str, conventions: Conventions) -> ConventionScore:
+        model.conventions = conventions
+        satellite = _embed(model, *inputs[kind], batch_size)
+        valid = ~satellite.isnan().any(1).numpy()
+        scores = {}
+        for name in tasks:
+            labels = pairs.labels[name]
+            use = valid & (labels >= 0)
+            if not use.any():
+                raise EvaluationError(f"{data}: no point has a {name} label and a valid month")
+            cosine = cosine_logits(satellite[torch.from_numpy(use)], weights[name]).cpu().numpy()
+            m = classification_metrics(labels[use].astype(np.int64), cosine, [""] * len(cosine[0]))
+            scores[name] = {k: m[k] for k in ("n", "top1", "balanced_accuracy")}
+        log.info("%s %s: %s", kind, conventions.describe(), scores)
+        return ConventionScore(candidate, kind, conventions, scores)
+
+    rows = []
+    for candidate, (bands, constants) in BAND_CANDIDATES.items():
+        conventions = recorded.override(ConventionOverrides(bands, constants))
+        rows.append(score(candidate, "monthly", conventions))
+        for single in SINGLE_TOKEN_POSITIONS:
+            single_conv = dataclasses.replace(conventions, single_token_position=single)
+            rows.append(score(candidate, "annual", single_conv))
+    monthly = max((r for r in rows if r.input == "monthly"), key=ConventionScore.key)
+    annual = max(
+        (r for r in rows if r.input == "annual" and r.candidate == monthly.candidate),
+        key=ConventionScore.key,
+    )
+    best = annual.conventions
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {
+        "checkpoint": str(checkpoint),
+        "data": str(data),
+        "points": len(pairs),
+        "recorded": recorded.to_dict(),
+        "recommended": best.to_dict(),
+        "rows": [
+            {
+                "candidate": r.candidate,
+                "input": r.input,
+                "conventions": r.conventions.to_dict(),
+                "tasks": r.tasks,
+            }
+            for r in rows
+        ],
+    }
+    json_path = write_text_atomic(out / "conventions.json", json.dumps(record, indent=1))
+    return ConventionsReport(str(checkpoint), rows, best, json_path)

@@ -9,7 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from encoder.conventions import Conventions
 from encoder.errors import TimeSenCLIPError
+
+SEASONS = 4  # seasonal input: one token per block of 3 consecutive months
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class TimeSenCLIPEncoder(nn.Module):
             raise TimeSenCLIPError(f"dim={cfg.dim} is not divisible by heads={cfg.heads}.")
         self.config = cfg
         self.metadata = None  # an EncoderMetadata when the model came from load_encoder
+        self.conventions = Conventions()  # the input conventions in use (set by load_encoder)
         self.spectral_embedding = nn.Sequential(
             nn.Flatten(start_dim=2),  # (n, t, c[, h, w]) -> (n, t, c*h*w), no weights
             nn.Linear(cfg.bands * cfg.patch**2, cfg.dim),
@@ -52,17 +56,20 @@ class TimeSenCLIPEncoder(nn.Module):
         self.mlp_head = nn.Sequential(nn.LayerNorm(cfg.dim), nn.Linear(cfg.dim, cfg.dim))
 
     def forward(self, x: Tensor, month_mask: Tensor | None = None) -> Tensor:
-        """Embed normalised pixel series ``x`` (N, months, bands[, k, k]) into (N, dim).
+        """Embed normalised pixel series ``x`` (N, T, bands[, k, k]) into (N, dim).
 
-        ``month_mask`` (N, months), True = present; when None, a month is present where all its
-        values are finite (so NaN months of a cube drop out by themselves). Absent months are left
-        out of attention and their values never matter; present months keep their own positions; a
-        pixel with one present month, or an annual median given as (N, 1, bands[, k, k]), uses the
-        mean position, as in training; a pixel with no present month gets a NaN row.
+        T is 12 months, 4 seasons (each season's token at the median of its 3 months' position
+        rows, as the reference) or 1 (an annual median). ``month_mask`` (N, T), True = present;
+        when None, a token is present where all its values are finite (so NaN months of a cube drop
+        out by themselves). Absent tokens are left out of attention and their values never matter;
+        present ones keep their own positions; a lone token (T = 1, or one present) sits at the
+        position ``self.conventions.single_token_position`` names (the mean of all positions by
+        default, as in training); a pixel with nothing present gets a NaN row.
         """
         present = self._check_input(x, month_mask)
         x = torch.where(present.view(*present.shape, *[1] * (x.ndim - 2)), x, 0.0).flatten(2)
-        tokens = self.embed_spectral(x) + positions(self.time_pos_encoding, present)
+        single = self.conventions.single_token_position
+        tokens = self.embed_spectral(x) + positions(self.time_pos_encoding, present, single)
         qkv = None if self.training else self._first_qkv(x, present)
         return self._encode(tokens, ~present, qkv)
 
@@ -99,8 +106,12 @@ class TimeSenCLIPEncoder(nn.Module):
         lin = self.spectral_embedding[1]
         attn = self.transformer.layers[0].self_attn
         w, b = attn.in_proj_weight, attn.in_proj_bias
-        pos = F.linear(self.time_pos_encoding + lin.bias, w, b)
-        tokens = F.linear(x, w @ lin.weight) + positions(pos, present)
+        # Project the position rows, not the table: the seasonal median does not commute with W_in.
+        rows, lone = position_rows(
+            self.time_pos_encoding, x.shape[1], self.conventions.single_token_position
+        )
+        rows, lone = (F.linear(p + lin.bias, w, b) for p in (rows, lone))
+        tokens = F.linear(x, w @ lin.weight) + place_positions(rows, lone, present)
         cls = F.linear(self.time_token, w, b).expand(x.shape[0], -1, -1)
         return torch.cat([cls, tokens], 1)
 
@@ -116,9 +127,11 @@ class TimeSenCLIPEncoder(nn.Module):
         """Validate shapes and return the (N, T) bool mask of present months."""
         cfg = self.config
         tail = (cfg.bands,) if cfg.patch == 1 and x.ndim == 3 else (cfg.bands, cfg.patch, cfg.patch)
-        if x.ndim not in (3, 5) or x.shape[1] not in (cfg.months, 1) or x.shape[2:] != tail:
+        steps = (cfg.months, SEASONS, 1) if cfg.months % SEASONS == 0 else (cfg.months, 1)
+        if x.ndim not in (3, 5) or x.shape[1] not in steps or x.shape[2:] != tail:
+            told = ", ".join(map(str, steps[:-1])) + f" or {steps[-1]}"
             raise TimeSenCLIPError(
-                f"encoder input must be (N, {cfg.months} or 1, {', '.join(map(str, tail))}) "
+                f"encoder input must be (N, {told}, {', '.join(map(str, tail))}) "
                 f"normalised values, got shape {tuple(x.shape)}."
             )
         if month_mask is None:
@@ -134,15 +147,37 @@ class TimeSenCLIPEncoder(nn.Module):
         return ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(self.config).items())
 
 
-def positions(table: Tensor, present: Tensor) -> Tensor:
-    """Per-token position terms from a (1, months, E) table for the (N, T) ``present`` mask: the
-    mean row for a single token (T = 1) or a pixel with one present month (as training did), each
-    month's own row otherwise."""
-    mean = table.mean(1, keepdim=True)
+def position_rows(table: Tensor, tokens: int, single: str = "mean") -> tuple[Tensor, Tensor]:
+    """The (1, tokens, E) positions of a sequence of ``tokens`` and the (1, 1, E) position of a
+    lone token, from the (1, months, E) table.
+
+    All months: the table itself. Four seasons: the (elementwise) median of each block of 3
+    consecutive rows, the reference's rule. One token: the lone position, which is the mean of all
+    rows for ``single="mean"`` (where training put its one-token median) or the first row for
+    ``"january"`` (the reference's inference, nearest-neighbour resizing of the table to 1).
+    """
+    lone = table[:, :1] if single == "january" else table.mean(1, keepdim=True)
+    months = table.shape[1]
+    if tokens == months:
+        return table, lone
+    if tokens == 1:
+        return lone, lone
+    return table.unflatten(1, (tokens, months // tokens)).median(2).values, lone
+
+
+def place_positions(rows: Tensor, lone: Tensor, present: Tensor) -> Tensor:
+    """Per-token position terms for the (N, T) ``present`` mask: ``rows`` (1, T, E), except that a
+    pixel with one present token gets ``lone`` (1, 1, E) there, as a single token would."""
     if present.shape[1] == 1:
-        return mean
-    single = present.sum(1) == 1
-    return torch.where(single[:, None, None], mean, table) if single.any() else table
+        return rows
+    alone = present.sum(1) == 1
+    return torch.where(alone[:, None, None], lone, rows) if alone.any() else rows
+
+
+def positions(table: Tensor, present: Tensor, single: str = "mean") -> Tensor:
+    """Per-token position terms from a (1, months, E) table for the (N, T) ``present`` mask
+    (see :func:`position_rows` and :func:`place_positions`)."""
+    return place_positions(*position_rows(table, present.shape[1], single), present)
 
 
 def _post_norm_ffn(layer: nn.TransformerEncoderLayer, x: Tensor, attn_out: Tensor) -> Tensor:

@@ -1,4 +1,4 @@
-"""Sentinel-2 band order and the normalisation the published model was trained with."""
+"""Sentinel-2 digital numbers to model input, by a checkpoint's :class:`Conventions`."""
 
 from __future__ import annotations
 
@@ -7,22 +7,25 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from encoder.conventions import BANDS as BANDS  # re-exported: callers import them here
+from encoder.conventions import HIGH as HIGH
+from encoder.conventions import LOW as LOW
+from encoder.conventions import Conventions
 from encoder.errors import TimeSenCLIPError
 
-BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
-# Published constants; the model divides by HIGH (not HIGH - LOW), as it was trained.
-LOW = (67.0, 122.0, 93.27, 158.5, 160.77, 174.27, 162.27, 149.0, 84.5, 66.27)
-HIGH = (2089.0, 2598.45, 3214.5, 3620.45, 4033.61, 4613.0, 4825.45, 4945.72, 5140.84, 4414.45)
-
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
+DEFAULT_CONVENTIONS = Conventions()
 
 
-def normalize(dn: ArrayT, band_axis: int = -1) -> ArrayT:
-    """Map L2A digital numbers (pre-2022 scale, BANDS order) to ``clamp((x - LOW) / HIGH, 0, 1)``.
+def normalize(dn: ArrayT, band_axis: int = -1, conventions: Conventions | None = None) -> ArrayT:
+    """Model input from L2A digital numbers (pre-2022 scale) given in :data:`BANDS` order.
 
-    Works on numpy arrays and torch tensors; integer input becomes float32. NaN (a missing value)
-    stays NaN.
+    The bands are reordered into ``conventions.band_order`` (default: the published conventions,
+    which keep BANDS order) and mapped to ``clamp((x - low) / high, 0, 1)`` with the conventions'
+    constants. Works on numpy arrays and torch tensors; integer input becomes float32. NaN (a
+    missing value) stays NaN.
     """
+    conv = conventions or DEFAULT_CONVENTIONS
     if dn.ndim == 0 or dn.shape[band_axis] != len(BANDS):
         raise TimeSenCLIPError(
             f"normalize expects {len(BANDS)} bands ({' '.join(BANDS)}) along axis {band_axis}, "
@@ -30,14 +33,22 @@ def normalize(dn: ArrayT, band_axis: int = -1) -> ArrayT:
         )
     shape = [1] * dn.ndim
     shape[band_axis] = len(BANDS)
+    index = conv.band_index
+    reorder = index != tuple(range(len(BANDS)))
     if isinstance(dn, torch.Tensor):
         x = dn if dn.is_floating_point() else dn.float()
-        low = torch.tensor(LOW, dtype=x.dtype, device=x.device).view(shape)
-        high = torch.tensor(HIGH, dtype=x.dtype, device=x.device).view(shape)
-        return ((x - low) / high).clamp(0.0, 1.0)  # clamp keeps NaN
+        if reorder:
+            x = x.index_select(band_axis, torch.tensor(index, device=x.device))
+        low = torch.tensor(conv.low, dtype=x.dtype, device=x.device).view(shape)
+        high = torch.tensor(conv.high, dtype=x.dtype, device=x.device).view(shape)
+        x = (x - low) / high
+        return x.clamp(0.0, 1.0) if conv.clamp else x  # clamp keeps NaN
     x = np.asarray(dn)
     if not np.issubdtype(x.dtype, np.floating):
         x = x.astype(np.float32)
-    low = np.asarray(LOW, dtype=x.dtype).reshape(shape)
-    high = np.asarray(HIGH, dtype=x.dtype).reshape(shape)
-    return np.clip((x - low) / high, 0.0, 1.0)  # clip keeps NaN
+    if reorder:
+        x = np.take(x, index, axis=band_axis)
+    low = np.asarray(conv.low, dtype=x.dtype).reshape(shape)
+    high = np.asarray(conv.high, dtype=x.dtype).reshape(shape)
+    x = (x - low) / high
+    return np.clip(x, 0.0, 1.0) if conv.clamp else x  # clip keeps NaN

@@ -1,242 +1,44 @@
-"""Class sets, prompt templates and cached CLIP text embeddings for zero-shot mapping.
+"""Cached CLIP text embeddings of class prompts for zero-shot mapping.
 
-Prompt rule: every prompt of a class (its explicit ``prompts``, else its name) is formatted with
-every template, so the default template set ``class_names`` ("{}") gives the bare names the
-reference zero-shot code encodes. Per class the formatted prompts are encoded by the open_clip text
-tower, each L2-normalised, averaged and re-normalised.
+Per class the formatted prompts (``encoder.classes.class_prompts``) are encoded by the open_clip
+text tower, each L2-normalised, averaged and re-normalised.
 """
 
 from __future__ import annotations
 
-import colorsys
 import functools
 import hashlib
-import itertools
 import json
 import os
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 from encoder.atomic import atomic_path
+
+# Class sets and templates live in encoder.classes (no torch there, so the command line's light
+# verbs stay light); re-exported for the callers that take them together with the text encoder.
+from encoder.classes import (  # noqa: F401
+    ClassSpec,
+    class_prompts,
+    class_set,
+    class_set_names,
+    is_class_set,
+    reference_classes,
+    resolve_classes,
+    template_set,
+    template_set_names,
+)
 from encoder.clip import clip_pretrained, open_clip_model
 from encoder.device import resolve_device
 from encoder.errors import TimeSenCLIPError
 from encoder.files import file_sha256
 
-# Public set name -> key under `tasks` in classes.yaml (the short keys are accepted as aliases).
-_SET_KEYS = {
-    "land_cover": "lc",
-    "land_use": "lu",
-    "crop_type": "crop",
-    "bioregion": "bioregion",
-    "eunis_habitat": "eunis",
-    "country": "nuts",
-}
-
-# Conventional land-cover colours (CORINE / WorldCover-like), keyed by the YAML class names.
-_LAND_COVER_COLORS = {
-    "Artificial Land": "#e31a1c",
-    "Cropland": "#ffd92f",
-    "Woodland": "#1b7837",
-    "Shrubland": "#a08c32",
-    "Grassland": "#a6d96a",
-    "Bare Land": "#c8bea8",
-    "Water": "#2b83ba",
-    "Wetlands": "#0096a0",
-}
-
-_COLOR_RE = re.compile(r"^#[0-9a-fA-F]{6}$")
-_GOLDEN = 0.6180339887498949
-# Cycling saturation/value as well as hue keeps neighbours in the sequence apart.
-_SAT_VAL = ((0.70, 0.90), (0.45, 0.95), (0.85, 0.65))
 _CACHE_FORMAT = "timesenclip-prompts-v1"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
-
-
-@dataclass(frozen=True)
-class ClassSpec:
-    """A target class: display name, optional explicit prompts, optional "#rrggbb" colour."""
-
-    name: str
-    prompts: tuple[str, ...] | None = None
-    color: str | None = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name.strip():
-            raise TimeSenCLIPError(f"class name {self.name!r} is empty: give every class a name")
-        object.__setattr__(self, "name", self.name.strip())
-        if self.prompts is not None:
-            prompts = (self.prompts,) if isinstance(self.prompts, str) else tuple(self.prompts)
-            if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
-                raise TimeSenCLIPError(
-                    f"class {self.name!r}: prompts must be a non-empty list of non-empty strings, "
-                    f"got {self.prompts!r}"
-                )
-            object.__setattr__(self, "prompts", prompts)
-        if self.color is not None:
-            if not isinstance(self.color, str) or not _COLOR_RE.match(self.color):
-                raise TimeSenCLIPError(
-                    f"class {self.name!r}: colour {self.color!r} is not of the form '#rrggbb'"
-                )
-            object.__setattr__(self, "color", self.color.lower())
-
-
-@functools.cache
-def _reference() -> dict[str, Any]:
-    text = resources.files("encoder").joinpath("data/classes.yaml").read_text(encoding="utf-8")
-    return yaml.safe_load(text)
-
-
-def reference_classes(key: str) -> list[dict[str, Any]]:
-    """The raw class entries of one task of the reference YAML (e.g. ``lc``), codes included."""
-    return _reference()["tasks"][key]["classes"]
-
-
-def class_set_names() -> tuple[str, ...]:
-    """Names of the built-in class sets."""
-    return tuple(_SET_KEYS)
-
-
-def _find_key(name: str) -> str | None:
-    wanted = name.strip().lower().replace("-", "_")
-    return next((key for public, key in _SET_KEYS.items() if wanted in (public, key)), None)
-
-
-def is_class_set(name: str) -> bool:
-    """Whether ``name`` names a built-in class set (case, spaces, '-' and short aliases allowed)."""
-    return _find_key(name) is not None
-
-
-def _set_key(name: str) -> str:
-    key = _find_key(name)
-    if key is not None:
-        return key
-    raise TimeSenCLIPError(
-        f"unknown class set {name!r}: choose one of {', '.join(_SET_KEYS)} "
-        f"(aliases {', '.join(k for k in _SET_KEYS.values() if k not in _SET_KEYS)}), "
-        "or give your own list of class names"
-    )
-
-
-def class_set(name: str) -> list[ClassSpec]:
-    """A built-in class set, in logit order, with the reference prompts and map colours."""
-    key = _set_key(name)
-    entries = reference_classes(key)
-    colors = _LAND_COVER_COLORS if key == "lc" else {}
-    return [
-        ClassSpec(e["name"], tuple(e["prompts"]), colors.get(e["name"], palette_color(i)))
-        for i, e in enumerate(entries)
-    ]
-
-
-def resolve_classes(spec: str | Sequence[str | Mapping[str, Any] | ClassSpec]) -> list[ClassSpec]:
-    """Classes from a set name, or a list of names, {name, color?, prompts?} dicts or ClassSpecs."""
-    if isinstance(spec, str):
-        return class_set(spec)
-    if not isinstance(spec, Sequence) or not spec:
-        raise TimeSenCLIPError(
-            f"classes must be a class set name or a non-empty list of classes, got {spec!r}"
-        )
-    classes = [_one_class(item) for item in spec]
-    seen: dict[str, str] = {}
-    for c in classes:
-        if c.name.casefold() in seen:
-            raise TimeSenCLIPError(
-                f"class name {c.name!r} appears twice (also as {seen[c.name.casefold()]!r}): "
-                "class names must be unique"
-            )
-        seen[c.name.casefold()] = c.name
-    return classes
-
-
-def _one_class(item: str | Mapping[str, Any] | ClassSpec) -> ClassSpec:
-    if isinstance(item, ClassSpec):
-        return item
-    if isinstance(item, str):
-        return ClassSpec(item)
-    if isinstance(item, Mapping):
-        unknown = set(item) - {"name", "color", "prompts"}
-        if unknown or "name" not in item:
-            raise TimeSenCLIPError(
-                f"class entry {dict(item)!r}: expected keys name (required), color, prompts"
-                + (f"; unknown: {', '.join(sorted(map(str, unknown)))}" if unknown else "")
-            )
-        return ClassSpec(item["name"], item.get("prompts"), item.get("color"))
-    raise TimeSenCLIPError(
-        f"class entry {item!r} is neither a name nor a mapping with a 'name' key"
-    )
-
-
-def palette_color(i: int) -> str:
-    """The i-th colour of a deterministic golden-ratio HSV sequence."""
-    s, v = _SAT_VAL[i % len(_SAT_VAL)]
-    r, g, b = colorsys.hsv_to_rgb((0.05 + i * _GOLDEN) % 1.0, s, v)
-    return "#{:02x}{:02x}{:02x}".format(*(round(c * 255) for c in (r, g, b)))
-
-
-def class_colors(classes: Sequence[ClassSpec]) -> list[str]:
-    """One "#rrggbb" per class: its own colour, else the next palette colour not already used."""
-    taken = {c.color for c in classes if c.color}
-    palette = (p for i in itertools.count() if (p := palette_color(i)) not in taken)
-    return [c.color or next(palette) for c in classes]
-
-
-def template_set_names() -> tuple[str, ...]:
-    """Names of the built-in template sets."""
-    return tuple(_reference()["template_sets"])
-
-
-def template_set(spec: str | Sequence[str] | None = None) -> list[str]:
-    """Templates by set name (None = the default, bare class names) or a list of "{}" strings."""
-    if spec is None:
-        spec = _reference()["default_template_set"]
-    if isinstance(spec, str):
-        sets = _reference()["template_sets"]
-        if spec not in sets:
-            raise TimeSenCLIPError(
-                f"unknown template set {spec!r}: choose one of {', '.join(sets)}, "
-                "or give a list of templates each containing '{}'"
-            )
-        return list(sets[spec])
-    templates = list(spec)
-    if not templates:
-        raise TimeSenCLIPError("the template list is empty: give at least one template like '{}'")
-    for t in templates:
-        _check_template(t)
-    return templates
-
-
-def _check_template(template: Any) -> None:
-    sentinel = "\x00"
-    try:
-        ok = isinstance(template, str) and template.format(sentinel).count(sentinel) == 1
-    except (IndexError, KeyError, ValueError):
-        ok = False
-    if not ok:
-        raise TimeSenCLIPError(
-            f"template {template!r} must be a string with exactly one '{{}}' for the class text "
-            "(write literal braces as '{{' and '}}')"
-        )
-
-
-def class_prompts(
-    classes: str | Sequence[str | Mapping[str, Any] | ClassSpec],
-    templates: str | Sequence[str] | None = None,
-) -> list[list[str]]:
-    """Per class, each of its prompts (else its name) formatted with each template, prompt-major."""
-    formats = template_set(templates)
-    return [
-        [t.format(p) for p in (c.prompts or (c.name,)) for t in formats]
-        for c in resolve_classes(classes)
-    ]
 
 
 def default_cache_dir() -> Path:

@@ -17,15 +17,37 @@ Config file (YAML; every key optional except ``data.train`` and ``output.dir``; 
 read from the config file's folder)::
 
     data:       {train: train.zarr, val: val.zarr, val_fraction: 0.0}
-    model:      {dim: 512, depth: 6, heads: 8, ff_dim: 256, dropout: 0.2, init: null}
+    model:      {dim: 512, depth: 6, heads: 8, ff_dim: 256, dropout: 0.2, init: null,
+                 band_order: null, constants_order: null, single_token_position: null}
     clip:       {model: ViT-B-32, pretrained: openai, cache_dir: null}
     train:      {epochs: 200, batch_size: 1024, accumulate: 1, lr: 1.0e-4, weight_decay: 1.0e-4,
                  warmup_epochs: 10, min_lr: 0.0, queue_size: 2048, logit_scale_init: 14.2857,
-                 logit_scale_max: 100, pooling: mean, augment_probability: 0.5,
-                 augmentations: [median, quarter_drop, subset], seed: 0, bf16: true,
+                 logit_scale_max: 100, pooling: mean, augment: tsmixaug,
+                 augment_probability: 0.5, augmentations: null, seed: 0, bf16: true,
                  device: auto, max_steps: null}
     validation: {tasks: [land_cover], templates: null, batch_size: 8192}
     output:     {dir: runs/exp1, checkpoint_every: 1000, keep_checkpoints: 3}
+
+The schedule against the published recipe, which the paper and the reference code state differently:
+
+============== ===================== =================================== ==================
+setting        paper                 reference code (CLI defaults)       default here
+============== ===================== =================================== ==================
+weight_decay   1e-6                  0.01                                1e-4
+warm-up        10 epochs             none                                10 epochs
+schedule       cosine                CosineAnnealingLR(T_max=10) per     cosine over all
+                                     epoch: it cycles every 20 epochs    epochs
+epochs         200                   300                                 200
+augmentation   50 % of batches:      TSMixAug: 50 % of batches, median   tsmixaug, 0.5
+               median, quarter drop  or quarter drop (equal odds)
+               or random subset
+============== ===================== =================================== ==================
+
+Set ``weight_decay: 1.0e-6`` to follow the paper, ``weight_decay: 0.01, warmup_epochs: 0`` for the
+code (its cycling cosine is not offered). ``model.band_order`` / ``constants_order`` /
+``single_token_position`` set the input conventions the run trains under and records in its
+checkpoints (``encoder.conventions``); unset, they are those of ``model.init`` (or the resumed
+checkpoint), else the published defaults.
 """
 
 from __future__ import annotations
@@ -42,7 +64,6 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -55,6 +76,7 @@ from torch import Tensor, nn
 
 from encoder import augment
 from encoder.atomic import atomic_path
+from encoder.conventions import ConventionOverrides, Conventions
 from encoder.device import resolve_device
 from encoder.errors import TimeSenCLIPError
 from encoder.ground import PhotoPooling
@@ -62,6 +84,7 @@ from encoder.inference import embed
 from encoder.model import TimeSenCLIPEncoder
 from encoder.pairs import TASKS, Pairs, read_pairs
 from encoder.preprocess import normalize
+from encoder.safe_yaml import parse_yaml, short_repr
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +130,23 @@ class ModelConfig(_Section):
     ff_dim: int = Field(256, ge=1)
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     init: str | None = None  # checkpoint (path or hf-hub:) to start from instead of random weights
+    # Input conventions (None: those of `init`, else the published defaults).
+    band_order: list[str] | None = None
+    constants_order: list[str] | None = None
+    single_token_position: Literal["mean", "january"] | None = None
+
+    @model_validator(mode="after")
+    def _valid_conventions(self) -> ModelConfig:
+        self.overrides()  # raises ConventionsError (a ValueError) on unknown or missing bands
+        return self
+
+    def overrides(self) -> ConventionOverrides:
+        """The conventions this section sets."""
+        return ConventionOverrides(
+            band_order=None if self.band_order is None else tuple(self.band_order),
+            constants_order=None if self.constants_order is None else tuple(self.constants_order),
+            single_token_position=self.single_token_position,
+        )
 
 
 class ClipConfig(_Section):
@@ -120,19 +160,35 @@ class OptimConfig(_Section):
     batch_size: int = Field(1024, ge=2)
     accumulate: int = Field(1, ge=1)
     lr: float = Field(1e-4, gt=0.0)
-    weight_decay: float = Field(1e-4, ge=0.0)
-    warmup_epochs: float = Field(10.0, ge=0.0)
+    weight_decay: float = Field(1e-4, ge=0.0)  # paper 1e-6, reference code 0.01 (module doc)
+    warmup_epochs: float = Field(10.0, ge=0.0)  # paper 10, reference code none
     min_lr: float = Field(0.0, ge=0.0)
     queue_size: int = Field(2048, ge=1)  # the only negatives
     logit_scale_init: float = Field(1 / 0.07, gt=0.0)
     logit_scale_max: float = Field(100.0, gt=0.0)
     pooling: Literal["mean", "attention"] = "mean"
-    augment_probability: float = Field(0.5, ge=0.0, le=1.0)
-    augmentations: list[Literal["median", "quarter_drop", "subset"]] = list(augment.AUGMENTATIONS)
+    # tsmixaug: the published weights' recipe (median token or quarter drop, equal odds);
+    # all: one of `augmentations` (default every kind), what earlier versions did.
+    augment: Literal["tsmixaug", "all"] = "tsmixaug"
+    augment_probability: float = Field(0.5, ge=0.0, le=1.0)  # share of augmented batches
+    augmentations: list[Literal["median", "quarter_drop", "subset"]] | None = None
     seed: int = 0
     bf16: bool = True
     device: str = "auto"
     max_steps: int | None = Field(None, ge=1)  # stop early; the schedule still spans `epochs`
+
+    @model_validator(mode="after")
+    def _augmentations_of_all(self) -> OptimConfig:
+        if self.augment == "tsmixaug" and self.augmentations is not None:
+            raise ValueError(
+                "augmentations applies to augment: all only (tsmixaug is median and quarter_drop)"
+            )
+        return self
+
+    def augment_kinds(self) -> tuple[str, ...]:
+        """The augmentations a batch may draw."""
+        kinds = augment.AUGMENTATIONS if self.augmentations is None else tuple(self.augmentations)
+        return augment.recipe_kinds(self.augment, kinds)
 
 
 class ValidationConfig(_Section):
@@ -185,9 +241,10 @@ def load_config(path: str | Path) -> TrainingConfig:
     """Read and validate a training config YAML; every problem is named in one error."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
         raise TrainConfigError(f"cannot read training config {path}: {exc}") from exc
+    raw, _ = parse_yaml(text, f"training config {path}", TrainConfigError)
     return parse_config(raw, base=path.resolve().parent, source=str(path))
 
 
@@ -201,7 +258,7 @@ def parse_config(raw: Any, base: Path = Path("."), source: str = "config") -> Tr
         problems = []
         for err in exc.errors(include_url=False):
             where = ".".join(str(p) for p in err["loc"])
-            got = "" if err["type"] == "missing" else f" (got {err.get('input')!r})"
+            got = "" if err["type"] == "missing" else f" (got {short_repr(err.get('input'))})"
             problems.append(f"  - {where}: {err['msg']}{got}")
         raise TrainConfigError(
             f"training config {source} has {len(problems)} problem(s):\n" + "\n".join(problems)
@@ -262,8 +319,9 @@ class ContrastiveLearner(nn.Module):
         x = torch.where(month_mask[..., None], x, 0.0)  # absent months may be NaN
         tokens = self.encoder.embed_spectral(x)
         pos = self.encoder.time_pos_encoding
+        single = self.encoder.conventions.single_token_position
         return self.encoder.encode_tokens(
-            *augment.augment(kind, tokens, month_mask, pos, generator)
+            *augment.augment(kind, tokens, month_mask, pos, generator, single)
         )
 
     def loss(self, satellite: Tensor, keys: Tensor) -> Tensor:
@@ -292,19 +350,21 @@ class ContrastiveLearner(nn.Module):
 class TensorPairs:
     """Model-ready tensors of a pairs set on one device."""
 
-    x: Tensor  # (N, 12, 10) normalised, NaN where absent
+    x: Tensor  # (N, 12, 10) normalised (bands in the conventions' order), NaN where absent
     month_mask: Tensor  # (N, 12) bool
     ground: Tensor  # (N, P, D)
     photo_mask: Tensor  # (N, P) bool
     labels: dict[str, Tensor] = field(default_factory=dict)
 
     @classmethod
-    def from_pairs(cls, pairs: Pairs, device: torch.device) -> TensorPairs:
+    def from_pairs(
+        cls, pairs: Pairs, device: torch.device, conventions: Conventions | None = None
+    ) -> TensorPairs:
         def t(a: np.ndarray) -> Tensor:
             return torch.from_numpy(np.ascontiguousarray(a)).to(device)
 
         return cls(
-            t(normalize(pairs.series.astype(np.float32))),
+            t(normalize(pairs.series.astype(np.float32), conventions=conventions)),
             t(pairs.month_mask),
             t(pairs.ground.astype(np.float32)),
             t(pairs.photo_mask),
@@ -313,6 +373,17 @@ class TensorPairs:
 
     def __len__(self) -> int:
         return len(self.x)
+
+
+def _run_conventions(model: ModelConfig, resume_from: Path | None) -> Conventions:
+    """The run's input conventions: the config's over those of the checkpoint it resumes or
+    starts from (published defaults when it starts from random weights)."""
+    source = resume_from or model.init
+    if source is None:
+        return Conventions().override(model.overrides())
+    from encoder.checkpoint import load_encoder
+
+    return load_encoder(source, overrides=model.overrides()).conventions
 
 
 def seed_for(*parts: int) -> int:
@@ -416,13 +487,16 @@ class Trainer:
         self.out = config.output.dir
         self.progress = progress
         self.resume_from = self._find_resume(resume)
+        self.conventions = _run_conventions(config.model, self.resume_from)
         pairs = _usable(read_pairs(config.data.train), config.data.train, need_photos=True)
         if config.data.val is not None:
             train, val = pairs, _usable(read_pairs(config.data.val), config.data.val, False)
         else:
             train, val = _split(pairs, config.data.val_fraction, config.train.seed)
-        self.train = TensorPairs.from_pairs(train, self.device)
-        self.val = None if val is None else TensorPairs.from_pairs(val, self.device)
+        self.train = TensorPairs.from_pairs(train, self.device, self.conventions)
+        self.val = (
+            None if val is None else TensorPairs.from_pairs(val, self.device, self.conventions)
+        )
         if self.val is not None and (
             missing := [t for t in config.validation.tasks if t not in self.val.labels]
         ):
@@ -489,6 +563,7 @@ class Trainer:
                 raise TrainingError(
                     f"model.init {m.init} does not fit the configured model: {exc}"
                 ) from exc
+        encoder.conventions = self.conventions
         return ContrastiveLearner(
             encoder,
             self.train.ground.shape[-1],
@@ -586,7 +661,7 @@ class Trainer:
         for micro in indices.split(self.micro):
             micro = micro.to(self.device)
             d = self.train
-            kind = augment.choose(gen, opt.augment_probability, tuple(opt.augmentations))
+            kind = augment.choose(gen, opt.augment_probability, opt.augment_kinds())
             with autocast:
                 satellite = self.learner.embed(d.x[micro], d.month_mask[micro], kind, gen)
             # Pooling and the loss stay in float32 (autocast would run their matmuls in bf16).

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 from itertools import pairwise
 
+from pipeline.grid import Grid
 from pipeline.tiles import Tile
 
 
@@ -20,11 +21,16 @@ class Chunk:
     width: int
 
     @property
+    def grid(self) -> Grid:
+        return self.tile.grid.window(self.row, self.col, self.height, self.width)
+
+    @property
     def bounds(self) -> tuple[float, float, float, float]:
-        xmin, _, _, ymax = self.tile.bounds
-        res = self.tile.resolution
-        left, top = xmin + self.col * res, ymax - self.row * res
-        return (left, top - self.height * res, left + self.width * res, top)
+        return self.grid.bounds
+
+    @property
+    def id(self) -> str:
+        return f"{self.tile.id}_r{self.row:05d}_c{self.col:05d}"
 
     @property
     def pixels(self) -> int:

@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 
 from encoder.errors import TimeSenCLIPError
-from encoder.prompts import ClassSpec, TextEncoder, class_colors, class_prompts, template_set
+from encoder.prompts import ClassSpec, TextEncoder, class_prompts, template_set
 from encoder.zeroshot import score
 from pipeline.cog import CLASS_NODATA, CONFIDENCE_NODATA, confidence_percent
-from pipeline.similarity import RAMP_NODATA, Ramp, cosine, unique_slugs
+from pipeline.similarity import RAMP_NODATA, ScoreRamp, cosine, unique_slugs
+from pipeline.style import class_colors
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,10 @@ class TaskPlan:
     def style(self, name: str, class_resampling: str) -> dict:
         """COG keywords of a final layer; class maps overview with ``class_resampling``."""
         if name == self.confidence_layer:
-            return {"overview_resampling": "average"}
+            return {
+                "overview_resampling": "average",
+                "description": f"{self.name} confidence (% probability of the top class)",
+            }
         from pipeline.publish import map_style
 
         return {"overview_resampling": class_resampling, **map_style(self)}
@@ -109,14 +113,14 @@ class SimilarityPlan:
 
     def score(self, embeddings: np.ndarray, confidence: bool) -> dict[str, np.ndarray]:
         cosines = cosine(embeddings, self.weights)
-        ramp = Ramp.similarity()
+        ramp = ScoreRamp.similarity()
         return {name: ramp.encode(cosines[:, i]) for i, name in enumerate(self.layer_names())}
 
     def text_of(self, name: str) -> str:
         return self.texts[self.layer_names().index(name)]
 
     def style(self, name: str, class_resampling: str) -> dict:
-        return Ramp.similarity().cog_style(f"cosine similarity to {self.text_of(name)!r}")
+        return ScoreRamp.similarity().cog_style(f"cosine similarity to {self.text_of(name)!r}")
 
     def describe(
         self, paths: Mapping[str, Path], *, year: int, valid_months_path: Path | None = None
@@ -129,7 +133,7 @@ class SimilarityPlan:
             text = self.text_of(name)
             outputs += describe_ramp(
                 paths[name],
-                Ramp.similarity(),
+                ScoreRamp.similarity(),
                 title=f"{text!r} similarity {year}",
                 years=(year, year),
                 valid_months_path=valid_months_path,

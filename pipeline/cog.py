@@ -1,11 +1,17 @@
 """Cloud-Optimized GeoTIFF writers: one array, or a seamless mosaic of tiles on one grid.
 
-Category names: GDAL 3.10's GeoTIFF driver keeps band category names only in a PAM sidecar
-(``x.tif.aux.xml``); GDAL stores them inside the TIFF from 3.12 on. So every class map carries its
-names twice: in the file as band metadata items ``CLASS_<value>=<name>`` (seen by ``gdalinfo``,
-rasterio's ``tags(1)`` and ``read_category_names``) and in ``x.tif.aux.xml`` as ``<CategoryNames>``
-(what GDAL's GetCategoryNames and the tools built on it read). The sidecar is written before the
-.tif, so a complete .tif always has its sidecar.
+What a class map says about itself, and where. A GeoTIFF colour table always has 256 entries for
+uint8 pixels, and GDAL 3.10's GeoTIFF driver keeps category names and attribute tables only in a
+PAM sidecar (``x.tif.aux.xml``; GDAL stores names inside the TIFF from 3.12 on). So:
+
+- inside the .tif: the colour table (nodata transparent, the classes in their colours, the unused
+  entries black) and band metadata items ``CLASS_<value>=<name>`` (``gdalinfo``, rasterio's
+  ``tags(1)``, ``read_category_names``);
+- in ``x.tif.aux.xml``: ``<CategoryNames>`` and a colour table trimmed to "no data" plus the K
+  classes (GDAL, and QGIS through it, prefer these to the TIFF's), and a thematic Raster Attribute
+  Table of the K classes (value, name, colour) for tools that read one.
+
+The sidecar is written before the .tif, so a complete .tif always has its sidecar.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from rasterio.windows import Window
 
 from encoder.atomic import atomic_path, scratch_path, write_text_atomic
 from encoder.errors import TimeSenCLIPError
-from pipeline.qml import fill_colors, parse_color
+from pipeline.style import fill_colors, parse_color
 
 CLASS_NODATA = 0
 """Pixel value of "no class" in class maps; classes are 1..K."""
@@ -162,17 +168,49 @@ def _check_style(style: _Style, dtype: np.dtype) -> None:
     _check_nodata(style.nodata, dtype)
 
 
-def _write_category_sidecar(path: Path, category_names: Sequence[str] | None) -> None:
-    """Write (or remove a stale) ``path.aux.xml`` holding GDAL ``<CategoryNames>`` for band 1."""
+# GDAL's Raster Attribute Table codes (gdal.h: GDALRATFieldType, GDALRATFieldUsage).
+_RAT_INTEGER, _RAT_STRING = "0", "2"
+_RAT_COLUMNS = (  # name, type, usage
+    ("Value", _RAT_INTEGER, "5"),  # GFU_MinMax: the pixel value a row describes
+    ("Class", _RAT_STRING, "2"),  # GFU_Name
+    ("Red", _RAT_INTEGER, "6"),
+    ("Green", _RAT_INTEGER, "7"),
+    ("Blue", _RAT_INTEGER, "8"),
+    ("Alpha", _RAT_INTEGER, "9"),
+)
+
+
+def _write_pam_sidecar(path: Path, style: _Style) -> None:
+    """Write (or remove a stale) ``path.aux.xml``: band 1's category names, its colour table
+    trimmed to the named values, and an attribute table of the named values but nodata."""
     sidecar = path.with_name(f"{path.name}.aux.xml")
-    if not category_names:
+    names = list(style.category_names or [])
+    if not names:
         sidecar.unlink(missing_ok=True)  # it described an earlier file at this path
         return
+    colormap = dict(style.colormap or {})
     dataset = ET.Element("PAMDataset")
     band = ET.SubElement(dataset, "PAMRasterBand", {"band": "1"})
     categories = ET.SubElement(band, "CategoryNames")
-    for name in category_names:
+    for name in names:
         ET.SubElement(categories, "Category").text = name
+    if colormap:
+        table = ET.SubElement(band, "ColorTable")
+        for value in range(max(len(names), max(colormap) + 1)):
+            rgba = colormap.get(value, (0, 0, 0, 0))
+            ET.SubElement(table, "Entry", {f"c{i + 1}": str(c) for i, c in enumerate(rgba)})
+    rows = [v for v, name in enumerate(names) if name and v != style.nodata]
+    rat = ET.SubElement(band, "GDALRasterAttributeTable", {"tableType": "thematic"})
+    columns = _RAT_COLUMNS if colormap else _RAT_COLUMNS[:2]
+    for index, (name, kind, usage) in enumerate(columns):
+        field_defn = ET.SubElement(rat, "FieldDefn", {"index": str(index)})
+        for tag, text in (("Name", name), ("Type", kind), ("Usage", usage)):
+            ET.SubElement(field_defn, tag).text = text
+    for index, value in enumerate(rows):
+        row = ET.SubElement(rat, "Row", {"index": str(index)})
+        rgba = colormap.get(value, (0, 0, 0, 0))
+        for cell in (value, names[value], *rgba)[: len(columns)]:
+            ET.SubElement(row, "F").text = str(cell)
     ET.indent(dataset)
     write_text_atomic(sidecar, ET.tostring(dataset, encoding="unicode") + "\n")
 
@@ -229,7 +267,7 @@ def write_cog(
         "transform": transform,
         "nodata": nodata,
     }
-    _write_category_sidecar(path, category_names)
+    _write_pam_sidecar(path, style)
     with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile, **options) as dst:
         dst.write(array, 1)
         style.apply(dst)
@@ -412,7 +450,7 @@ def mosaic_to_cog(
         "sparse_ok": True,  # blocks no tile touches stay unwritten and read as nodata
         "bigtiff": "IF_SAFER",
     }
-    _write_category_sidecar(path, style.category_names)
+    _write_pam_sidecar(path, style)
     with scratch_path(path, ".tif") as scratch:
         with rasterio.open(scratch, "w", **scratch_profile) as dst:
             style.apply(dst)

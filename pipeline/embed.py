@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import torch
 
-from encoder import TimeSenCLIPEncoder, load_encoder, normalize
+from encoder import ConventionOverrides, Conventions, TimeSenCLIPEncoder, load_encoder, normalize
 from encoder.inference import embed
 
 log = logging.getLogger(__name__)
@@ -18,28 +18,37 @@ log = logging.getLogger(__name__)
 _LOAD_LOCK = threading.Lock()
 
 
-def cached_encoder(source: str, device: str) -> TimeSenCLIPEncoder:
-    """The encoder for ``source`` on ``device``, loaded once per process (one per Dask worker)."""
+def cached_encoder(
+    source: str, device: str, overrides: ConventionOverrides | None = None
+) -> TimeSenCLIPEncoder:
+    """The encoder for ``source`` on ``device`` with its conventions changed by ``overrides`` (a
+    workflow's ``model`` settings), loaded once per process (one per Dask worker)."""
     with _LOAD_LOCK:
-        return _load_encoder(source, device)
+        return _load_encoder(source, device, overrides)
 
 
 @functools.lru_cache(maxsize=2)
-def _load_encoder(source: str, device: str) -> TimeSenCLIPEncoder:
+def _load_encoder(
+    source: str, device: str, overrides: ConventionOverrides | None
+) -> TimeSenCLIPEncoder:
     log.info("loading encoder %s on %s", source, device)
-    return load_encoder(source, map_location=device).eval()
+    return load_encoder(source, map_location=device, overrides=overrides).eval()
 
 
-def pixel_series(composite: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Flatten a DN composite ``(12, 10, h, w)`` into normalised series ``(h*w, 12, 10)``.
+def pixel_series(
+    composite: np.ndarray, conventions: Conventions | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Flatten a DN composite ``(T, 10, h, w)`` (bands in BANDS order; T = 12 months, 4 seasons
+    or 1) into model input ``(h*w, T, 10)``, bands reordered and normalised by ``conventions``
+    (the model's ``.conventions``; default the published ones).
 
-    Returns the series and the month mask ``(h*w, 12)``: a month is present where all ten bands
+    Returns the series and the month mask ``(h*w, T)``: a month is present where all ten bands
     have a value, so months without a valid observation are left out, not invented.
     """
     months, bands, h, w = composite.shape
     series = np.ascontiguousarray(composite.reshape(months, bands, h * w).transpose(2, 0, 1))
     present = np.isfinite(series).all(axis=2)
-    return normalize(series.astype(np.float32, copy=False)), present
+    return normalize(series.astype(np.float32, copy=False), conventions=conventions), present
 
 
 def embed_series(

@@ -1,19 +1,30 @@
-"""One Dask task: read a chunk's cube, embed its pixels, classify them for every task."""
+"""The tasks a worker runs: a chunk (read, composite, embed, classify, write its piece) and a tile
+(join its chunks' pieces into the tile's rasters).
+
+Both are pure functions of their arguments and of files they write themselves, so the scheduler
+can rerun either on any worker after a loss: a chunk whose piece is already on disk, or whose
+tile is finished, returns at once.
+"""
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pipeline.chunks import Chunk
+from encoder.atomic import atomic_path, write_text_atomic
+from encoder.conventions import ConventionOverrides
+from pipeline.chunks import tile_chunks
 from pipeline.classify import Plan  # [issue 11] class or similarity plans
-from pipeline.cube import build_cube
+from pipeline.cog import write_cog
+from pipeline.cube import CubeOptions, composite_chunk
 from pipeline.embed import cached_encoder, embed_series, pixel_series
+from pipeline.plan import ChunkTask, TilePlan
+from pipeline.reader import GDAL_OPTIONS, configure_gdal
 
 # valid_months holds 0..12 where a pixel is in the region; this marks pixels outside it.
 OUTSIDE_REGION = 255
@@ -21,21 +32,23 @@ OUTSIDE_REGION = 255
 
 @dataclass(frozen=True)
 class ChunkSettings:
-    """What every chunk of a run shares; sent to each worker once."""
+    """What every chunk of a run shares; sent with each task, so any worker can run any task."""
 
     year: int
     resolution: float
     chunk_size: int
-    cloud_mask: tuple[int, ...]
-    mask_mode: str
-    resampling: str
-    on_bad_asset: str
+    cube: CubeOptions
     checkpoint: str
     device: str
     batch_size: int
     tasks: tuple[Plan, ...]
     confidence: bool
+    conventions: ConventionOverrides | None = None  # the workflow's over the checkpoint's
+    gdal: tuple[tuple[str, str], ...] = tuple(GDAL_OPTIONS.items())
     embeddings_store: Path | None = None
+    tile_overviews: bool = False  # True when the tiles are the final outputs
+    blocksize: int = 512
+    overview_resampling: str = "mode"
 
     def layers(self) -> dict[str, int | None]:
         """The uint8 rasters each chunk yields, by name, with their nodata values."""
@@ -46,12 +59,28 @@ class ChunkSettings:
 
 
 @dataclass
-class ChunkResult:
-    """Small per-pixel rasters (see ``ChunkSettings.layers``) sent back for writing."""
+class ChunkReport:
+    """What a chunk tells the client: time per stage and which scenes went into it."""
 
-    chunk: Chunk
-    layers: dict[str, np.ndarray]
+    chunk_id: str
+    pixels: int
     seconds: dict[str, float] = field(default_factory=dict)
+    used: list[str] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class TileReport:
+    """A finished tile: its id, the item ids used and the scenes left out, with reasons."""
+
+    tile_id: str
+    used: list[str]
+    skipped: list[dict]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, folder: Path) -> TileReport:
+        return cls(**json.loads((folder / "done.json").read_text()))
 
 
 def _worker_threads() -> int | None:
@@ -64,44 +93,32 @@ def _worker_threads() -> int | None:
         return None
 
 
-def process_chunk(
-    chunk: Chunk,
-    items: Sequence[dict],
-    settings: ChunkSettings,
-    inside: np.ndarray | None = None,
-) -> ChunkResult:
-    """Cube -> embeddings -> classes for one chunk; ``inside`` masks pixels outside the region."""
-    threads = _worker_threads()
-    if threads:
+def process_chunk(task: ChunkTask, settings: ChunkSettings) -> ChunkReport:
+    """Cube -> embeddings -> classes for one chunk, left as a piece file beside its tile."""
+    chunk = task.chunk
+    if (task.folder / "done.json").exists():
+        return ChunkReport(chunk.id, 0)
+    if task.piece.exists():
+        with np.load(task.piece) as piece:
+            return ChunkReport(**json.loads(str(piece["report"])))
+    if _worker_threads():
         # The worker already runs one task per core it was given; torch threads inside each
         # task would oversubscribe them.
         torch.set_num_threads(1)
+    configure_gdal(dict(settings.gdal))
     seconds: dict[str, float] = {}
 
     start = time.perf_counter()
-    cube = build_cube(
-        items,
-        epsg=chunk.tile.epsg,
-        bounds=chunk.bounds,
-        year=settings.year,
-        resolution=settings.resolution,
-        chunk_size=max(chunk.height, chunk.width),
-        cloud_mask=settings.cloud_mask,
-        mask_mode=settings.mask_mode,
-        resampling=settings.resampling,
-        on_bad_asset=settings.on_bad_asset,
-    )
-    cube = cube.compute(scheduler="threads", num_workers=threads)
-    composite = cube["composite"].values
-    valid_months = cube["valid_months"].values.astype(np.uint8)
-    if inside is not None:
-        composite[:, :, ~inside] = np.nan
-        valid_months[~inside] = OUTSIDE_REGION
+    cube = composite_chunk(task.items, chunk.grid, settings.cube)
+    composite, valid_months = cube.composite, cube.valid_months
+    if task.inside is not None:
+        composite[:, :, ~task.inside] = np.nan
+        valid_months[~task.inside] = OUTSIDE_REGION
     seconds["cube"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    model = cached_encoder(settings.checkpoint, settings.device)
-    series, present = pixel_series(composite)
+    model = cached_encoder(settings.checkpoint, settings.device, settings.conventions)
+    series, present = pixel_series(composite, model.conventions)
     embeddings = embed_series(model, series, present, batch_size=settings.batch_size)
     seconds["embed"] = time.perf_counter() - start
     if settings.embeddings_store is not None:
@@ -112,8 +129,69 @@ def process_chunk(
     start = time.perf_counter()
     shape = (chunk.height, chunk.width)
     layers = {"valid_months": valid_months}
-    for task in settings.tasks:  # [issue 11] each plan scores its own layers
-        for name, values in task.score(embeddings, settings.confidence).items():
+    for plan in settings.tasks:  # [issue 11] each plan scores its own layers
+        for name, values in plan.score(embeddings, settings.confidence).items():
             layers[name] = values.reshape(shape)
     seconds["classify"] = time.perf_counter() - start
-    return ChunkResult(chunk, layers, seconds)
+    report = ChunkReport(
+        chunk.id, chunk.pixels, seconds, sorted({r.id for r in cube.used}), cube.skipped
+    )
+    task.piece.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(task.piece) as tmp, tmp.open("wb") as out:
+        np.savez_compressed(out, report=json.dumps(report.__dict__), **layers)
+    return report
+
+
+def finish_tile(plan: TilePlan, settings: ChunkSettings, *reports: ChunkReport) -> TileReport:
+    """Join the tile's chunk pieces into one raster per layer, then mark the tile done.
+
+    ``reports`` are the tile's chunk results: passing them makes the scheduler run this task
+    only after every chunk, and recompute lost chunks first.
+    """
+    if plan.done:
+        return TileReport.read(plan.folder)
+    start = time.perf_counter()
+    tile = plan.tile
+    layers = settings.layers()
+    canvas = {name: np.full(tile.shape, nodata or 0, np.uint8) for name, nodata in layers.items()}
+    pieces = []
+    for chunk in tile_chunks(tile, settings.chunk_size):
+        piece = plan.folder / "chunks" / f"{chunk.id}.npz"
+        with np.load(piece) as data:
+            window = (
+                slice(chunk.row, chunk.row + chunk.height),
+                slice(chunk.col, chunk.col + chunk.width),
+            )
+            for name in layers:
+                canvas[name][window] = data[name]
+        pieces.append(piece)
+    styles = _layer_styles(settings)
+    for name, array in canvas.items():
+        write_cog(
+            plan.folder / f"{name}.tif",
+            array,
+            transform=tile.transform,
+            crs=tile.grid.crs,
+            nodata=layers[name],
+            overviews=settings.tile_overviews,
+            blocksize=settings.blocksize,
+            **styles[name],
+        )
+    used = sorted({i for r in reports for i in r.used})
+    skipped = [s for r in reports for s in r.skipped]
+    seconds = {"write": time.perf_counter() - start}
+    report = TileReport(tile.id, used, skipped, seconds)
+    # Written last: a tile counts as finished only once all its files are in place.
+    write_text_atomic(plan.folder / "done.json", json.dumps(report.__dict__))
+    for piece in pieces:
+        piece.unlink(missing_ok=True)
+    return report
+
+
+def _layer_styles(settings: ChunkSettings) -> dict[str, dict]:
+    """COG keywords per layer: the valid months', then each plan's own (``Plan.style``)."""
+    styles: dict[str, dict] = {"valid_months": {"overview_resampling": "nearest"}}
+    for plan in settings.tasks:  # [issue 11] class maps, confidence, similarity maps
+        for name in plan.layers(settings.confidence):
+            styles[name] = plan.style(name, settings.overview_resampling)
+    return styles

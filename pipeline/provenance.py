@@ -1,13 +1,18 @@
-"""The provenance record every run writes beside its maps."""
+"""The provenance record every run writes beside its maps, and the outputs it vouches for.
+
+The record lists the size, modification time and sha256 of every output file, so a rerun can
+check that a region recorded as complete still is: a file missing, resized or with other content
+makes the region be redone.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import glob
 import json
 import platform
-from collections.abc import Mapping
-from importlib import metadata
+from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -15,14 +20,8 @@ import numpy as np
 import rasterio
 
 from encoder.atomic import write_text_atomic
-
-
-def package_version(distribution: str = "timesenclip") -> str:
-    """Installed version of ``distribution``, or "unknown" when run from a source tree."""
-    try:
-        return metadata.version(distribution)
-    except metadata.PackageNotFoundError:
-        return "unknown"
+from encoder.files import file_sha256
+from encoder.version import package_version
 
 
 def environment() -> dict[str, str]:
@@ -60,3 +59,46 @@ def provenance_text(record: Mapping[str, Any]) -> str:
 def write_provenance(path: Path | str, record: Mapping[str, Any]) -> Path:
     """Write ``record`` (workflow, checkpoint, prompts, item ids, harmonisation) atomically."""
     return write_text_atomic(path, provenance_text(record))
+
+
+def _members(path: Path) -> list[Path]:
+    """The files of an output: a folder's (an embeddings store) or the file and its sidecars
+    (``x.tif.aux.xml`` holds a class map's category names)."""
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.is_file())
+    return [path, *sorted(path.parent.glob(f"{glob.escape(path.name)}.*"))]
+
+
+def record_outputs(folder: Path, paths: Iterable[Path]) -> dict[str, dict[str, Any]]:
+    """``{path relative to folder: {size, mtime_ns, sha256}}`` for every file of ``paths``."""
+    files: dict[str, dict[str, Any]] = {}
+    for path in paths:
+        for file in _members(path):
+            stat = file.stat()
+            files[file.relative_to(folder).as_posix()] = {
+                "size": stat.st_size,
+                "mtime_ns": stat.st_mtime_ns,
+                "sha256": file_sha256(file),
+            }
+    return files
+
+
+def verify_outputs(folder: Path, recorded: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """What no longer matches ``record_outputs``'s record: one line per missing or changed file.
+
+    Cheap where nothing changed: a file of the recorded size and modification time is taken as
+    is; only one whose time changed (copied, touched, rewritten) is hashed.
+    """
+    problems = []
+    for name, expected in recorded.items():
+        path = folder / name
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            problems.append(f"{name} is missing")
+            continue
+        if stat.st_size != expected["size"]:
+            problems.append(f"{name} has {stat.st_size:,} bytes, not {expected['size']:,}")
+        elif stat.st_mtime_ns != expected["mtime_ns"] and file_sha256(path) != expected["sha256"]:
+            problems.append(f"{name} has other content than when it was written")
+    return problems

@@ -1,4 +1,4 @@
-"""Finish a map: its palette or colour ramp, the QGIS style beside it and its STAC Item."""
+"""Finish a map: its palette or colour ramp, the QGIS styles beside it and its STAC Item."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING, Any
 from pipeline.cog import class_category_names, class_colormap
 from pipeline.qml import write_qml, write_ramp_qml
 from pipeline.stac_output import class_item, ramp_item, write_item
+from pipeline.style import CONFIDENCE_RAMP, VALID_MONTHS_RAMP
 
 if TYPE_CHECKING:
     from pipeline.classify import Plan, TaskPlan
-    from pipeline.similarity import Ramp
+    from pipeline.similarity import ScoreRamp
 
 
 def map_style(task: TaskPlan) -> dict:
@@ -29,9 +30,13 @@ def describe_map(
     confidence_path: Path | None = None,
     valid_months_path: Path | None = None,
 ) -> list[Path]:
-    """Write ``<map>.qml`` and the STAC Item ``<map>.json`` for a finished class map."""
+    """Write the QGIS styles (``<map>.qml`` and one beside each quality layer) and then the STAC
+    Item ``<map>.json`` listing every file; return the files written."""
     legend = task.legend()
-    style = write_qml(map_path.with_suffix(".qml"), legend)
+    written = [write_qml(map_path.with_suffix(".qml"), legend)]
+    for layer, ramp in ((confidence_path, CONFIDENCE_RAMP), (valid_months_path, VALID_MONTHS_RAMP)):
+        if layer is not None:
+            written.append(write_ramp_qml(Path(layer).with_suffix(".qml"), ramp))
     item = class_item(
         map_path.stem,
         map_path,
@@ -41,22 +46,21 @@ def describe_map(
         description=f"TimeSenCLIP zero-shot map of {len(task.classes)} classes ({task.name}).",
         confidence_path=confidence_path,
         valid_months_path=valid_months_path,
-        style_path=style,
     )
-    return [style, write_item(item, map_path.with_suffix(".json"))]
+    return [*written, write_item(item, map_path.with_suffix(".json"))]
 
 
 def describe_ramp(
     map_path: Path,
-    ramp: Ramp,
+    ramp: ScoreRamp,
     *,
     title: str,
     years: tuple[int, int],
     valid_months_path: Path | None = None,
     properties: Mapping[str, Any] | None = None,
 ) -> list[Path]:
-    """Write ``<map>.qml`` (colour ramp, labelled legend) and the Item ``<map>.json``."""
-    style = write_ramp_qml(map_path.with_suffix(".qml"), ramp.stops())
+    """Write ``<map>.qml`` (colour ramp with a labelled legend), then the Item ``<map>.json``."""
+    style = write_ramp_qml(map_path.with_suffix(".qml"), ramp.qgis_ramp())
     item = ramp_item(
         map_path.stem,
         map_path,
@@ -64,7 +68,6 @@ def describe_ramp(
         title=title,
         description=ramp.legend(),
         valid_months_path=valid_months_path,
-        style_path=style,
         properties={"timesenclip:quantity": ramp.quantity, **(properties or {})},
     )
     return [style, write_item(item, map_path.with_suffix(".json"))]

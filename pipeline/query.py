@@ -26,7 +26,7 @@ from pipeline.classify import plan_similarity
 from pipeline.cog import write_cog
 from pipeline.embeddings import Store, Zone, open_store
 from pipeline.publish import describe_ramp
-from pipeline.similarity import Ramp, change, cosine, exemplar, slugify
+from pipeline.similarity import ScoreRamp, change, cosine, exemplar, slugify
 
 _EXEMPLAR_TYPES = ("Point", "MultiPoint", "Polygon", "MultiPolygon")
 
@@ -53,7 +53,7 @@ def query_store(
         outputs += write_ramp_maps(
             kept,
             [m[i] for m in maps],
-            Ramp.similarity(float16),
+            ScoreRamp.similarity(float16),
             out_dir=Path(out_dir),
             name=slug,
             title=f"{text!r} similarity {kept.year}",
@@ -96,7 +96,7 @@ def similar_store(
     return write_ramp_maps(
         kept,
         [m[0] for m in target_maps(kept, target[None])],
-        Ramp.similarity(float16),
+        ScoreRamp.similarity(float16),
         out_dir=Path(out_dir),
         name=slugify(name or default),
         title=f"similarity to {what} {kept.year}",
@@ -132,7 +132,7 @@ def change_stores(
     return write_ramp_maps(
         b,
         maps,
-        Ramp.change(float16),
+        ScoreRamp.change(float16),
         out_dir=Path(out_dir),
         name=slugify(name or f"change_{a.year}_{b.year}"),
         title=f"embedding change {a.year} to {b.year}",
@@ -160,7 +160,7 @@ def target_maps(store: Store, targets: np.ndarray) -> list[np.ndarray]:
 def write_ramp_maps(
     store: Store,
     maps: list[np.ndarray],
-    ramp: Ramp,
+    ramp: ScoreRamp,
     *,
     out_dir: Path,
     name: str,

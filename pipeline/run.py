@@ -14,50 +14,40 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from encoder.atomic import remove_stale_temporaries, write_text_atomic
 from encoder.checkpoint import file_sha256, load_encoder, resolve_source
+from encoder.conventions import ConventionOverrides
 from encoder.device import resolve_device
 from encoder.errors import TimeSenCLIPError
 from encoder.prompts import TextEncoder
-from pipeline.chunks import tile_chunks
 from pipeline.classify import Plan, plan_workflow_task  # [issue 11]
-from pipeline.cog import mosaic_to_cog, write_cog
-from pipeline.harmonize import harmonization
-from pipeline.process import ChunkResult, ChunkSettings, process_chunk
-from pipeline.provenance import write_provenance
-from pipeline.publish import publish_plan  # [issue 11]
-from pipeline.stac import EmptySearchError, RetryPolicy, StacSource, search_items
-from pipeline.tiles import Tile, region_mask, zone_groups
+from pipeline.cluster_errors import ClusterFailureError, cluster_failure_message
+from pipeline.cog import mosaic_to_cog
+from pipeline.cube import CubeOptions
+from pipeline.lock import output_lock
+from pipeline.plan import (
+    FLOP_PER_PIXEL,
+    RegionPlan,
+    RegionTarget,
+    RunPlan,
+    describe,
+    make_plan,
+    stac_source,
+)
+from pipeline.process import ChunkReport, ChunkSettings, TileReport, finish_tile, process_chunk
+from pipeline.provenance import record_outputs, verify_outputs, write_provenance
+from pipeline.reader import GDAL_OPTIONS
+from pipeline.stac_output import write_collection
+from pipeline.tiles import Tile, zone_groups
+from pipeline.vrt import write_vrt
 from pipeline.workflow import Region, Workflow
 
 log = logging.getLogger(__name__)
 STAGES = ("search", "cube", "embed", "classify", "write")
-
-
-@dataclass
-class TilePlan:
-    """One tile, the STAC items that cover it and the folder its finished pieces go to."""
-
-    tile: Tile
-    items: list[dict]
-    folder: Path
-
-    @property
-    def done(self) -> bool:
-        return (self.folder / "done.json").exists()
-
-
-@dataclass
-class RegionJob:
-    """A region still to map: its tiles and the fingerprints its finished work is checked by."""
-
-    region: Region
-    folder: Path
-    tiles: list[TilePlan]
-    fingerprint: str
 
 
 @dataclass
@@ -80,7 +70,7 @@ class RunSummary:
             f"{self.tiles} tile(s) processed, {self.tiles_skipped} already done",
             f"time per stage (summed over workers): {stages}",
             "outputs:",
-            *(f"  {path}" for path in self.outputs),
+            *(f"  {path}" for path in dict.fromkeys(self.outputs)),
         ]
         return "\n".join(lines)
 
@@ -96,46 +86,73 @@ def run_workflow(
 
     Everything that can fail on user input (checkpoint, prompts, STAC searches) happens before
     the cluster starts; regions completed by an earlier run are neither searched nor started on.
+    The plan (``pipeline.plan``) is made once, then chunk and tile tasks run on the cluster.
     """
     summary = RunSummary()
     started = time.perf_counter()
     if dry_run:
-        print_plan(workflow, {r.name: plan_region(workflow, r, summary) for r in workflow.regions})
+        targets = [
+            RegionTarget(r, workflow.outputs.dir / r.name, Path(), "") for r in workflow.regions
+        ]
+        plan = make_plan(workflow, targets, concurrency=workflow.stac.concurrency)
+        print(describe(plan, workflow, cpu_pixels_per_second()))
         return summary
-    source, checkpoint_hash, dim = check_checkpoint(workflow)
-    tasks = plan_tasks(workflow, dim)
-    settings = ChunkSettings(
-        year=workflow.year,
-        resolution=workflow.cube.resolution,
-        chunk_size=workflow.cube.chunk_size,
-        cloud_mask=tuple(workflow.cube.cloud_mask),
-        mask_mode=workflow.cube.mask_mode,
-        resampling=workflow.cube.resampling,
-        on_bad_asset=workflow.stac.on_bad_asset,
-        checkpoint=source,
-        device=str(resolve_device(workflow.model.device)),
-        batch_size=workflow.model.batch_size,
-        tasks=tuple(tasks),
-        confidence=workflow.outputs.confidence,
-    )
-    jobs = []
-    for region in workflow.regions:
-        folder = workflow.outputs.dir / region.name
-        tiles_key = tile_fingerprint(workflow, region, checkpoint_hash, tasks, settings.device)
-        fingerprint = region_fingerprint(workflow, tiles_key, tasks)
-        if region_is_complete(folder, fingerprint):
-            log.info("region %s is complete: skipped", region.name)
-            summary.tiles_skipped += len(workflow.tiles(region))
-            continue
-        scratch = folder / ".tiles" / tiles_key[:16]
-        jobs.append(
-            RegionJob(region, folder, plan_region(workflow, region, summary, scratch), fingerprint)
+    with output_lock(workflow.outputs.dir):  # one run per output folder
+        source, checkpoint_hash, dim, conventions = check_checkpoint(workflow)
+        tasks = plan_tasks(workflow, dim)
+        cube = workflow.cube
+        settings = ChunkSettings(
+            year=workflow.year,
+            resolution=cube.resolution,
+            chunk_size=cube.chunk_size,
+            cube=CubeOptions(
+                cloud_mask=tuple(cube.cloud_mask),
+                mask_mode=cube.mask_mode,
+                resampling=cube.resampling,
+                on_bad_asset=workflow.stac.on_bad_asset,
+                read_concurrency=cube.read_concurrency,
+                temporal=cube.temporal,
+                sign_hrefs=stac_source(workflow).resolved_provider == "planetary-computer",
+            ),
+            checkpoint=source,
+            device=str(resolve_device(workflow.model.device)),
+            batch_size=workflow.model.batch_size,
+            tasks=tuple(tasks),
+            confidence=workflow.outputs.confidence,
+            conventions=convention_overrides(workflow),
+            gdal=tuple({**GDAL_OPTIONS, **cube.gdal}.items()),
+            blocksize=workflow.outputs.blocksize,
+            overview_resampling=workflow.outputs.overview_resampling,
         )
-    provenance = {"checkpoint": source, "checkpoint_sha256": checkpoint_hash}
-    if jobs:
-        with dask_client(workflow, scheduler, settings.device) as client:
-            for job in jobs:
-                run_region(client, workflow, job, settings, provenance, summary, progress)
+        targets = []
+        for region in workflow.regions:
+            folder = workflow.outputs.dir / region.name
+            tiles_key = tile_fingerprint(workflow, region, checkpoint_hash, tasks, settings.device)
+            fingerprint = region_fingerprint(workflow, tiles_key, tasks)
+            if region_is_complete(folder, fingerprint):
+                log.info("region %s is complete: skipped", region.name)
+                # A kill during the last clean-up leaves these behind.
+                shutil.rmtree(folder / ".tiles", ignore_errors=True)
+                remove_stale_temporaries(folder)
+                summary.tiles_skipped += len(workflow.tiles(region))
+                continue
+            targets.append(
+                RegionTarget(region, folder, folder / ".tiles" / tiles_key[:16], fingerprint)
+            )
+        provenance = {
+            "checkpoint": source,
+            "checkpoint_sha256": checkpoint_hash,
+            "input_conventions": conventions,
+        }
+        if targets:
+            start = time.perf_counter()
+            plan = make_plan(workflow, targets, concurrency=workflow.stac.concurrency)
+            summary.seconds["search"] += time.perf_counter() - start
+            with dask_client(workflow, scheduler, settings.device) as client:
+                for region in plan.regions:
+                    run_region(
+                        client, workflow, plan, region, settings, provenance, summary, progress
+                    )
     summary.seconds["total"] = time.perf_counter() - started
     return summary
 
@@ -143,101 +160,111 @@ def run_workflow(
 def run_region(
     client,
     workflow: Workflow,
-    job: RegionJob,
+    plan: RunPlan,
+    region: RegionPlan,
     settings: ChunkSettings,
     provenance: dict,
     summary: RunSummary,
     progress: bool,
 ) -> None:
     """Map one region: its unfinished tiles on the cluster, then its mosaics and metadata."""
-    if job.folder.exists():
+    if region.folder.exists():
         # From here on the outputs change: an older provenance.json must not vouch for them.
-        (job.folder / "provenance.json").unlink(missing_ok=True)
-        for path in remove_stale_temporaries(job.folder):
+        (region.folder / "provenance.json").unlink(missing_ok=True)
+        for path in remove_stale_temporaries(region.folder):
             log.info("removed %s, left by an interrupted run", path)
+    layout = region_layout(region, workflow.outputs.mosaic_max_pixels)
+    settings = dataclasses.replace(settings, tile_overviews=layout == "tiles")
     if workflow.outputs.embeddings:
         from pipeline.embeddings import create_stores
 
         dim = settings.tasks[0].weights.shape[1]
         store = create_stores(  # [issue 11] the store records the checkpoint it came from
-            job.folder,
-            [p.tile for p in job.tiles],
+            region.folder,
+            [p.tile for p in region.tiles],
             workflow,
             dim,
             checkpoint_sha256=provenance["checkpoint_sha256"],
         )
         settings = dataclasses.replace(settings, embeddings_store=store)
         summary.outputs.append(store)
-    run_tiles(client, job, settings, summary, progress)
+    reports = run_tiles(client, workflow, plan, region, settings, summary, progress)
     start = time.perf_counter()
-    summary.outputs += finish_region(workflow, job.tiles, settings.tasks, job.folder)
-    summary.outputs.append(write_region_metadata(workflow, job, settings.tasks, provenance))
+    finish = finish_tiled if layout == "tiles" else finish_mosaics
+    outputs = finish(client, workflow, region, settings.tasks)
+    summary.outputs += outputs
+    if settings.embeddings_store:  # provenance vouches for the store too
+        outputs.append(settings.embeddings_store)
+    summary.outputs.append(
+        write_region_metadata(workflow, plan, region, settings.tasks, reports, provenance, outputs)
+    )
     # The region is complete (provenance.json says so): its tile pieces are no longer needed.
-    shutil.rmtree(job.folder / ".tiles", ignore_errors=True)
+    shutil.rmtree(region.folder / ".tiles", ignore_errors=True)
     summary.seconds["write"] += time.perf_counter() - start
 
 
-def plan_region(
-    workflow: Workflow, region: Region, summary: RunSummary, scratch: Path = Path()
-) -> list[TilePlan]:
-    """Tiles of a region and the items found for each (one STAC search per tile).
+def region_layout(region: RegionPlan, max_pixels: int) -> str:
+    """``"cog"``: one COG per layer and zone; ``"tiles"`` above ``max_pixels`` in any zone."""
+    zones = zone_groups([p.tile for p in region.tiles])
+    largest = max(_zone_pixels(tiles) for tiles in zones.values())
+    return "tiles" if largest > max_pixels else "cog"
 
-    Tiles without any item (open sea, say) are left out and stay nodata; a region where no tile
-    has an item is an error.
-    """
+
+def _zone_pixels(tiles: list[Tile]) -> int:
+    xmin = min(t.bounds[0] for t in tiles)
+    ymin = min(t.bounds[1] for t in tiles)
+    xmax = max(t.bounds[2] for t in tiles)
+    ymax = max(t.bounds[3] for t in tiles)
+    res = tiles[0].resolution
+    return round((xmax - xmin) / res) * round((ymax - ymin) / res)
+
+
+def cpu_pixels_per_second() -> float:
+    """This machine's rough encoder throughput, from a short matrix-multiply probe."""
+    import torch
+
+    a = torch.randn(2048, 512)
+    b = torch.randn(512, 2048)
+    a @ b  # warm-up
     start = time.perf_counter()
-    stac = workflow.stac
-    source = StacSource(
-        url=stac.url,
-        file=stac.file,
-        collection=stac.collection,
-        max_cloud_cover=stac.max_cloud_cover,
-        provider=stac.provider,
-        retry=RetryPolicy(attempts=stac.retries + 1),
-    )
-    plans, empty = [], []
-    for tile in workflow.tiles(region):
-        try:
-            items = search_items(source, tile.lonlat_bounds, workflow.year)
-        except EmptySearchError as err:
-            log.warning("tile %s: no items, left as nodata", tile.id)
-            empty.append(err)
-            continue
-        plans.append(TilePlan(tile, [item.to_dict() for item in items], scratch / tile.id))
-    summary.seconds["search"] += time.perf_counter() - start
-    if not plans:
-        raise EmptySearchError(f"region {region.name!r}: no tile has any item. {empty[0]}")
-    return plans
+    for _ in range(8):
+        a @ b
+    flops = 8 * 2 * 2048 * 512 * 2048 / (time.perf_counter() - start)
+    # A transformer reaches about half of the plain matmul rate (bench/README.md).
+    return 0.5 * flops / FLOP_PER_PIXEL
 
 
-def print_plan(workflow: Workflow, plans: dict[str, list[TilePlan]]) -> None:
-    """The dry run's report: tiles, items and pixels per region, nothing read."""
-    total = 0
-    for region, tiles in plans.items():
-        pixels = sum(p.tile.shape[0] * p.tile.shape[1] for p in tiles)
-        total += pixels
-        print(f"region {region}: {len(tiles)} tile(s), {pixels:,} pixels")
-        for p in tiles:
-            h, w = p.tile.shape
-            print(f"  tile {p.tile.id}  EPSG:{p.tile.epsg}  {w}x{h} px  {len(p.items)} item(s)")
-    tasks = ", ".join(t.name for t in workflow.tasks)
-    print(
-        f"{len(plans)} region(s), {total:,} pixels to map for tasks: {tasks} "
-        "(dry run: nothing read)"
-    )
+class Checkpoint(NamedTuple):
+    """What workers load (a hub source stays a hub source: each worker, possibly on another
+    machine, fetches it into its own cache), the file's sha256, the embedding width and the
+    input conventions in force."""
+
+    source: str
+    sha256: str
+    dim: int
+    conventions: dict
 
 
-def check_checkpoint(workflow: Workflow) -> tuple[str, str, int]:
-    """Resolve and load the checkpoint once up front, so a bad one fails before any work.
-
-    Returns what workers load (a hub source stays a hub source: each worker, possibly on another
-    machine, fetches it into its own cache), the file's sha256 and the embedding width.
-    """
+def check_checkpoint(workflow: Workflow) -> Checkpoint:
+    """Resolve and load the checkpoint once up front, so a bad one fails before any work."""
     source = workflow.model.checkpoint
     path = resolve_source(source)
-    model = load_encoder(path)
+    model = load_encoder(path, overrides=convention_overrides(workflow))
     worker_source = source if source.startswith("hf-hub:") else str(path)
-    return worker_source, file_sha256(path), model.config.dim
+    return Checkpoint(
+        worker_source, file_sha256(path), model.config.dim, model.conventions.to_dict()
+    )
+
+
+def convention_overrides(workflow: Workflow) -> ConventionOverrides | None:
+    """The workflow's input conventions over the checkpoint's own (None: the checkpoint's)."""
+    model = workflow.model
+    overrides = ConventionOverrides(
+        band_order=tuple(model.band_order) if model.band_order else None,
+        constants_order=tuple(model.constants_order) if model.constants_order else None,
+        single_token_position=model.single_token_position,
+    )
+    return overrides or None
 
 
 def plan_tasks(workflow: Workflow, dim: int) -> list[Plan]:
@@ -279,9 +306,13 @@ def tile_fingerprint(
     return _digest(
         checkpoint_hash,
         workflow.year,
-        workflow.cube.model_dump(mode="json"),
-        workflow.stac.model_dump(mode="json"),
+        # Read tuning changes no pixel: leave it out, so tuning it does not redo finished work.
+        workflow.cube.model_dump(mode="json", exclude={"read_concurrency", "gdal"}),
+        workflow.stac.model_dump(mode="json", exclude={"concurrency", "retries"}),
         region.area,
+        workflow.model.model_dump(
+            mode="json", include={"band_order", "constants_order", "single_token_position"}
+        ),
         device.split(":")[0],
         workflow.outputs.confidence,
         workflow.outputs.embeddings,
@@ -298,10 +329,23 @@ def region_fingerprint(workflow: Workflow, tiles_key: str, tasks: list[Plan]) ->
 
 
 def region_is_complete(region_dir: Path, fingerprint: str) -> bool:
+    """Whether a region's provenance matches ``fingerprint`` and its files are as it recorded."""
     provenance = region_dir / "provenance.json"
     if not provenance.exists():
         return False
-    return json.loads(provenance.read_text()).get("fingerprint") == fingerprint
+    try:
+        record = json.loads(provenance.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False  # damaged after the run wrote it
+    if record.get("fingerprint") != fingerprint:
+        return False
+    if "outputs" in record:
+        problems = verify_outputs(region_dir, record["outputs"])
+    else:
+        problems = ["its provenance.json, written by an older version, lists no outputs"]
+    if problems:
+        log.warning("region %s: redone, %s", region_dir.name, "; ".join(problems))
+    return not problems
 
 
 @contextlib.contextmanager
@@ -347,176 +391,300 @@ def dask_client(workflow: Workflow, scheduler: str | None, device: str) -> Itera
         yield client
 
 
-class TileCanvas:
-    """A tile's rasters, filled chunk by chunk and written once every chunk has arrived."""
-
-    def __init__(self, plan: TilePlan, layers: dict[str, int | None], chunks: int) -> None:
-        self.plan = plan
-        self.remaining = chunks
-        self.nodata = layers
-        self.layers = {
-            name: np.full(plan.tile.shape, nodata or 0, np.uint8) for name, nodata in layers.items()
-        }
-
-    def add(self, result: ChunkResult) -> None:
-        c = result.chunk
-        window = (slice(c.row, c.row + c.height), slice(c.col, c.col + c.width))
-        for name, values in result.layers.items():
-            self.layers[name][window] = values
-        self.remaining -= 1
-
-    def write(self) -> None:
-        tile, folder = self.plan.tile, self.plan.folder
-        for name, array in self.layers.items():
-            write_cog(
-                folder / f"{name}.tif",
-                array,
-                transform=tile.transform,
-                crs=f"EPSG:{tile.epsg}",
-                nodata=self.nodata[name],
-                overviews=False,  # the mosaic reads full resolution only and builds its own
-            )
-        # Written last: a tile counts as finished only once all its files are in place.
-        write_text_atomic(folder / "done.json", json.dumps({"tile": tile.id}))
-
-
-def tile_jobs(client, job: RegionJob, todo: list[TilePlan], chunk_size: int) -> Iterator[tuple]:
-    """``(plan, chunk, items, inside)`` per chunk, tile by tile, made as they are submitted.
-
-    The region mask is rasterised once per tile and sliced per chunk; items are sent to the
-    cluster once per tile.
-    """
-    for plan in todo:
-        items = client.scatter(plan.items)
-        inside = region_mask(job.region.area, plan.tile)
-        for chunk in tile_chunks(plan.tile, chunk_size):
-            window = inside[
-                chunk.row : chunk.row + chunk.height, chunk.col : chunk.col + chunk.width
-            ]
-            yield plan, chunk, items, None if window.all() else window
-
-
 def run_tiles(
-    client, job: RegionJob, settings: ChunkSettings, summary: RunSummary, progress: bool
-) -> None:
-    """Process every unfinished tile's chunks on the cluster, a bounded number at a time.
+    client,
+    workflow: Workflow,
+    plan: RunPlan,
+    region: RegionPlan,
+    settings: ChunkSettings,
+    summary: RunSummary,
+    progress: bool,
+) -> dict[str, TileReport]:
+    """Run every unfinished tile's chunk tasks and tile task, a bounded number at a time.
 
-    A tile's canvas exists only from its first result to its last, so the client holds a few
-    tiles at a time, whatever the size of the region.
+    Settings go to the scheduler once, as a task it can recompute; a tile's task depends on its
+    chunk tasks, so the scheduler reruns whatever a lost worker held. The client only counts
+    progress: it holds no pixels.
     """
-    from distributed import KilledWorker, as_completed
+    from distributed import as_completed
     from tqdm import tqdm
 
-    todo = [p for p in job.tiles if not p.done]
+    reports = {p.tile.id: TileReport.read(p.folder) for p in region.tiles if p.done}
+    todo = [p for p in region.tiles if not p.done]
     summary.tiles += len(todo)
-    summary.tiles_skipped += len(job.tiles) - len(todo)
+    summary.tiles_skipped += len(region.tiles) - len(todo)
     if not todo:
-        return
-    chunk_counts = {p.tile.id: len(tile_chunks(p.tile, settings.chunk_size)) for p in todo}
-    settings_future = client.scatter(settings, broadcast=True)
-    pending = tile_jobs(client, job, todo, settings.chunk_size)
-    plans: dict[str, TilePlan] = {}
-    canvases: dict[str, TileCanvas] = {}
+        return reports
+    shared = client.submit(_identity, settings, pure=False)
+    pending = iter(todo)
+    tile_of: dict[str, str] = {}  # future key -> tile id, for the futures of tile tasks
+    in_flight: dict[str, list] = {}  # tile id -> its futures, kept until the tile is done
     queue = as_completed()
+    chunks_running = 0
 
-    def submit_next() -> None:
-        next_job = next(pending, None)
-        if next_job is not None:
-            plan, chunk, items, inside = next_job
-            plans[plan.tile.id] = plan
-            queue.add(
-                client.submit(process_chunk, chunk, items, settings_future, inside, pure=False)
-            )
+    def submit_tile() -> bool:
+        nonlocal chunks_running
+        tile = next(pending, None)
+        if tile is None:
+            return False
+        futures = [
+            client.submit(process_chunk, task, shared, pure=False)
+            for task in plan.chunk_tasks(tile, region.region)
+        ]
+        done = client.submit(finish_tile, tile, shared, *futures, pure=False)
+        tile_of[done.key] = tile.tile.id
+        in_flight[tile.tile.id] = [*futures, done]
+        chunks_running += len(futures)
+        queue.update([*futures, done])
+        return True
 
-    for _ in range(max(2, 2 * sum(client.nthreads().values()))):
-        submit_next()
-    name = job.region.name
+    def fill() -> None:
+        slots = max(2, 2 * sum(client.nthreads().values()))
+        while (chunks_running < slots or not in_flight) and submit_tile():
+            pass
+
+    name = region.region.name
+    watch = ProgressWatch.of(client, workflow)
+    chunk_total = sum(plan.chunk_count(p) for p in todo)
     with (
         tqdm(total=len(todo), desc=f"{name} tiles", unit="tile", disable=not progress) as tbar,
-        tqdm(
-            total=sum(chunk_counts.values()),
-            desc=f"{name} chunks",
-            unit="chunk",
-            disable=not progress,
-        ) as cbar,
+        tqdm(total=chunk_total, desc=f"{name} chunks", unit="chunk", disable=not progress) as cbar,
     ):
-        for future in queue:
-            try:
-                result: ChunkResult = future.result()
-            except KilledWorker:
-                raise TimeSenCLIPError(
-                    f"a Dask worker died while mapping region {name!r} (out of memory?): lower "
-                    "cube.chunk_size or model.batch_size, or give workers more memory, then run "
-                    "the same command again to resume."
-                ) from None
-            submit_next()
-            for stage, seconds in result.seconds.items():
-                summary.seconds[stage] += seconds
-            summary.pixels += result.chunk.pixels
-            tile_id = result.chunk.tile.id
-            if tile_id not in canvases:
-                canvases[tile_id] = TileCanvas(
-                    plans[tile_id], settings.layers(), chunk_counts[tile_id]
-                )
-            canvas = canvases[tile_id]
-            canvas.add(result)
-            cbar.update()
-            if canvas.remaining == 0:
-                start = time.perf_counter()
-                canvas.write()
-                summary.seconds["write"] += time.perf_counter() - start
-                del canvases[tile_id], plans[tile_id]
+        fill()
+        for future in finished(queue, watch, name):
+            result = task_result(future, name)
+            if isinstance(result, ChunkReport):
+                chunks_running -= 1
+                summary.pixels += result.pixels
+                for stage, seconds in result.seconds.items():
+                    summary.seconds[stage] += seconds
+                cbar.update()
+            else:
+                reports[result.tile_id] = result
+                summary.seconds["write"] += result.seconds.get("write", 0.0)
+                del in_flight[tile_of.pop(future.key)]  # releases its chunk results too
                 tbar.update()
+            fill()
+    return reports
 
 
-def finish_region(
-    workflow: Workflow, tiles: list[TilePlan], tasks: tuple[Plan, ...], region_dir: Path
+def _identity(value):
+    return value
+
+
+def finished(queue, watch: ProgressWatch, region: str) -> Iterator:
+    """Futures of ``queue`` as they finish (more may be added meanwhile), while ``watch`` checks
+    that the cluster still makes progress."""
+    while not queue.is_empty():
+        batch = queue.next_batch(block=False) if queue.has_ready() else []
+        if not batch:
+            watch.check(region)
+            time.sleep(0.05)
+            continue
+        watch.progressed()
+        yield from batch
+
+
+class ProgressWatch:
+    """Ends a run that makes no progress: no task finished for ``stall`` s, or no worker for
+    ``no_worker`` s (every worker lost, say), each with a message saying so."""
+
+    def __init__(self, client, stall: float, no_worker: float) -> None:
+        self.client, self.stall, self.no_worker = client, stall, no_worker
+        self.last = time.monotonic()
+        self.alone_since: float | None = None
+        self.checked = 0.0
+
+    @classmethod
+    def of(cls, client, workflow: Workflow) -> ProgressWatch:
+        return cls(client, workflow.dask.stall_timeout, workflow.dask.no_worker_timeout)
+
+    def progressed(self) -> None:
+        self.last = time.monotonic()
+
+    def check(self, region: str) -> None:
+        now = time.monotonic()
+        if now - self.checked < 1.0:
+            return
+        self.checked = now
+        if self.client.nthreads():
+            self.alone_since = None
+        else:
+            self.alone_since = self.alone_since or now
+            if now - self.alone_since > self.no_worker:
+                raise ClusterFailureError(
+                    f"the Dask cluster has had no worker for {self.no_worker:.0f} s while mapping "
+                    f"region {region!r}: start workers (or check why they died), then run the "
+                    "same command again to resume."
+                )
+        if now - self.last > self.stall:
+            raise ClusterFailureError(
+                f"no task finished for {self.stall:.0f} s while mapping region {region!r}: the "
+                "workers may be stuck on reads or starved of memory. Check the Dask dashboard, "
+                "raise dask.stall_timeout if chunks are simply slow, and run the same command "
+                "again to resume."
+            )
+
+
+def task_result(future, region: str):
+    """A finished task's result; a cluster failure becomes one clear error (exit 3)."""
+    try:
+        return future.result()
+    except TimeSenCLIPError:
+        raise
+    except Exception as error:
+        message = cluster_failure_message(error, region)
+        if message is None:
+            raise
+        raise ClusterFailureError(message) from None
+
+
+def _layer_styles(workflow: Workflow, tasks: tuple[Plan, ...]) -> dict[str, dict]:
+    """Per output layer: COG style keyword arguments (overview rule, palette and names)."""
+    styles = {
+        "valid_months": {
+            "overview_resampling": "nearest",
+            "description": "months with a valid observation (0-12; 255 outside the region)",
+        }
+    }
+    for task in tasks:  # [issue 11] each plan styles its own layers
+        for name in task.layers(workflow.outputs.confidence):
+            styles[name] = task.style(name, workflow.outputs.overview_resampling)
+    return styles
+
+
+def finish_mosaics(
+    client, workflow: Workflow, region: RegionPlan, tasks: tuple[Plan, ...]
 ) -> list[Path]:
-    """Join the region's finished tiles into one COG per task and UTM zone, with style and Item."""
-    folders = {p.tile.id: p.folder for p in tiles}
-    zones = zone_groups([p.tile for p in tiles])
-    outputs = []
-    for epsg, zone_tiles in zones.items():
-        folders_of_zone = [folders[t.id] for t in zone_tiles]
+    """One COG per layer and UTM zone, the mosaics built in parallel on the cluster, then each
+    map's styles and STAC Item."""
+    from distributed import as_completed
+
+    zones = zone_groups([p.tile for p in region.tiles])
+    folders = {p.tile.id: p.folder for p in region.tiles}
+    styles = _layer_styles(workflow, tasks)
+    futures = {}
+    for epsg, tiles in zones.items():
         suffix = "" if len(zones) == 1 else f"_EPSG{epsg}"
-
-        def mosaic(name: str, folders=folders_of_zone, suffix=suffix, **style) -> Path:
-            path = region_dir / f"{name}{suffix}.tif"
-            tiles = [folder / f"{name}.tif" for folder in folders]
-            mosaic_to_cog(tiles, path, blocksize=workflow.outputs.blocksize, **style)
-            return path
-
-        valid = mosaic("valid_months", overview_resampling="nearest")
-        outputs.append(valid)
-        for task in tasks:  # [issue 11] any plan: its layers, styles and Items
-            outputs += publish_plan(
-                task,
-                mosaic,
+        for layer, style in styles.items():
+            path = region.folder / f"{layer}{suffix}.tif"
+            pieces = [folders[t.id] / f"{layer}.tif" for t in tiles]
+            futures[(epsg, layer)] = client.submit(
+                mosaic_to_cog,
+                pieces,
+                path,
+                blocksize=workflow.outputs.blocksize,
+                pure=False,
+                **style,
+            )
+    keys = {f.key: key for key, f in futures.items()}
+    watch = ProgressWatch.of(client, workflow)
+    queue = as_completed(futures.values())
+    paths = {
+        keys[f.key]: task_result(f, region.region.name)
+        for f in finished(queue, watch, region.region.name)
+    }
+    outputs = list(paths.values())
+    for epsg in zones:
+        for task in tasks:  # [issue 11] any plan: its styles and Items
+            outputs += task.describe(
+                {name: paths[(epsg, name)] for name in task.layers(workflow.outputs.confidence)},
                 year=workflow.year,
-                confidence=workflow.outputs.confidence,
-                class_resampling=workflow.outputs.overview_resampling,
-                valid_months_path=valid,
+                valid_months_path=paths[(epsg, "valid_months")],
             )
     return outputs
 
 
+def finish_tiled(
+    client, workflow: Workflow, region: RegionPlan, tasks: tuple[Plan, ...]
+) -> list[Path]:
+    """Per layer and UTM zone a folder of the tiles' COGs (styled, with overviews), a VRT over
+    them styled like its tiles and, for maps with Items, a STAC Collection of per-tile Items."""
+    zones = zone_groups([p.tile for p in region.tiles])
+    folders = {p.tile.id: p.folder for p in region.tiles}
+    styles = _layer_styles(workflow, tasks)
+    outputs = []
+    for epsg, tiles in zones.items():
+        suffix = "" if len(zones) == 1 else f"_EPSG{epsg}"
+        placed: dict[str, list[Path]] = {}
+        for layer in styles:
+            folder = region.folder / f"{layer}{suffix}"
+            folder.mkdir(parents=True, exist_ok=True)
+            placed[layer] = []
+            for tile in tiles:
+                target = folder / f"{tile.id}.tif"
+                source = folders[tile.id] / f"{layer}.tif"
+                if source.exists():  # else moved there by an interrupted finish
+                    for sidecar in source.parent.glob(f"{layer}.tif.*"):
+                        os.replace(
+                            sidecar, folder / f"{tile.id}.tif{sidecar.name[len(layer) + 4 :]}"
+                        )
+                    os.replace(source, target)
+                placed[layer].append(target)
+            vrt = write_vrt(region.folder / f"{layer}{suffix}.vrt", placed[layer])
+            outputs.append(vrt)
+        for task in tasks:  # [issue 11] any plan: each tile's styles and Items
+            for k in range(len(tiles)):
+                outputs += task.describe(
+                    {name: placed[name][k] for name in task.layers(workflow.outputs.confidence)},
+                    year=workflow.year,
+                    valid_months_path=placed["valid_months"][k],
+                )
+        for layer, tile_maps in placed.items():
+            style = tile_maps[0].with_suffix(".qml")
+            if style.exists():  # the VRT is drawn like its tiles
+                vrt_style = region.folder / f"{layer}{suffix}.qml"
+                outputs.append(write_text_atomic(vrt_style, style.read_text()))
+            items = [tile_map.with_suffix(".json") for tile_map in tile_maps]
+            if all(item.exists() for item in items):
+                outputs.append(
+                    write_collection(
+                        region.folder / f"{layer}{suffix}" / "collection.json",
+                        items,
+                        title=f"{layer} {workflow.year}, region {region.region.name}",
+                    )
+                )
+    return outputs
+
+
 def write_region_metadata(
-    workflow: Workflow, job: RegionJob, tasks: tuple[Plan, ...], provenance: dict
+    workflow: Workflow,
+    plan: RunPlan,
+    region: RegionPlan,
+    tasks: tuple[Plan, ...],
+    reports: dict[str, TileReport],
+    provenance: dict,
+    outputs: list[Path],
 ) -> Path:
-    """``provenance.json``, written last: its presence marks the region as complete."""
-    tiles = job.tiles
-    items = {item["id"]: item for plan in tiles for item in plan.items}
+    """``provenance.json``, written last: its presence marks the region as complete.
+
+    Item ids come from what the chunks read, not from what the search found.
+    """
+    used = sorted({i for r in reports.values() for i in r.used})
+    refs = {r.id: r for r in plan.refs}
     record = {
-        "fingerprint": job.fingerprint,
+        "fingerprint": region.fingerprint,
         "workflow": workflow.model_dump(mode="json"),
         **provenance,
         "tasks": [task.record() for task in tasks],  # [issue 11]
-        "stac_items": sorted(items),
+        "stac_items": used,
         "harmonization": [
-            dataclasses.asdict(harmonization(item)) for _, item in sorted(items.items())
+            {"item_id": i, "offset": refs[i].offset, "rule": refs[i].rule}
+            for i in used
+            if i in refs
         ],
+        "items_refused": list(plan.skipped),
         "tiles": [
-            {"id": p.tile.id, "epsg": p.tile.epsg, "bounds": list(p.tile.bounds)} for p in tiles
+            {
+                "id": p.tile.id,
+                "epsg": p.tile.epsg,
+                "bounds": list(p.tile.bounds),
+                "items_used": reports[p.tile.id].used,
+                "skipped": reports[p.tile.id].skipped,
+            }
+            for p in region.tiles
         ],
+        "tiles_without_items": [t.id for t in region.empty],
+        "outputs": record_outputs(region.folder, outputs),  # what resume verifies
     }
-    return write_provenance(job.folder / "provenance.json", record)
+    return write_provenance(region.folder / "provenance.json", record)

@@ -1,6 +1,6 @@
 """Continuous maps from pixel embeddings: similarity to a text or to exemplars, change over years.
 
-Values are stored on a ``Ramp``: as uint8, pixel ``p`` in 0..200 stands for
+Values are stored on a ``ScoreRamp``: as uint8, pixel ``p`` in 0..200 stands for
 ``low + p * (high - low) / 200`` (GDAL scale and offset say so), 255 is nodata; as float16
 (stored by GDAL as a half-float Float32 band), the value itself, NaN being nodata. Similarity is
 the cosine between the unit pixel embedding and the unit target (``low, high = -1, 1``, so
@@ -15,13 +15,14 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from encoder.errors import TimeSenCLIPError
+from pipeline.style import CONFIDENCE_RAMP, Ramp
 
 RAMP_NODATA = 255
 RAMP_STEPS = 200
 CONTRAST_PERCENTILES = (2.0, 98.0)
 _SLUG_MAX = 60
 _NOT_SLUG = re.compile(r"[^0-9a-z]+")
-VIRIDIS = ("#440154", "#3b528b", "#21918c", "#5ec962", "#fde725")
+VIRIDIS = tuple(color for _, color, _ in CONFIDENCE_RAMP.stops)  # the maps' one viridis
 INFERNO = ("#000004", "#57106e", "#bc3754", "#f98e09", "#fcffa4")
 
 
@@ -82,8 +83,8 @@ def exemplar(embeddings: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class Ramp:
-    """How one continuous quantity is stored and shown: its range, dtype, units and colours.
+class ScoreRamp:
+    """How one continuous score is stored and shown: its range, dtype, units and colours.
 
     ``low`` and ``high`` are the values of pixels 0 and 200 (uint8) or the ends of the colour
     ramp (float16, whose pixels hold the values themselves).
@@ -98,14 +99,14 @@ class Ramp:
     contrast: bool = False
 
     @classmethod
-    def similarity(cls, float16: bool = False) -> Ramp:
+    def similarity(cls, float16: bool = False) -> ScoreRamp:
         return cls("cosine similarity", "cosine", -1.0, 1.0, VIRIDIS, float16)
 
     @classmethod
-    def change(cls, float16: bool = False) -> Ramp:
+    def change(cls, float16: bool = False) -> ScoreRamp:
         return cls("embedding change (1 - cosine)", "1 - cosine", 0.0, 2.0, INFERNO, float16)
 
-    def stretched(self, values: np.ndarray) -> Ramp:
+    def stretched(self, values: np.ndarray) -> ScoreRamp:
         """The same ramp over the 2nd-98th percentile of the finite ``values`` (the region's)."""
         finite = values[np.isfinite(values)]
         if not finite.size:
@@ -156,11 +157,13 @@ class Ramp:
             "(outside the region or no clear month). GDAL scale and offset hold the same rule."
         )
 
-    def stops(self) -> list[tuple[float, str, str]]:
-        """``(value, label, colour)`` for the colour ramp, in the quantity's units."""
-        count = len(self.colors)
-        values = np.linspace(self.low, self.high, count)
-        return [(float(v), f"{v:.3g}", c) for v, c in zip(values, self.colors, strict=True)]
+    def qgis_ramp(self) -> Ramp:
+        """The QGIS colour ramp from ``low`` to ``high``, its stops labelled in the quantity's
+        units (QGIS applies a band's scale and offset before it draws, so uint8 and float16
+        maps take the same stops)."""
+        values = np.linspace(self.low, self.high, len(self.colors))
+        stops = tuple((float(v), c, f"{v:.3g}") for v, c in zip(values, self.colors, strict=True))
+        return Ramp(stops=stops, kind="interpolated", unit=self.units)
 
     def cog_style(self, description: str) -> dict:
         """Keyword arguments for ``write_cog`` / ``mosaic_to_cog`` (nodata comes with the layer)."""

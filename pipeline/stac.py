@@ -10,15 +10,20 @@ Planetary Computer hrefs are signed.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import logging
-from collections.abc import Iterable, Iterator
+import math
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import numpy as np
 import pystac
 import requests
 from pystac.utils import make_absolute_href, str_to_datetime
@@ -30,6 +35,7 @@ from urllib3.util.retry import Retry
 
 from encoder.errors import TimeSenCLIPError
 from encoder.preprocess import BANDS
+from pipeline.tiles import check_bbox
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +207,9 @@ def search_items(
 
     Raises ``EmptySearchError`` naming the query when nothing is left after filtering.
     """
-    query = _Query(source.collection, _check_bbox(bbox), _check_year(year), source.max_cloud_cover)
+    query = _Query(
+        source.collection, check_bbox(bbox, mapped=False), _check_year(year), source.max_cloud_cover
+    )
     raw = _api_items(source, query) if source.url is not None else _file_items(source.file)
     kept: dict[tuple[str | None, str], dict] = {}
     dropped: dict[str, int] = {}
@@ -262,36 +270,32 @@ def band_assets(item: pystac.Item | dict) -> dict[str, str]:
     )
 
 
-def _check_bbox(bbox: Iterable[float]) -> tuple[float, float, float, float]:
-    try:
-        values = tuple(float(v) for v in bbox)
-    except (TypeError, ValueError):
-        values = ()
-    if len(values) == 4:
-        west, south, east, north = values
-        if -180 <= west <= east <= 180 and -90 <= south <= north <= 90:
-            return west, south, east, north
-    raise StacError(
-        f"bbox {bbox!r} is not a lon/lat box: give (west, south, east, north) in degrees "
-        "with west <= east within -180..180 and south <= north within -90..90 (split a region "
-        "that crosses the antimeridian)."
-    )
-
-
 def _check_year(year: int) -> int:
     if isinstance(year, bool) or not isinstance(year, int) or not 1 <= year <= 9999:
         raise StacError(f"year must be a whole year such as 2023, got {year!r}.")
     return year
 
 
-def _api_items(source: StacSource, query: _Query) -> Iterator[dict]:
-    """Items page by page as pystac-client follows ``next`` links; stops on a page of repeats."""
+def _open_client(source: StacSource) -> Client:
+    """One pystac-client ``Client`` (one retrying HTTP session) for every search of a run."""
     policy = source.retry
     # Client.open resets the StacApiIO timeout to its own argument, so it is given twice.
     stac_io = StacApiIO(max_retries=policy.urllib3_retry(), timeout=policy.timeout)
+    try:
+        return Client.open(source.url, stac_io=stac_io, timeout=policy.timeout)
+    except (APIError, requests.RequestException) as error:
+        raise StacError(
+            f"cannot open the STAC API at {source.url} after at most {policy.attempts} attempts: "
+            f"{error}. Check the URL and the network, or retry later."
+        ) from error
+
+
+def _api_items(source: StacSource, query: _Query, client: Client | None = None) -> Iterator[dict]:
+    """Items page by page as pystac-client follows ``next`` links; stops on a page of repeats."""
+    policy = source.retry
     seen: set[tuple[Any, Any]] = set()
     try:
-        client = Client.open(source.url, stac_io=stac_io, timeout=policy.timeout)
+        client = client or _open_client(source)
         extra = {}
         if query.max_cloud_cover is not None and client.conforms_to(ConformanceClasses.QUERY):
             extra["query"] = {"eo:cloud_cover": {"lte": query.max_cloud_cover}}
@@ -321,6 +325,8 @@ def _api_items(source: StacSource, query: _Query) -> Iterator[dict]:
 
 def _file_items(path: Path) -> list[dict]:
     try:
+        if path.suffix.lower() in (".parquet", ".geoparquet"):
+            return _parquet_items(path)
         text = path.read_text()
         if path.suffix.lower() in (".ndjson", ".jsonl", ".geojsonl"):
             data: Any = [json.loads(line) for line in text.splitlines() if line.strip()]
@@ -340,6 +346,17 @@ def _file_items(path: Path) -> list[dict]:
             "of items, or newline-delimited items."
         )
     return data
+
+
+def _parquet_items(path: Path) -> list[dict]:
+    """Items of a stac-geoparquet file (how large catalogues ship), read with rustac."""
+    import rustac
+
+    try:
+        data = rustac.read_sync(str(path))
+    except Exception as error:  # rustac raises its own and Arrow's errors
+        raise StacError(f"cannot read stac-geoparquet items from {path}: {error}.") from error
+    return list(data.get("features", []))
 
 
 def _rejection(item: dict, query: _Query) -> str | None:
@@ -380,3 +397,123 @@ def _absolute_hrefs(item: pystac.Item, path: Path) -> None:
     """Relative asset hrefs in a local file are relative to that file."""
     for asset in item.assets.values():
         asset.href = make_absolute_href(asset.href, str(path.resolve()))
+
+
+@dataclass
+class Catalog:
+    """A run's search results: each distinct item once, and which items each box found.
+
+    ``items`` are the raw item dicts (parsed once later, in ``pipeline.items``); ``found[i]``
+    holds the indices into ``items`` of the ``i``-th searched box.
+    """
+
+    items: list[dict]
+    found: list[list[int]]
+    base: Path | None  # the items file, for relative hrefs
+
+
+def search_boxes(
+    source: StacSource,
+    boxes: Sequence[tuple[float, float, float, float]],
+    year: int,
+    *,
+    concurrency: int = 8,
+) -> Catalog:
+    """The year's items meeting each lon/lat box: a file is read and indexed once; an API is
+    searched once per box, ``concurrency`` searches at a time, through one retrying session.
+
+    Unlike ``search_items``, a box without items is not an error (open sea, say), and hrefs are
+    left unsigned: a Planetary Computer href is signed where it is read, so no signature
+    expires during a long run.
+    """
+    queries = [
+        _Query(
+            source.collection,
+            check_bbox(b, mapped=False),
+            _check_year(year),
+            source.max_cloud_cover,
+        )
+        for b in boxes
+    ]
+    keys: dict[tuple[Any, str], int] = {}
+    items: list[dict] = []
+
+    def keep(item: dict) -> int:
+        key = (item.get("collection"), str(item.get("id")))
+        if key not in keys:
+            keys[key] = len(items)
+            items.append(item)
+        return keys[key]
+
+    if source.file is not None:
+        index = _BoxIndex(
+            [i for i in _file_items(source.file) if not _rejection(i, _world(queries[0]))]
+        )
+        found = [[keep(index.items[j]) for j in index.meeting(q.bbox)] for q in queries]
+    else:
+        client = _open_client(source)
+
+        def search(query: _Query) -> list[dict]:
+            return [i for i in _api_items(source, query, client) if not _rejection(i, query)]
+
+        with ThreadPoolExecutor(max(1, concurrency)) as pool:
+            found = [[keep(i) for i in result] for result in pool.map(search, queries)]
+    log.info(
+        "STAC %s: %d distinct items for %d boxes of %d",
+        source.location,
+        len(items),
+        len(boxes),
+        year,
+    )
+    return Catalog(items, found, source.file)
+
+
+def _world(query: _Query) -> _Query:
+    return dataclasses.replace(query, bbox=(-180.0, -90.0, 180.0, 90.0))
+
+
+class _BoxIndex:
+    """Items bucketed by the whole degrees their bbox covers: a box query touches its cells only."""
+
+    def __init__(self, items: Sequence[dict]) -> None:
+        self.items = list(items)
+        self.boxes = np.array([_item_box(i) for i in self.items], dtype=float).reshape(-1, 4)
+        self.cells: dict[tuple[int, int], list[int]] = defaultdict(list)
+        self.anywhere: set[int] = set()  # no bbox: the reader decides from the footprint
+        for j, box in enumerate(self.boxes):
+            if np.isnan(box).any():
+                self.anywhere.add(j)
+                continue
+            for cell in _cells(tuple(box)):
+                self.cells[cell].append(j)
+
+    def meeting(self, bbox: tuple[float, float, float, float]) -> list[int]:
+        """Indices of the items whose bbox meets ``bbox`` (edges included), in file order."""
+        candidates = {j for cell in _cells(bbox) for j in self.cells.get(cell, ())}
+        west, south, east, north = bbox
+        return [
+            j
+            for j in sorted(candidates | self.anywhere)
+            if j in self.anywhere
+            or not (
+                self.boxes[j, 0] > east
+                or self.boxes[j, 2] < west
+                or self.boxes[j, 1] > north
+                or self.boxes[j, 3] < south
+            )
+        ]
+
+
+def _item_box(item: dict) -> tuple[float, ...]:
+    bbox = item.get("bbox")
+    if not bbox:
+        return (np.nan,) * 4
+    half = len(bbox) // 2
+    return (bbox[0], bbox[1], bbox[half], bbox[half + 1])
+
+
+def _cells(bbox: tuple[float, float, float, float]) -> Iterator[tuple[int, int]]:
+    west, south, east, north = bbox
+    for x in range(math.floor(west), math.floor(east) + 1):
+        for y in range(math.floor(south), math.floor(north) + 1):
+            yield x, y

@@ -23,9 +23,14 @@ from rasterio.warp import transform_bounds
 from encoder.atomic import write_text_atomic
 from encoder.errors import TimeSenCLIPError
 from pipeline.cog import CLASS_NODATA, CONFIDENCE_NODATA, NODATA_NAME
-from pipeline.qml import ClassEntry, fill_colors
+from pipeline.style import ClassEntry, fill_colors
 
 _EDGE_POINTS = 21  # per footprint edge: UTM edges are curves in lon/lat
+# Files that travel with a raster x.tif: (name suffix replacing ".tif", asset key suffix, title).
+_SIDECARS = (
+    (".qml", "style", "QGIS style"),
+    (".tif.aux.xml", "aux_xml", "GDAL sidecar: category names, colour table, attribute table"),
+)
 _NOT_NAME_CHARS = re.compile(r"[^0-9A-Za-z_-]+")
 
 
@@ -44,13 +49,14 @@ def class_item(
     class_descriptions: Mapping[int, str] | None = None,
     confidence_path: Path | str | None = None,
     valid_months_path: Path | str | None = None,
-    style_path: Path | str | None = None,
     properties: Mapping[str, Any] | None = None,
 ) -> pystac.Item:
     """A STAC Item for a class map COG, to be saved beside it (asset hrefs are relative).
 
     Footprint, projection and per-class pixel counts are read from ``data_path``; ``classes`` are
     the map's (value, label, "#rrggbb") entries, value 0 being nodata; the item spans ``year``.
+    Each raster's sidecars present on disk (``x.qml``, ``x.tif.aux.xml``) are listed too, as
+    ``style`` / ``aux_xml`` for the map and ``<asset>_style`` / ``<asset>_aux_xml`` for the others.
     """
     data_path = Path(data_path)
     folder = data_path.parent
@@ -69,7 +75,7 @@ def class_item(
     if confidence_path is not None:
         asset = _add_asset(item, "confidence", confidence_path, folder, ["quality"], "Confidence")
         asset.description = f"Class confidence, percent 0..100; {CONFIDENCE_NODATA} = no data."
-    _add_companions(item, folder, valid_months_path, style_path)
+    _add_valid_months(item, folder, valid_months_path)
     return item
 
 
@@ -81,19 +87,18 @@ def ramp_item(
     title: str,
     description: str,
     valid_months_path: Path | str | None = None,
-    style_path: Path | str | None = None,
     properties: Mapping[str, Any] | None = None,
 ) -> pystac.Item:
     """A STAC Item for a continuous map (similarity, change), spanning ``years`` (first, last).
 
     The data asset's raster band carries the map's nodata, scale, offset and unit, so readers
-    that apply STAC raster scaling get the quantity itself.
+    that apply STAC raster scaling get the quantity itself; sidecars are listed as for a class map.
     """
     data_path = Path(data_path)
     item = _map_item(item_id, data_path, years, title, description, properties)
     asset = _add_asset(item, "data", data_path, data_path.parent, ["data"], title)
     asset.description = description
-    _add_companions(item, data_path.parent, valid_months_path, style_path)
+    _add_valid_months(item, data_path.parent, valid_months_path)
     return item
 
 
@@ -133,28 +138,10 @@ def _map_item(
     return item
 
 
-def _add_companions(
-    item: pystac.Item,
-    folder: Path,
-    valid_months_path: Path | str | None,
-    style_path: Path | str | None,
-) -> None:
-    """The valid-months raster and the QGIS style, when given."""
-    if valid_months_path is not None:
-        asset = _add_asset(
-            item, "valid_months", valid_months_path, folder, ["quality"], "Valid months"
-        )
+def _add_valid_months(item: pystac.Item, folder: Path, path: Path | str | None) -> None:
+    if path is not None:
+        asset = _add_asset(item, "valid_months", path, folder, ["quality"], "Valid months")
         asset.description = "Months (0..12) with at least one cloud-free observation."
-    if style_path is not None:
-        item.add_asset(
-            "style",
-            pystac.Asset(
-                _relative_href(style_path, folder),
-                title="QGIS style",
-                media_type=pystac.MediaType.XML,
-                roles=["metadata"],
-            ),
-        )
 
 
 def write_item(item: pystac.Item, path: Path | str) -> Path:
@@ -184,7 +171,22 @@ def _add_asset(
     )
     item.add_asset(key, asset)
     RasterExtension.ext(asset, add_if_missing=True).bands = [band]
+    _add_sidecars(item, key, Path(path), folder)
     return asset
+
+
+def _add_sidecars(item: pystac.Item, key: str, path: Path, folder: Path) -> None:
+    prefix = "" if key == "data" else f"{key}_"
+    for suffix, name, title in _SIDECARS:
+        sidecar = path.with_name(path.name.removesuffix(".tif") + suffix)
+        if sidecar.is_file():
+            sidecar_asset = pystac.Asset(
+                _relative_href(sidecar, folder),
+                title=title,
+                media_type=pystac.MediaType.XML,
+                roles=["metadata"],
+            )
+            item.add_asset(prefix + name, sidecar_asset)
 
 
 def _relative_href(path: Path | str, folder: Path) -> str:
@@ -247,3 +249,36 @@ def _classifications(
             )
         )
     return entries
+
+
+def write_collection(path: Path | str, item_paths: Sequence[Path], *, title: str) -> Path:
+    """A STAC Collection at ``path`` linking the saved per-tile Items of one map (relative)."""
+    path = Path(path)
+    items = [json.loads(Path(p).read_text()) for p in item_paths]
+    boxes = np.array([item["bbox"] for item in items], dtype=float)
+    starts = [item["properties"].get("start_datetime") for item in items]
+    ends = [item["properties"].get("end_datetime") for item in items]
+    collection = pystac.Collection(
+        id=_NOT_NAME_CHARS.sub("-", title).strip("-").lower(),
+        title=title,
+        description=f"{title}: one STAC Item per tile COG; open the VRT beside this folder.",
+        extent=pystac.Extent(
+            pystac.SpatialExtent([[*boxes[:, :2].min(axis=0), *boxes[:, 2:].max(axis=0)]]),
+            pystac.TemporalExtent(
+                [[_when(min(s for s in starts if s)), _when(max(e for e in ends if e))]]
+                if any(starts) and any(ends)
+                else [[None, None]]
+            ),
+        ),
+        license="proprietary",
+    )
+    record = collection.to_dict(include_self_link=False, transform_hrefs=False)
+    record["links"] += [
+        {"rel": "item", "href": _relative_href(p, path.parent), "type": "application/json"}
+        for p in item_paths
+    ]
+    return write_text_atomic(path, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+
+
+def _when(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))

@@ -27,6 +27,7 @@ from pyproj import Transformer
 from rasterio.features import geometry_mask, rasterize
 
 from encoder.errors import TimeSenCLIPError
+from pipeline.grid import Grid
 
 MIN_LAT, MAX_LAT = -80.0, 84.0  # latitudes the UTM system (and Sentinel-2's MGRS tiling) covers
 _ZONE_WIDTH = 6.0
@@ -52,8 +53,12 @@ def utm_epsg(lon: float, lat: float) -> int:
     return (32600 if lat >= 0 else 32700) + zone
 
 
-def check_bbox(bbox: Sequence[float]) -> Bounds:
-    """A lon/lat ``[west, south, east, north]`` as floats; a TimeSenCLIPError says what is wrong."""
+def check_bbox(bbox: Sequence[float], *, mapped: bool = True) -> Bounds:
+    """A lon/lat ``[west, south, east, north]`` as floats; a TimeSenCLIPError says what is wrong.
+
+    ``mapped`` boxes (regions) must lie where UTM zones are defined; a search box (``mapped=False``)
+    may reach the poles.
+    """
     try:
         west, south, east, north = (float(v) for v in bbox)
     except (TypeError, ValueError):
@@ -62,11 +67,10 @@ def check_bbox(bbox: Sequence[float]) -> Bounds:
         ) from None
     if not all(-180.0 <= v <= 180.0 for v in (west, east)):
         raise TimeSenCLIPError("longitudes (west, east) must lie in -180..180")
-    if not all(MIN_LAT <= v <= MAX_LAT for v in (south, north)):
-        raise TimeSenCLIPError(
-            f"latitudes (south, north) must lie in {MIN_LAT:g}..{MAX_LAT:g}, "
-            "where UTM zones and Sentinel-2 tiles are defined"
-        )
+    low, high = (MIN_LAT, MAX_LAT) if mapped else (-90.0, 90.0)
+    if not all(low <= v <= high for v in (south, north)):
+        where = ", where UTM zones and Sentinel-2 tiles are defined" if mapped else ""
+        raise TimeSenCLIPError(f"latitudes (south, north) must lie in {low:g}..{high:g}{where}")
     if west >= east:
         raise TimeSenCLIPError(
             "west must be less than east (the order is [west, south, east, north]; a region "
@@ -145,11 +149,6 @@ def _to_utm(epsg: int) -> Transformer:
     return Transformer.from_crs(4326, epsg, always_xy=True)
 
 
-@functools.cache
-def _to_lonlat(epsg: int) -> Transformer:
-    return Transformer.from_crs(epsg, 4326, always_xy=True)
-
-
 def _project(polygons: Iterable[Iterable[np.ndarray]], epsg: int) -> dict[str, Any]:
     """Lon/lat polygons as a densified GeoJSON MultiPolygon in the UTM CRS ``epsg``."""
     out = []
@@ -216,15 +215,18 @@ class Tile:
         return f"{self.epsg}_x{self.col:04d}_y{self.row:04d}"
 
     @property
+    def grid(self) -> Grid:
+        return Grid(self.epsg, self.bounds, self.resolution)
+
+    @property
     def transform(self) -> Affine:
         """Affine from pixel (col, row) corners to UTM metres, north up."""
-        xmin, _, _, ymax = self.bounds
-        return Affine(self.resolution, 0.0, xmin, 0.0, -self.resolution, ymax)
+        return self.grid.transform
 
     @property
     def lonlat_bounds(self) -> Bounds:
         """(west, south, east, north) in degrees enclosing the tile, e.g. for a STAC search."""
-        return tuple(_to_lonlat(self.epsg).transform_bounds(*self.bounds, densify_pts=21))
+        return self.grid.lonlat_bounds
 
 
 def tiles_for_region(

@@ -30,16 +30,31 @@ from pydantic import (
     model_validator,
 )
 
+from encoder.classes import (
+    class_set,
+    class_set_names,
+    resolve_classes,
+    template_set,
+    template_set_names,
+)
 from encoder.errors import TimeSenCLIPError
+from encoder.safe_yaml import parse_yaml, short_repr
 from pipeline.sentinel2 import DEFAULT_CLOUD_MASK
+from pipeline.similarity import unique_slugs
+from pipeline.style import StyleError, normalize_color
 from pipeline.tiles import Tile, check_bbox, geometry_bounds, tiles_for_region
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
-_COLOR_RE = re.compile(r"#[0-9a-fA-F]{6}")
 _SCHEDULER_RE = re.compile(r"(tcp|tls|ucx|inproc|ws|wss)://\S+")
 _DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 _HF_HUB_RE = re.compile(r"hf-hub:[^/\s]+/[^/\s]+/\S+")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt")
+_MAX_PROBLEMS = 20  # listed in one error; a file with more is mostly the wrong file
+# Files a region folder holds besides each task's <name>.tif/.qml/.json (pipeline.run writes
+# valid_months*.tif, <task>_confidence*.tif and provenance.json; pipeline.embeddings the store):
+# a task named like one of them would overwrite it.
+RESERVED_TASK_NAMES = ("valid_months", "provenance", "embeddings")
+RESERVED_TASK_SUFFIX = "_confidence"
 
 
 class WorkflowError(TimeSenCLIPError):
@@ -56,12 +71,24 @@ def _safe_name(value: str) -> str:
 
 
 def _color(value: str) -> str:
-    if not _COLOR_RE.fullmatch(value):
-        raise ValueError("a colour is a '#rrggbb' hex string, e.g. '#7b2d8b'")
-    return value.lower()
+    try:
+        return normalize_color(value)
+    except StyleError:
+        raise ValueError("a colour is a '#rrggbb' hex string, e.g. '#7b2d8b'") from None
 
 
 SafeName = Annotated[str, AfterValidator(_safe_name)]
+
+
+def _not_reserved(value: str) -> str:
+    name = value.casefold()  # some file systems ignore case
+    if name in RESERVED_TASK_NAMES or name.endswith(RESERVED_TASK_SUFFIX):
+        raise ValueError(
+            "this name is reserved for an output every region folder holds (reserved: "
+            f"{', '.join(RESERVED_TASK_NAMES)} and any name ending in {RESERVED_TASK_SUFFIX}, "
+            "each map's confidence layer): choose another name"
+        )
+    return value
 
 
 def _resolve(value: str | Path, info: ValidationInfo) -> Path:
@@ -211,8 +238,11 @@ class StacConfig(_Model):
     collection: str = "sentinel-2-l2a"
     max_cloud_cover: float | None = Field(None, ge=0, le=100)
     provider: Literal["auto", "earth-search", "planetary-computer"] = "auto"
-    retries: int = Field(5, ge=0)
+    # Few by default, so an unreachable API fails within seconds; raise it for long runs.
+    retries: int = Field(2, ge=0)
     on_bad_asset: Literal["raise", "skip"] = "raise"
+    # API searches in flight at once while planning (one per tile, through one session).
+    concurrency: int = Field(8, ge=1, le=64)
 
     @field_validator("url")
     @classmethod
@@ -244,6 +274,12 @@ class CubeConfig(_Model):
     )
     mask_mode: Literal["default", "reference"] = "default"
     resampling: Literal["nearest", "bilinear", "cubic", "average"] = "nearest"
+    # Asset reads in flight at once per chunk task: hides each request's latency behind others.
+    read_concurrency: int = Field(16, ge=1, le=256)
+    # GDAL configuration options for reads, on top of pipeline.reader.GDAL_OPTIONS.
+    gdal: dict[str, str] = Field(default_factory=dict)
+    # Tokens per pixel: 12 months, 4 seasons or 1 annual median (pipeline.temporal).
+    temporal: Literal["monthly", "seasonal", "annual"] = "monthly"
 
     @field_validator("chunk_size")
     @classmethod
@@ -287,6 +323,17 @@ class ModelConfig(_Model):
     clip: ClipConfig = Field(default_factory=ClipConfig)
     device: str = "auto"
     batch_size: int = Field(65536, ge=1)
+    # Input conventions over the checkpoint's own (encoder.conventions); None keeps them.
+    band_order: list[str] | None = None
+    constants_order: list[str] | None = None
+    single_token_position: Literal["mean", "january"] | None = None
+
+    @field_validator("band_order", "constants_order")
+    @classmethod
+    def _check_bands(cls, value: list[str] | None) -> list[str] | None:
+        from encoder.conventions import band_order
+
+        return None if value is None else list(band_order(value))
 
     @field_validator("checkpoint")
     @classmethod
@@ -319,8 +366,6 @@ class ClassEntry(_Model):
 
 
 def _check_class_set(name: str) -> str:
-    from encoder.prompts import class_set, class_set_names  # torch import, deferred
-
     try:
         class_set(name)
     except TimeSenCLIPError:
@@ -332,8 +377,6 @@ def _check_class_set(name: str) -> str:
 
 
 def _check_class_list(entries: list[ClassEntry]) -> list[ClassEntry]:
-    from encoder.prompts import resolve_classes
-
     resolve_classes([e.model_dump(exclude_none=True) for e in entries])  # e.g. duplicate names
     return entries
 
@@ -355,7 +398,7 @@ class TaskConfig(_Model):
     """One map to make: classes (a built-in set name or a list) and prompt templates; or, with
     ``mode: similarity``, one similarity map per text of ``texts``."""
 
-    name: SafeName
+    name: Annotated[SafeName, AfterValidator(_not_reserved)]
     mode: Literal["classes", "similarity"] = "classes"
     classes: ClassesSpec | None = None
     texts: list[Annotated[str, Field(min_length=1)]] | None = Field(None, min_length=1)
@@ -371,24 +414,18 @@ class TaskConfig(_Model):
         if self.mode == "similarity":
             if self.texts is None or self.classes is not None:
                 raise ValueError("a similarity task needs texts: [a list of texts] and no classes")
-            from pipeline.similarity import unique_slugs
-
             unique_slugs(self.texts)  # every text must name its own file
         return self
 
     def layer_names(self) -> list[str]:
         """The file names (without .tif) this task writes per region."""
         if self.mode == "similarity":
-            from pipeline.similarity import unique_slugs
-
             return [f"{self.name}_{slug}" for slug in unique_slugs(self.texts)]
         return [self.name, f"{self.name}_confidence"]
 
     @field_validator("templates", mode="before")
     @classmethod
     def _check_templates(cls, value: Any) -> Any:
-        from encoder.prompts import template_set, template_set_names
-
         names = template_set_names()
         if isinstance(value, str) and value not in names:
             raise ValueError(
@@ -401,9 +438,7 @@ class TaskConfig(_Model):
         return value
 
     def class_specs(self) -> list[Any]:
-        """The classes as ``encoder.prompts.ClassSpec`` objects, in label order."""
-        from encoder.prompts import resolve_classes
-
+        """The classes as ``encoder.classes.ClassSpec`` objects, in label order."""
         if isinstance(self.classes, str):
             return resolve_classes(self.classes)
         return resolve_classes([e.model_dump(exclude_none=True) for e in self.classes])
@@ -418,6 +453,9 @@ class OutputsConfig(_Model):
     embeddings: Literal[False, "float16", "int8"] = False
     overview_resampling: Literal["nearest", "mode"] = "mode"
     blocksize: int = Field(512, ge=128, le=4096, multiple_of=16)  # COG tile size in pixels
+    # Above this many pixels per region and zone, a layer is a folder of per-tile COGs with a VRT
+    # and a STAC Collection instead of one COG (one multi-gigapixel file helps nobody).
+    mosaic_max_pixels: int = Field(1_000_000_000, ge=1)
 
     @field_validator("dir")
     @classmethod
@@ -436,6 +474,10 @@ class DaskConfig(_Model):
     scheduler: str | None = None
     n_workers: int | None = Field(None, ge=1)
     threads_per_worker: int | None = Field(None, ge=1)
+    # Seconds without any finished task, or with no worker at all, before a run gives up
+    # (a rerun resumes); a published-size model on a CPU takes minutes per 512-px chunk.
+    stall_timeout: float = Field(3600.0, gt=0)
+    no_worker_timeout: float = Field(120.0, gt=0)
 
     @field_validator("scheduler")
     @classmethod
@@ -517,24 +559,6 @@ class Workflow(_Model):
         return "\n".join(lines)
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys, where PyYAML would silently keep the last one."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[str, int] = {}
-        for key, _ in node.value:
-            if isinstance(key, yaml.ScalarNode):
-                if key.value in seen:
-                    raise yaml.constructor.ConstructorError(
-                        None,
-                        None,
-                        f"duplicate key {key.value!r} (first given at line {seen[key.value]})",
-                        key.start_mark,
-                    )
-                seen[key.value] = key.start_mark.line + 1
-        return super().construct_mapping(node, deep)
-
-
 def load_workflow(path: str | Path) -> Workflow:
     """Read and validate a workflow YAML file; any problem raises one ``WorkflowError``."""
     path = Path(path)
@@ -547,17 +571,7 @@ def load_workflow(path: str | Path) -> Workflow:
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise WorkflowError(f"cannot read workflow file {path}: {exc}") from None
-    loader = _Loader(text)
-    try:
-        node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise WorkflowError(f"workflow file {path} is not valid YAML{where}: {problem}") from None
-    finally:
-        loader.dispose()
+    data, node = parse_yaml(text, f"workflow file {path}", WorkflowError)
     workflow = _validate(data, path.parent, str(path), node)
     workflow._source = path.resolve()
     return workflow
@@ -580,9 +594,12 @@ def _validate(data: Any, base_dir: Path, source: str, node: yaml.Node | None) ->
     try:
         workflow = Workflow.model_validate(data, context={"base_dir": base_dir.resolve()})
     except ValidationError as exc:
-        problems = [_describe(err, node) for err in exc.errors(include_url=False)]
+        errors = exc.errors(include_url=False)
+        problems = [_describe(err, node) for err in errors[:_MAX_PROBLEMS]]
+        if len(errors) > _MAX_PROBLEMS:
+            problems.append(f"... and {len(errors) - _MAX_PROBLEMS:,} more")
         raise WorkflowError(
-            f"workflow {source} has {len(problems)} problem(s):\n"
+            f"workflow {source} has {len(errors)} problem(s):\n"
             + "\n".join(f"  - {p}" for p in problems)
             + f"\nFix them, then check with: timesenclip validate {source}"
         ) from None
@@ -600,15 +617,15 @@ def _describe(err: Any, node: yaml.Node | None) -> str:
     if kind == "extra_forbidden":
         allowed = list(owner.model_fields) if owner else []
         return (
-            f"{where}: got {_show(value)}; unknown key{_did_you_mean(loc[-1], allowed)}, "
+            f"{where}: got {short_repr(value)}; unknown key{_did_you_mean(loc[-1], allowed)}, "
             f"allowed keys: {', '.join(allowed)}"
         )
     if kind == "literal_error":
-        return f"{where}: got {_show(value)}; allowed: {err['ctx']['expected']}"
+        return f"{where}: got {short_repr(value)}; allowed: {err['ctx']['expected']}"
     msg = err["msg"].removeprefix("Value error, ")
     if msg.startswith("got "):
         return f"{where}: {msg}"
-    return f"{where}: got {_show(value)}; {msg[:1].lower()}{msg[1:]}"
+    return f"{where}: got {short_repr(value)}; {msg[:1].lower()}{msg[1:]}"
 
 
 def _walk(loc: tuple[Any, ...], extra: bool) -> tuple[str, type[BaseModel] | None]:
@@ -653,8 +670,3 @@ def _yaml_line(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
             node = node.value[part]
             line = node.start_mark.line + 1
     return line
-
-
-def _show(value: Any, limit: int = 120) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -50,3 +50,30 @@ def synthetic_api(tmp_path_factory):
             return synthetic, url
 
         yield serve
+
+
+@pytest.fixture(scope="session")
+def demo_inputs(tmp_path_factory):
+    """Synthetic scenes, a tiny CLIP and a tiny encoder, served by a local STAC API."""
+    from pipeline.demo import write_demo_inputs
+    from pipeline.stac_server import serve_stac
+
+    root = tmp_path_factory.mktemp("e2e")
+    workflow, synthetic = write_demo_inputs(root)
+    with serve_stac(synthetic.collection, synthetic.items, root / "data" / "stac") as url:
+        workflow["stac"]["url"] = url
+        yield root, workflow, synthetic
+
+
+@pytest.fixture(scope="session")
+def workflow_file():
+    """``write(folder, workflow_dict, **top_level_changes) -> path`` of a workflow YAML."""
+    import yaml
+
+    def write(folder: Path, workflow: dict, **changes) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "workflow.yaml"
+        path.write_text(yaml.safe_dump({**workflow, **changes}, sort_keys=False))
+        return path
+
+    return write

@@ -5,11 +5,13 @@ import torch
 
 from encoder.augment import (
     AUGMENTATIONS,
+    TSMIXAUG,
     augment,
     choose,
     median_token,
     quarter_drop,
     random_subset,
+    recipe_kinds,
 )
 from encoder.errors import TimeSenCLIPError
 from encoder.tiny import tiny_encoder
@@ -123,6 +125,33 @@ def test_choose_probability_and_reproducibility():
     g1, g2 = gen(7), gen(7)
     assert [choose(g1, 0.5) for _ in range(50)] == [choose(g2, 0.5) for _ in range(50)]
     assert choose(gen(0), 1.0, ("median",)) == "median"
+
+
+def test_tsmixaug_draws_median_and_quarter_drop_each_on_a_quarter_of_batches():
+    """The published recipe: on 50 % of batches, median pooling or quarter drop, equal odds."""
+    draws = 4000
+    g = gen(3)
+    picks = [choose(g, 0.5, recipe_kinds("tsmixaug")) for _ in range(draws)]
+    sd = (draws * 0.25 * 0.75) ** 0.5  # binomial, p = 1/4
+    for kind in TSMIXAUG:
+        assert abs(picks.count(kind) - draws / 4) < 4 * sd, kind
+    assert abs(picks.count(None) - draws / 2) < 4 * (draws * 0.25) ** 0.5
+    assert set(picks) == {None, *TSMIXAUG}  # never the random subset
+    assert recipe_kinds("all") == AUGMENTATIONS
+    assert recipe_kinds("all", ("subset",)) == ("subset",)
+    with pytest.raises(TimeSenCLIPError, match="unknown augmentation recipe"):
+        recipe_kinds("mixup")
+
+
+def test_lone_tokens_take_the_january_position_when_told(data):
+    tokens, mask, pos = data
+    out, _ = median_token(tokens, mask, pos, single="january")
+    torch.testing.assert_close(out[0, 0], tokens[0].median(0).values + pos[0, 0])
+    seq, padding = augment("subset", tokens, mask, pos, gen(), single="january")
+    one = (~padding).sum(1) == 1
+    assert one.any()
+    kept = ~padding[one]
+    torch.testing.assert_close(seq[one][kept], tokens[one][kept] + pos[0, 0])
 
 
 def test_unknown_augmentation(data):

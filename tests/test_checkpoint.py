@@ -4,6 +4,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from encoder.checkpoint import (
 )
 from encoder.files import file_sha256 as shared_file_sha256
 from encoder.model import EncoderConfig, TimeSenCLIPEncoder
+from encoder.preprocess import BANDS
 from encoder.tiny import tiny_encoder
 
 # Published files carry no head count, so the loader assumes the published 8: test models use 8.
@@ -94,7 +96,7 @@ def test_own_format_round_trip(model, x, tmp_path):
     loaded = load_encoder(str(path))
     assert_same_model(loaded, model, x)
     assert loaded.metadata == dataclasses.replace(meta, config=model.config)
-    assert loaded.metadata.low[0] == 67.0 and loaded.metadata.clamp
+    assert loaded.metadata.conventions.low[0] == 67.0 and loaded.metadata.conventions.clamp
     assert EncoderMetadata.from_dict(json.loads(json.dumps(meta.to_dict()))) == meta
     assert not list(tmp_path.glob(".*tmp"))  # atomic write leaves no temp file
 
@@ -213,16 +215,33 @@ def test_file_is_read_on_the_cpu_then_moved(model, x, tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"low": (0.0,) * 10}, r"low \(0\.0, .*\(this version: \(67\.0, "),
-        ({"clamp": False}, r"clamp False \(this version: True\)"),
-        ({"bands": tuple(f"X{i}" for i in range(10))}, r"bands \('X0'"),
+        ({"band_order": [f"X{i}" for i in range(10)]}, r"'X0' is not a Sentinel-2 band"),
+        ({"band_order": ["B02"] * 10}, r"must name each of the 10 bands"),
+        ({"low": [0.0] * 9}, r"one low value per band \(10\), got 9"),
+        ({"single_token_position": "july"}, r"single_token_position 'july' is unknown"),
     ],
 )
-def test_metadata_with_another_normalisation_is_refused(change, message, model, tmp_path):
-    meta = dataclasses.replace(EncoderMetadata(), **change)
-    path = save_checkpoint(model, tmp_path / "n.pt", meta)
-    with pytest.raises(CheckpointError, match="expects another input normalisation.*" + message):
+def test_malformed_conventions_are_refused(change, message, model, tmp_path):
+    path = save_checkpoint(model, tmp_path / "n.pt")
+    record = torch.load(path, weights_only=True)
+    record["metadata"]["conventions"].update(change)
+    torch.save(record, path)
+    with pytest.raises(CheckpointError, match="metadata is malformed.*" + message):
         load_encoder(path)
+
+
+def test_metadata_of_earlier_versions_is_read(model, x, tmp_path):
+    """Earlier files kept bands/low/high/clamp at the top level of the metadata."""
+    path = save_checkpoint(model, tmp_path / "old.pt")
+    record = torch.load(path, weights_only=True)
+    del record["metadata"]["conventions"]
+    low = [float(v) + 1 for v in range(10)]
+    record["metadata"] |= {"bands": ["B02", "B03", "B04", *BANDS[3:]], "low": low, "clamp": False}
+    torch.save(record, path)
+    loaded = load_encoder(path)
+    assert loaded.conventions.low == tuple(low) and not loaded.conventions.clamp
+    assert loaded.conventions.single_token_position == "mean"
+    assert torch.equal(loaded(x), model(x))
 
 
 def test_hub_source_offline_gives_clear_error(monkeypatch, tmp_path):
@@ -276,3 +295,32 @@ def test_package_exports_lazily():
         [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
+
+
+class RunsCode:
+    """What a malicious checkpoint pickles: a call made while the file is read."""
+
+    def __init__(self, func, arg):
+        self.func, self.arg = func, arg
+
+    def __reduce__(self):
+        return self.func, (self.arg,)
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+@pytest.mark.parametrize(
+    ("func", "shown"), [(os.system, "posix.system"), (eval, "eval")], ids=["system", "eval"]
+)
+def test_pickled_code_is_refused_as_code(func, shown, zip_format, model, tmp_path):
+    marker = tmp_path / "ran"
+    arg = f"touch {marker}" if func is os.system else f"open({str(marker)!r}, 'w')"
+    path = tmp_path / "evil.ckpt"
+    state = {"state_dict": model.state_dict(), "x": RunsCode(func, arg)}
+    torch.save(state, path, _use_new_zipfile_serialization=zip_format)
+    with pytest.raises(CheckpointError) as info:
+        load_encoder(path)
+    message = str(info.value)
+    assert f"holds code besides tensors ({shown})" in message
+    assert "torch.save(model.state_dict(), PATH)" in message
+    assert "not a PyTorch checkpoint" not in message
+    assert not marker.exists()

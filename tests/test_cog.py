@@ -88,6 +88,33 @@ def test_category_names_in_file_and_sidecar(tmp_path):
         assert src.tags(1)["CLASS_2"] == "tree cover"
     sidecar = ET.parse(tmp_path / "land_cover.tif.aux.xml").getroot()
     assert [c.text for c in sidecar.iter("Category")] == expected
+    # The sidecar's colour table holds "no data" and the classes only, not 256 entries.
+    entries = [tuple(int(e.get(f"c{i}")) for i in (1, 2, 3, 4)) for e in sidecar.iter("Entry")]
+    assert entries == [
+        (0, 0, 0, 0),
+        (0x1F, 0x78, 0xB4, 255),
+        (0x33, 0xA0, 0x2C, 255),
+        (255, 255, 100, 255),
+    ]
+    with rasterio.open(path) as src:
+        assert len(src.colormap(1)) == 4  # GDAL prefers the sidecar's table to the TIFF's 256
+    # The attribute table has one row per class, nodata left out.
+    rat = sidecar.find("PAMRasterBand/GDALRasterAttributeTable")
+    assert rat.get("tableType") == "thematic"
+    assert [f.findtext("Name") for f in rat.iter("FieldDefn")] == [
+        "Value",
+        "Class",
+        "Red",
+        "Green",
+        "Blue",
+        "Alpha",
+    ]
+    rows = [[f.text for f in row.iter("F")] for row in rat.iter("Row")]
+    assert rows == [
+        ["1", "water", "31", "120", "180", "255"],
+        ["2", "tree cover", "51", "160", "44", "255"],
+        ["3", "crops & grass", "255", "255", "100", "255"],
+    ]
     # GDAL itself must read them: a VRT copy carries the band's category names.
     rasterio.shutil.copy(path, tmp_path / "copy.vrt", driver="VRT")
     vrt = ET.parse(tmp_path / "copy.vrt").getroot()

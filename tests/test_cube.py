@@ -29,22 +29,28 @@ def expected_cube(scenes, offsets, *, mask=DEFAULT_CLOUD_MASK, reference=False):
     scl = np.stack([scene.scl for scene in scenes])
     months = np.array([scene.datetime.month for scene in scenes])
     values = dn - np.asarray(offsets, np.float32)[:, None, None, None]
-    dropped = (dn == 0).any(axis=1)
     if reference:
+        # The published rule: clouds and snow become 0 and stay, DN 0 stays, lower median per
+        # month, the year's lower median for a month without scenes, then + 1.
         values[np.broadcast_to(np.isin(scl, REFERENCE_ZERO_CLASSES)[:, None], values.shape)] = 0
-    else:
-        dropped |= np.isin(scl, mask)
+        year = np.percentile(values, 50, axis=0, method="lower")
+        composite = np.stack(
+            [
+                np.percentile(values[months == m], 50, axis=0, method="lower")
+                if (months == m).any()
+                else year
+                for m in range(1, 13)
+            ]
+        ).astype(np.float32)
+        return composite + 1, np.full(values.shape[2:], len(set(months)))
+    dropped = (dn == 0).any(axis=1) | np.isin(scl, mask)
     values[np.broadcast_to(dropped[:, None], values.shape)] = np.nan
     composite = np.full((12, *values.shape[1:]), np.nan, np.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels are expected
         for month in set(months):
             composite[month - 1] = np.nanmedian(values[months == month], axis=0)
-        has_data = np.isfinite(composite[:, 0])
-        if reference:
-            year = np.nanmedian(values, axis=0)
-            composite = np.where(has_data[:, None], composite, year[None])
-    return composite, has_data.sum(axis=0)
+    return composite, np.isfinite(composite[:, 0]).sum(axis=0)
 
 
 def assert_cube_equals(cube, composite, valid):
@@ -166,7 +172,7 @@ def test_reference_mode_zeroes_clouds_and_fills_empty_months(tmp_path):
     assert_cube_equals(cube, composite, valid)
     assert (valid == 3).all() and not np.isnan(composite).any()
     march_clouds = np.isin(synthetic.scenes[2].scl, REFERENCE_ZERO_CLASSES)
-    assert march_clouds.any() and (cube["composite"].values[2][:, march_clouds] == 0).all()
+    assert march_clouds.any() and (cube["composite"].values[2][:, march_clouds] == 1).all()
 
 
 def test_cloud_mask_is_configurable(small):
@@ -301,3 +307,34 @@ def test_nanmedian_time_equals_numpy():
             warnings.simplefilter("ignore", RuntimeWarning)
             expected = np.nanmedian(values, axis=0)
         np.testing.assert_array_equal(nanmedian_time(values), expected)
+
+
+@pytest.mark.parametrize("temporal", ["seasonal", "annual"])
+def test_seasonal_and_annual_tokens_are_medians_of_their_observations(small, temporal):
+    from pipeline.cube import CubeOptions, composite_chunk
+    from pipeline.grid import Grid
+    from pipeline.items import usable_refs
+
+    refs, _ = usable_refs(small.items, YEAR, "raise")
+    grid = Grid(small.epsg, small.bounds, 10.0)
+    cube = composite_chunk(refs, grid, CubeOptions(temporal=temporal))
+    scenes = small.scenes
+    dn = np.stack([s.dn for s in scenes]).astype(np.float32)
+    dropped = (dn == 0).any(axis=1) | np.isin(np.stack([s.scl for s in scenes]), DEFAULT_CLOUD_MASK)
+    dn[np.broadcast_to(dropped[:, None], dn.shape)] = np.nan
+    months = np.array([s.datetime.month for s in scenes])
+    blocks = (
+        [(1, 2, 3), (4, 5, 6), (7, 8, 9), (10, 11, 12)]
+        if temporal == "seasonal"
+        else [tuple(range(1, 13))]
+    )
+    expected = np.full((len(blocks), *dn.shape[1:]), np.nan, np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for i, block in enumerate(blocks):
+            chosen = np.isin(months, block)
+            if chosen.any():
+                expected[i] = np.nanmedian(dn[chosen], axis=0)
+    np.testing.assert_array_equal(cube.composite, expected)
+    _, valid = expected_cube(scenes, [0] * len(scenes))
+    np.testing.assert_array_equal(cube.valid_months, valid)

@@ -2,23 +2,28 @@
 
 import json
 
+import h5py
 import numpy as np
 import pytest
 import torch
 import yaml
 
 from encoder.checkpoint import EncoderMetadata, load_encoder, save_checkpoint
+from encoder.conventions import B4_FIRST, Conventions
 from encoder.evaluate import (
+    BAND_CANDIDATES,
     classification_metrics,
+    read_eval_pairs,
     retrieval_recall,
     run_evaluation,
     transductive_scores,
 )
 from encoder.pairs import PairsError, read_pairs, synthetic_pairs, write_pairs
 from encoder.preprocess import normalize
-from encoder.prompts import TextEncoder
+from encoder.prompts import TextEncoder, reference_classes
 from encoder.tiny import tiny_encoder, write_tiny_clip
 from encoder.train import run_training
+from pipeline.cli import main
 
 DIM = 16
 
@@ -164,3 +169,133 @@ def test_attention_pooling_of_the_training_run(setup, tmp_path):
     assert report.results["retrieval"]["pooling"] == "attention"
     assert report.results["retrieval"]["n"] == 40
     assert "transductive" not in report.results["tasks"]["land_cover"]
+
+
+# --- which conventions? -------------------------------------------------------------------------
+
+CONV_DIM = 32
+
+
+@pytest.fixture(scope="module")
+def trained_under_known_conventions(tmp_path_factory):
+    """A tiny encoder trained on a synthetic world under B4-first bands and January lone tokens,
+    then saved as a bare state_dict, as published weights come (no conventions recorded)."""
+    root = tmp_path_factory.mktemp("conventions")
+    clip = write_tiny_clip(root / "clip", embed_dim=CONV_DIM)
+    text = TextEncoder(f"local-dir:{clip}", cache_dir=root / "cache")
+    weights = text.class_embeddings("land_cover").numpy()
+    write_pairs(root / "train.zarr", synthetic_pairs(weights, 512, seed=1))
+    write_pairs(root / "test.zarr", synthetic_pairs(weights, 256, seed=101))
+    # Random positions at the start, so a lone token's position matters to the trained model.
+    init = save_checkpoint(tiny_encoder(dim=CONV_DIM, seed=1), root / "init.pt")
+    config = {
+        "data": {"train": "train.zarr"},
+        "model": {
+            "dim": CONV_DIM,
+            "depth": 2,
+            "heads": 4,
+            "ff_dim": 32,
+            "dropout": 0.0,
+            "init": str(init),
+            "band_order": ["B4", "B3", "B2", "B5", "B6", "B7", "B8", "B8A", "B11", "B12"],
+            "single_token_position": "january",
+        },
+        "clip": {"model": f"local-dir:{clip}", "cache_dir": "cache"},
+        "train": {
+            "epochs": 8,
+            "batch_size": 32,
+            "lr": 2e-3,
+            "warmup_epochs": 1,
+            "queue_size": 64,
+            "augment_probability": 1.0,  # TSMixAug on every batch: lone tokens on half of them
+            "seed": 1,
+        },
+        "output": {"dir": "run"},
+    }
+    (root / "train.yaml").write_text(yaml.safe_dump(config))
+    trained = run_training(root / "train.yaml", progress=False)
+    model = load_encoder(trained.checkpoint)
+    torch.save(model.state_dict(), root / "published.pt")
+    return root, clip, model
+
+
+def test_training_records_its_conventions(trained_under_known_conventions):
+    *_, model = trained_under_known_conventions
+    assert model.conventions == Conventions.published(B4_FIRST, single_token_position="january")
+
+
+def test_try_conventions_recovers_the_training_conventions(trained_under_known_conventions, capsys):
+    root, clip, trained = trained_under_known_conventions
+    published = root / "published.pt"
+    argv = ["evaluate", "--checkpoint", str(published), "--data", str(root / "test.zarr")]
+    argv += ["--out", str(root / "eval"), "--clip-model", f"local-dir:{clip}", "--device", "cpu"]
+    assert main([*argv, "--try-conventions"]) == 0
+    out = capsys.readouterr().out
+    assert "| monthly | B04 B03 B02 ... | B04 B03 B02 ... | - |" in out
+    assert "recommended: bands B04 B03 B02 B05 B06 B07 B08 B8A B11 B12; constants: each " in out
+    assert "lone token: january" in out
+    record = json.loads((root / "eval" / "conventions.json").read_text())
+    assert Conventions.from_dict(record["recorded"]) == Conventions()
+    assert Conventions.from_dict(record["recommended"]) == trained.conventions
+    rows = {
+        (r["candidate"], r["input"], r["conventions"]["single_token_position"]): r
+        for r in record["rows"]
+    }
+    assert len(rows) == 9
+    top1 = {k: r["tasks"]["land_cover"]["top1"] for k, r in rows.items()}
+    monthly = [top1[(c, "monthly", "mean")] for c in BAND_CANDIDATES]
+    assert monthly[1] > max(monthly[0], monthly[2]) + 0.05  # B4-first clearly best
+    assert top1[("B4-first", "annual", "january")] > top1[("B4-first", "annual", "mean")] + 0.05
+    # The printed command records them; maps and evaluation then use them.
+    command = next(line for line in out.splitlines() if line.startswith("to record them: "))
+    convert = command.removeprefix("to record them: timesenclip ").split()
+    convert[-1] = str(root / "converted.pt")
+    assert convert[:2] == ["convert", str(published)]
+    assert main(convert) == 0
+    assert "lone token: january" in capsys.readouterr().out
+    converted = load_encoder(root / "converted.pt")
+    assert converted.conventions == trained.conventions
+    report = run_evaluation(
+        root / "converted.pt",
+        root / "test.zarr",
+        out_dir=root / "converted-eval",
+        clip_model=f"local-dir:{clip}",
+        cache_dir=root / "cache",
+        device="cpu",
+        transductive=False,
+    )
+    assert report.results["tasks"]["land_cover"]["top1"] == pytest.approx(
+        top1[("B4-first", "monthly", "mean")]
+    )
+    assert report.results["conventions"] == trained.conventions.to_dict()
+    # The same scores from the published file with the conventions given as options.
+    assert main([*argv, "--band-order", "B4,B3,B2,B5,B6,B7,B8,B8A,B11,B12"]) == 0
+    overridden = json.loads((root / "eval" / "report.json").read_text())
+    assert overridden["tasks"]["land_cover"]["top1"] == pytest.approx(
+        report.results["tasks"]["land_cover"]["top1"]
+    )
+    assert main([*argv, "--try-conventions", "--single-token-position", "mean"]) == 2
+    assert "leave out" in capsys.readouterr().err
+
+
+def test_sen4map_hdf5_is_evaluated_directly(setup, tmp_path):
+    """--data may be a Sen4Map HDF5 file: labels from its attributes, no photos, no retrieval."""
+    root, _, checkpoint, _ = setup
+    pairs = read_pairs(root / "test.zarr")
+    codes = [c["lucas_lc1_codes"][0] for c in reference_classes("lc")]
+    with h5py.File(tmp_path / "test.h5", "w") as f:
+        for i in range(len(pairs)):
+            group = f.create_group(f"Lucas_Point_{i:04d}")  # HDF5 lists groups by name
+            patch = np.zeros((12, 10, 3, 3), np.float32)
+            patch[:, :, 1, 1] = np.nan_to_num(pairs.series[i], nan=0.0)
+            group.create_dataset("image", data=patch)
+            group.attrs["lc1"] = codes[pairs.labels["land_cover"][i]]
+    loaded = read_eval_pairs(tmp_path / "test.h5", ["land_cover"])
+    np.testing.assert_array_equal(loaded.labels["land_cover"], pairs.labels["land_cover"])
+    np.testing.assert_array_equal(loaded.series[pairs.month_mask], pairs.series[pairs.month_mask])
+    assert not loaded.photo_mask.any()
+    report = run_evaluation(
+        checkpoint, tmp_path / "test.h5", out_dir=tmp_path / "r", cache_dir=root / "cache"
+    )
+    assert report.results["retrieval"]["n"] == 0
+    assert report.results["tasks"]["land_cover"]["n"] == len(pairs)

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from encoder.conventions import Conventions
 from encoder.errors import TimeSenCLIPError
 from encoder.model import EncoderConfig, TimeSenCLIPEncoder
 
@@ -22,14 +23,15 @@ def random_encoder(seed: int = 0, **config) -> TimeSenCLIPEncoder:
     return model.eval()
 
 
-def plain_reference(model: TimeSenCLIPEncoder, x, month_mask=None):
-    """The published forward: a separately built nn.TransformerEncoder with copied weights."""
+def plain_reference(model: TimeSenCLIPEncoder, x, month_mask=None, pos=None):
+    """The published forward: a separately built nn.TransformerEncoder with copied weights
+    (``pos``: the position rows, default the whole table)."""
     cfg = model.config
     layer = nn.TransformerEncoderLayer(cfg.dim, cfg.heads, cfg.ff_dim, 0.0, batch_first=True)
     plain = nn.TransformerEncoder(layer, cfg.depth, enable_nested_tensor=False)
     plain.load_state_dict(model.transformer.state_dict())
     plain.eval()
-    tokens = model.spectral_embedding(x) + model.time_pos_encoding
+    tokens = model.spectral_embedding(x) + (model.time_pos_encoding if pos is None else pos)
     seq = torch.cat([model.time_token.expand(len(x), -1, -1), tokens], 1)
     padding = None if month_mask is None else F.pad(~month_mask, (1, 0), value=False)
     return model.mlp_head(plain(seq, src_key_padding_mask=padding)[:, 0])
@@ -147,6 +149,58 @@ def test_single_month_and_annual_median_use_mean_position():
     assert not torch.allclose(expected, own_pos, atol=1e-3)
 
 
+def seasonal_positions(table):
+    """The reference rule for 4 tokens, computed independently: the middle of each 3 rows."""
+    return table.view(1, 4, 3, -1).sort(dim=2).values[:, :, 1]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_seasonal_input_takes_the_reference_positions(seed):
+    model = random_encoder(seed)
+    x = torch.rand(16, 4, 10)
+    pos = seasonal_positions(model.time_pos_encoding)
+    mask = torch.ones(16, 4, dtype=torch.bool)
+    mask[:8, 1] = False
+    mask[8:12, 3] = False
+    with torch.no_grad():
+        expected = plain_reference(model, x, pos=pos)
+        torch.testing.assert_close(model(x), expected, atol=TOL, rtol=0)
+        masked = plain_reference(model, x, mask, pos=pos)
+        torch.testing.assert_close(model(x, mask), masked, atol=TOL, rtol=0)
+        gappy = x.clone()
+        gappy[:8, 1] = float("nan")
+        gappy[8:12, 3] = float("nan")
+        torch.testing.assert_close(model(gappy), masked, atol=TOL, rtol=0)
+        # Neither a row of the table (e.g. each block's middle month) nor the block mean.
+        for other in (
+            model.time_pos_encoding[:, 1::3],
+            model.time_pos_encoding.view(1, 4, 3, -1).mean(2),
+        ):
+            assert not torch.allclose(plain_reference(model, x, pos=other), expected, atol=1e-3)
+        train = random_encoder(seed, dropout=0.0).train()
+        torch.testing.assert_close(train(x, mask), masked, atol=TOL, rtol=0)
+
+
+def test_lone_season_and_january_rule():
+    model = random_encoder()
+    x = torch.rand(6, 4, 10)
+    mask = torch.zeros(6, 4, dtype=torch.bool)
+    mask[:, 2] = True
+    table = model.time_pos_encoding
+    mean = model.encode_tokens(model.embed_spectral(x[:, [2]]) + table.mean(1, keepdim=True))
+    torch.testing.assert_close(model(x, mask), mean, atol=TOL, rtol=0)
+    model.conventions = Conventions(single_token_position="january")
+    january = model.encode_tokens(model.embed_spectral(x[:, [2]]) + table[:, :1])
+    torch.testing.assert_close(model(x, mask), january, atol=TOL, rtol=0)
+    torch.testing.assert_close(model(x[:, [2]]), january, atol=TOL, rtol=0)
+    months = torch.zeros(6, 12, dtype=torch.bool)
+    months[:, 7] = True  # a lone month of a monthly series takes the same rule
+    x12 = torch.rand(6, 12, 10)
+    lone = model.encode_tokens(model.embed_spectral(x12[:, [7]]) + table[:, :1])
+    torch.testing.assert_close(model(x12, months), lone, atol=TOL, rtol=0)
+    assert not torch.allclose(january, mean, atol=1e-3)
+
+
 def test_pixel_without_months_is_nan_and_isolated():
     model = random_encoder()
     x = torch.rand(6, 12, 10)
@@ -185,7 +239,7 @@ def test_patch_input_k5():
     out = model(x, mask)
     assert out.shape == (4, 32)
     torch.testing.assert_close(out, plain_reference(model, x, mask), atol=TOL, rtol=0)
-    with pytest.raises(TimeSenCLIPError, match=r"\(N, 12 or 1, 10, 5, 5\)"):
+    with pytest.raises(TimeSenCLIPError, match=r"\(N, 12, 4 or 1, 10, 5, 5\)"):
         model(torch.rand(4, 12, 10))
 
 
@@ -193,6 +247,8 @@ def test_bad_inputs_are_named():
     model = random_encoder()
     with pytest.raises(TimeSenCLIPError, match=r"got shape \(4, 11, 10\)"):
         model(torch.rand(4, 11, 10))
+    with pytest.raises(TimeSenCLIPError, match=r"\(N, 12, 4 or 1, 10\).*got shape \(4, 3, 10\)"):
+        model(torch.rand(4, 3, 10))
     with pytest.raises(TimeSenCLIPError, match="month_mask"):
         model(torch.rand(4, 12, 10), torch.ones(4, 12))
     with pytest.raises(TimeSenCLIPError, match="month_mask"):

@@ -1,7 +1,6 @@
-"""Class sets, templates, colours and cached prompt embeddings (tiny offline open_clip model)."""
+"""Class sets, templates and cached prompt embeddings (tiny offline open_clip model)."""
 
 import json
-import re
 from pathlib import Path
 
 import open_clip
@@ -15,7 +14,6 @@ from encoder.files import file_sha256
 from encoder.prompts import (
     ClassSpec,
     TextEncoder,
-    class_colors,
     class_prompts,
     class_set,
     class_set_names,
@@ -40,7 +38,6 @@ SETS = [
     ("eunis_habitat", "eunis", 44),
     ("country", "nuts", 28),
 ]
-HEX = re.compile(r"^#[0-9a-f]{6}$")
 
 
 def _write_tiny(folder: Path, seed: int) -> Path:
@@ -86,9 +83,6 @@ def test_builtin_sets_match_yaml(name, key, size):
     assert [c.name for c in classes] == [e["name"] for e in reference]
     assert [list(c.prompts) for c in classes] == [e["prompts"] for e in reference]
     assert class_set(key) == classes
-    colors = [c.color for c in classes]
-    assert all(HEX.match(c) for c in colors)
-    assert len(set(colors)) == size
 
 
 def test_set_names_and_aliases():
@@ -101,19 +95,6 @@ def test_set_names_and_aliases():
     for name, key, _ in SETS:
         assert is_class_set(name) and is_class_set(key.upper()) and is_class_set(f" {name} ")
     assert is_class_set("Land-Cover") and not is_class_set("vineyard, olive grove")
-
-
-def test_land_cover_colours_are_conventional():
-    rgb = {c.name: [int(c.color[i : i + 2], 16) for i in (1, 3, 5)] for c in class_set("lc")}
-    r, g, b = rgb["Artificial Land"]
-    assert r > 200 and g < 80 and b < 80
-    r, g, b = rgb["Water"]
-    assert b > r and b > g
-    r, g, b = rgb["Woodland"]
-    assert g > r and g > b and g < 160
-    r, g, b = rgb["Cropland"]
-    assert r > 200 and g > 180 and b < 100
-    assert rgb["Grassland"][1] > rgb["Woodland"][1]
 
 
 def test_resolve_user_classes():
@@ -153,16 +134,6 @@ def test_resolve_user_classes():
 def test_resolve_rejects_bad_input(spec, message):
     with pytest.raises(TimeSenCLIPError, match=message):
         resolve_classes(spec)
-
-
-def test_class_colors_fill_missing_distinctly():
-    classes = resolve_classes(["a", {"name": "b", "color": "#ABCDEF"}, "c", "d"])
-    colors = class_colors(classes)
-    assert colors[1] == "#abcdef"
-    assert all(HEX.match(c) for c in colors)
-    assert len(set(colors)) == 4
-    assert class_colors(classes) == colors
-    assert class_colors(class_set("eunis")) == [c.color for c in class_set("eunis")]
 
 
 # --- templates ------------------------------------------------------------------------------

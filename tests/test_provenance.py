@@ -2,13 +2,15 @@
 
 import dataclasses
 import datetime as dt
+import hashlib
 import json
+import os
 import platform
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.provenance import write_provenance
+from pipeline.provenance import record_outputs, verify_outputs, write_provenance
 
 
 @dataclasses.dataclass
@@ -41,3 +43,43 @@ def test_record_is_written_with_versions(tmp_path):
     assert dt.datetime.fromisoformat(data["created"]).tzinfo is not None
     assert text == json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
     assert [p.name for p in tmp_path.iterdir()] == ["provenance.json"]
+
+
+def test_outputs_are_recorded_and_verified(tmp_path):
+    (tmp_path / "map.tif").write_bytes(b"pixels")
+    (tmp_path / "map.tif.aux.xml").write_text("<PAMDataset/>")  # a sidecar belongs to its file
+    (tmp_path / "map_confidence.tif").write_bytes(b"other")
+    (tmp_path / "store.zarr" / "c").mkdir(parents=True)
+    (tmp_path / "store.zarr" / "zarr.json").write_text("{}")
+    (tmp_path / "store.zarr" / "c" / "0").write_bytes(b"\0" * 10)
+    record = record_outputs(tmp_path, [tmp_path / "map.tif", tmp_path / "store.zarr"])
+    assert sorted(record) == [
+        "map.tif",
+        "map.tif.aux.xml",
+        "store.zarr/c/0",
+        "store.zarr/zarr.json",
+    ]
+    assert record["map.tif"]["size"] == 6
+    assert record["map.tif"]["sha256"] == hashlib.sha256(b"pixels").hexdigest()
+    assert verify_outputs(tmp_path, record) == []
+
+    os.utime(tmp_path / "map.tif", ns=(0, 0))  # touched, same content: hashed and accepted
+    assert verify_outputs(tmp_path, record) == []
+    (tmp_path / "map.tif").write_bytes(b"PIXELS")  # same size, other content
+    (tmp_path / "store.zarr" / "c" / "0").write_bytes(b"\0" * 4)
+    (tmp_path / "map.tif.aux.xml").unlink()
+    assert verify_outputs(tmp_path, record) == [
+        "map.tif has other content than when it was written",
+        "map.tif.aux.xml is missing",
+        "store.zarr/c/0 has 4 bytes, not 10",
+    ]
+
+
+def test_verify_does_not_hash_a_file_whose_size_and_time_match(tmp_path, monkeypatch):
+    from pipeline import provenance
+
+    (tmp_path / "a.tif").write_bytes(b"x" * 100)
+    record = record_outputs(tmp_path, [tmp_path / "a.tif"])
+    hashed = []
+    monkeypatch.setattr(provenance, "file_sha256", lambda p: hashed.append(p) or "")
+    assert verify_outputs(tmp_path, record) == [] and hashed == []

@@ -1,11 +1,12 @@
-"""QGIS styles: a paletted renderer with the classes' values, labels and colours."""
+"""QGIS styles: a paletted renderer for classes, a pseudocolour ramp for measurements."""
 
 import xml.etree.ElementTree as ET
 
 import pytest
 
 from encoder.errors import TimeSenCLIPError
-from pipeline.qml import StyleError, fill_colors, generated_color, parse_color, write_qml
+from pipeline.qml import write_qml, write_ramp_qml
+from pipeline.style import CONFIDENCE_RAMP, VALID_MONTHS_RAMP, StyleError
 
 CLASSES = [
     (1, "water", "#1F78B4"),
@@ -38,12 +39,26 @@ def test_qml_is_a_qgis3_paletted_style(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["land_cover.qml"]
 
 
-def test_missing_colours_are_generated_stably():
-    filled = fill_colors([(1, "a", None), (2, "b", "00ff00"), (3, "c", None)])
-    assert filled[1] == (2, "b", "#00ff00")
-    assert filled[0][2] == generated_color(1) and filled[2][2] == generated_color(3)
-    assert len({color for _, _, color in filled}) == 3
-    assert all(0 <= c <= 255 for c in parse_color(generated_color(7)))
+def test_ramp_qml_lists_every_stop_with_its_unit(tmp_path):
+    path = write_ramp_qml(tmp_path / "land_cover_confidence.qml", CONFIDENCE_RAMP)
+    root = ET.fromstring(path.read_text(encoding="utf-8"))
+    renderer = root.find("pipe/rasterrenderer")
+    assert renderer.get("type") == "singlebandpseudocolor"
+    assert (renderer.get("classificationMin"), renderer.get("classificationMax")) == ("0", "100")
+    assert renderer.findtext("minMaxOrigin/limits") == "None"  # never re-stretched to the data
+    shader = renderer.find("rastershader/colorrampshader")
+    assert shader.get("colorRampType") == "INTERPOLATED"
+    items = [(i.get("value"), i.get("label")) for i in shader.iterfind("item")]
+    assert items == [("0", "0 %"), ("25", "25 %"), ("50", "50 %"), ("75", "75 %"), ("100", "100 %")]
+    assert shader.find("rampLegendSettings").get("useContinuousLegend") == "0"
+
+    months = ET.fromstring(
+        write_ramp_qml(tmp_path / "valid_months.qml", VALID_MONTHS_RAMP).read_text()
+    )
+    shader = months.find("pipe/rasterrenderer/rastershader/colorrampshader")
+    assert shader.get("colorRampType") == "EXACT"
+    labels = [i.get("label") for i in shader.iterfind("item")]
+    assert labels[:2] == ["0 months", "1 month"] and labels[-1] == "12 months" and len(labels) == 13
 
 
 @pytest.mark.parametrize(
@@ -52,6 +67,7 @@ def test_missing_colours_are_generated_stably():
         ([], "empty"),
         ([(1, "a", "#000000"), (1, "b", "#ffffff")], "repeat"),
         ([(1, "a", "red")], "not a colour"),
+        ([(1, "a", "00ff00")], "#rrggbb"),
     ],
 )
 def test_bad_class_lists_are_rejected(tmp_path, classes, message):

@@ -180,7 +180,7 @@ def test_similarity_task_in_run_equals_a_direct_computation(float16_run, direct)
         band = item["assets"]["data"]["raster:bands"][0]
         assert (band["scale"], band["offset"], band["nodata"]) == (0.01, -1.0, 255)
         assert item["properties"]["timesenclip:text"] == TEXTS[i]
-        assert set(item["assets"]) == {"data", "valid_months", "style"}
+        assert {"data", "valid_months", "style"} <= set(item["assets"])
     record = json.loads((region_dir / "provenance.json").read_text())
     assert record["tasks"][-1]["layers"] == [f"sim_{s}" for s in SLUGS]
 

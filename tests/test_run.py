@@ -15,19 +15,18 @@ import numpy as np
 import pystac
 import pytest
 import rasterio
-import yaml
 
 from encoder.checkpoint import file_sha256, load_encoder
-from encoder.prompts import TextEncoder, class_colors, class_set
+from encoder.prompts import TextEncoder, class_set
 from encoder.zeroshot import score
 from pipeline.cli import main
 from pipeline.cog import read_category_names
 from pipeline.cube import build_cube
-from pipeline.demo import write_demo_inputs
 from pipeline.embed import embed_series, pixel_series
 from pipeline.process import OUTSIDE_REGION
 from pipeline.run import run_workflow
 from pipeline.stac_server import serve_stac
+from pipeline.style import class_colors
 from pipeline.tiles import Tile, region_mask
 from pipeline.workflow import load_workflow
 
@@ -35,29 +34,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def demo_inputs(tmp_path_factory):
-    """Synthetic scenes, a tiny CLIP and a tiny encoder, served by a local STAC API."""
-    root = tmp_path_factory.mktemp("e2e")
-    workflow, synthetic = write_demo_inputs(root)
-    with serve_stac(synthetic.collection, synthetic.items, root / "data" / "stac") as url:
-        workflow["stac"]["url"] = url
-        yield root, workflow, synthetic
-
-
-def write_workflow(folder: Path, workflow: dict, **changes) -> Path:
-    data = {**workflow, **changes}
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "workflow.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
-@pytest.fixture(scope="module")
-def finished(demo_inputs):
+def finished(demo_inputs, workflow_file):
     """One uninterrupted run on a two-process LocalCluster."""
     root, workflow, synthetic = demo_inputs
     out = root / "run-full"
-    path = write_workflow(
+    path = workflow_file(
         out,
         workflow,
         outputs={**workflow["outputs"], "dir": str(out / "maps")},
@@ -193,13 +174,13 @@ def test_rerun_skips_finished_work(finished):
     assert {p: p.stat().st_mtime_ns for p in region_dir.glob("*.tif")} == before
 
 
-def test_changed_inputs_redo_the_region(demo_inputs, tmp_path):
+def test_changed_inputs_redo_the_region(demo_inputs, tmp_path, workflow_file):
     """A finished region is redone, not skipped, when what its pixels depend on changes."""
     _, workflow, _ = demo_inputs
-    first = write_workflow(tmp_path / "a", workflow, outputs={"dir": str(tmp_path / "maps")})
+    first = workflow_file(tmp_path / "a", workflow, outputs={"dir": str(tmp_path / "maps")})
     assert run_workflow(load_workflow(first), progress=False).tiles == 4
     stac = {**workflow["stac"], "max_cloud_cover": 20}
-    changed = write_workflow(
+    changed = workflow_file(
         tmp_path / "b", workflow, stac=stac, outputs={"dir": str(tmp_path / "maps")}
     )
     rerun = run_workflow(load_workflow(changed), progress=False)
@@ -208,11 +189,11 @@ def test_changed_inputs_redo_the_region(demo_inputs, tmp_path):
     assert record["workflow"]["stac"]["max_cloud_cover"] == 20
 
 
-def test_killed_run_resumes_to_the_same_files(demo_inputs, finished):
+def test_killed_run_resumes_to_the_same_files(demo_inputs, finished, workflow_file):
     root, workflow, _ = demo_inputs
     region_full = finished[0]
     out = root / "run-killed"
-    path = write_workflow(
+    path = workflow_file(
         out,
         workflow,
         outputs={**workflow["outputs"], "dir": str(out / "maps"), "embeddings": False},
@@ -240,9 +221,9 @@ def test_killed_run_resumes_to_the_same_files(demo_inputs, finished):
     assert not [p for p in region_dir.rglob("*") if ".tmp" in p.name]
 
 
-def test_dry_run_reads_nothing(demo_inputs, tmp_path, capsys):
+def test_dry_run_reads_nothing(demo_inputs, tmp_path, capsys, workflow_file):
     _, workflow, _ = demo_inputs
-    path = write_workflow(tmp_path, workflow, outputs={"dir": str(tmp_path / "maps")})
+    path = workflow_file(tmp_path, workflow, outputs={"dir": str(tmp_path / "maps")})
     assert main(["run", str(path), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "tile" in out and "24 item(s)" in out and "dry run" in out
@@ -257,29 +238,29 @@ def test_dry_run_reads_nothing(demo_inputs, tmp_path, capsys):
         ({"model": {"checkpoint": "missing.ckpt"}}, "missing.ckpt"),
     ],
 )
-def test_bad_workflows_fail_clearly(demo_inputs, tmp_path, capsys, change, message):
+def test_bad_workflows_fail_clearly(demo_inputs, tmp_path, capsys, change, message, workflow_file):
     _, workflow, _ = demo_inputs
-    path = write_workflow(tmp_path, workflow, **change)
+    path = workflow_file(tmp_path, workflow, **change)
     assert main(["run", str(path)]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
 
 
-def test_empty_search_fails_clearly(demo_inputs, tmp_path, capsys):
+def test_empty_search_fails_clearly(demo_inputs, tmp_path, capsys, workflow_file):
     _, workflow, _ = demo_inputs
-    path = write_workflow(tmp_path, workflow, year=2019)
+    path = workflow_file(tmp_path, workflow, year=2019)
     assert main(["run", str(path)]) == 2
     assert "2019" in capsys.readouterr().err
 
 
-def test_unreadable_asset_fails_clearly(demo_inputs, tmp_path, capsys):
+def test_unreadable_asset_fails_clearly(demo_inputs, tmp_path, capsys, workflow_file):
     _, workflow, synthetic = demo_inputs
     broken = [json.loads(json.dumps(i)) for i in synthetic.items]
     bad = tmp_path / "corrupt.tif"
     bad.write_bytes(b"not a tiff")
     broken[3]["assets"]["red"]["href"] = str(bad)
     with serve_stac(synthetic.collection, broken, tmp_path / "stac") as url:
-        path = write_workflow(
+        path = workflow_file(
             tmp_path,
             workflow,
             stac={**workflow["stac"], "url": url},
@@ -291,27 +272,29 @@ def test_unreadable_asset_fails_clearly(demo_inputs, tmp_path, capsys):
     assert broken[3]["id"] in err and "Traceback" not in err
 
 
-def test_hub_checkpoints_reach_workers_as_hub_sources(demo_inputs, tmp_path, monkeypatch):
+def test_hub_checkpoints_reach_workers_as_hub_sources(
+    demo_inputs, tmp_path, monkeypatch, workflow_file
+):
     """Workers (maybe on other machines) fetch a hub checkpoint themselves, not our cache path."""
     from pipeline import run
 
     _, workflow, _ = demo_inputs
     local = workflow["model"]["checkpoint"]
     model = {**workflow["model"], "checkpoint": "hf-hub:owner/repo/sub/encoder.pt"}
-    path = write_workflow(tmp_path, workflow, model=model)
+    path = workflow_file(tmp_path, workflow, model=model)
     asked = []
     monkeypatch.setattr(run, "resolve_source", lambda s: asked.append(s) or Path(local))
-    source, digest, dim = run.check_checkpoint(load_workflow(path))
+    source, digest, dim, _ = run.check_checkpoint(load_workflow(path))
     assert asked == ["hf-hub:owner/repo/sub/encoder.pt"]
     assert source == "hf-hub:owner/repo/sub/encoder.pt"
     assert digest == file_sha256(local) and dim == 32
 
 
-def test_unreachable_scheduler_is_a_clear_error(demo_inputs, tmp_path, capsys):
+def test_unreachable_scheduler_is_a_clear_error(demo_inputs, tmp_path, capsys, workflow_file):
     import dask
 
     _, workflow, _ = demo_inputs
-    path = write_workflow(tmp_path, workflow, outputs={"dir": str(tmp_path / "maps")})
+    path = workflow_file(tmp_path, workflow, outputs={"dir": str(tmp_path / "maps")})
     with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
         assert main(["run", str(path), "--quiet", "--scheduler", "tcp://127.0.0.1:9"]) == 2
     err = capsys.readouterr().err

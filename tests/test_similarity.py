@@ -14,8 +14,8 @@ from encoder.errors import TimeSenCLIPError
 from pipeline.cog import write_cog
 from pipeline.embeddings import decode_embeddings, encode_embeddings
 from pipeline.publish import describe_ramp
-from pipeline.qml import StyleError, ramp_qml_text
-from pipeline.similarity import Ramp, change, cosine, exemplar, slugify, unique_slugs
+from pipeline.qml import ramp_qml_text
+from pipeline.similarity import ScoreRamp, change, cosine, exemplar, slugify, unique_slugs
 
 TRANSFORM = Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 4800000.0)
 
@@ -41,7 +41,7 @@ def test_slugs_refuse_empty_and_colliding_texts():
 
 
 def test_similarity_ramp_stores_cosine_as_uint8_steps():
-    ramp = Ramp.similarity()
+    ramp = ScoreRamp.similarity()
     cos = np.array([-1.0, -0.504, 0.0, 0.255, 1.0, 1.3, -2.0, np.nan], np.float32)
     pixels = ramp.encode(cos)
     np.testing.assert_array_equal(pixels, [0, 50, 100, 126, 200, 200, 0, 255])
@@ -55,7 +55,7 @@ def test_similarity_ramp_stores_cosine_as_uint8_steps():
 def test_contrast_stretches_to_the_percentiles():
     values = np.linspace(0.1, 0.3, 1001, dtype=np.float32)
     values[::7] = np.nan
-    ramp = Ramp.similarity().stretched(values)
+    ramp = ScoreRamp.similarity().stretched(values)
     low, high = np.percentile(values[np.isfinite(values)], [2, 98])
     assert ramp.contrast and math.isclose(ramp.low, low) and math.isclose(ramp.high, high)
     pixels = ramp.encode(values)
@@ -67,7 +67,7 @@ def test_contrast_stretches_to_the_percentiles():
 
 
 def test_float16_ramp_keeps_the_values():
-    ramp = Ramp.change(float16=True)
+    ramp = ScoreRamp.change(float16=True)
     values = np.array([0.0, 0.123456, 1.9, np.nan], np.float32)
     stored = ramp.encode(values)
     assert stored.dtype == np.float16 and math.isnan(ramp.nodata)
@@ -115,9 +115,8 @@ def test_int8_rule_and_its_error():
     )
 
 
-def test_ramp_qml_interpolates_labelled_stops():
-    stops = Ramp.similarity().stops()
-    root = ET.fromstring(ramp_qml_text(stops))
+def test_score_ramps_become_labelled_qgis_ramps():
+    root = ET.fromstring(ramp_qml_text(ScoreRamp.similarity().qgis_ramp()))
     renderer = root.find("pipe/rasterrenderer")
     assert renderer.get("type") == "singlebandpseudocolor"
     assert (renderer.get("classificationMin"), renderer.get("classificationMax")) == ("-1", "1")
@@ -125,16 +124,14 @@ def test_ramp_qml_interpolates_labelled_stops():
     assert shader.get("colorRampType") == "INTERPOLATED"
     items = [(e.get("value"), e.get("label"), e.get("color")) for e in shader.iter("item")]
     assert items[0] == ("-1", "-1", "#440154") and items[-1] == ("1", "1", "#fde725")
-    assert len(items) == 5
-    with pytest.raises(StyleError, match="at least two"):
-        ramp_qml_text(stops[:1])
-    with pytest.raises(StyleError, match="from low to high"):
-        ramp_qml_text(stops[::-1])
+    assert [v for v, _, _ in items] == ["-1", "-0.5", "0", "0.5", "1"]
+    stretched = ScoreRamp.change().stretched(np.array([0.1, 0.2, 0.3], np.float32)).qgis_ramp()
+    assert stretched.unit == "1 - cosine" and 0.1 < stretched.minimum < stretched.maximum < 0.3
 
 
 @pytest.mark.parametrize("float16", [False, True])
 def test_ramp_maps_carry_their_decoding(tmp_path, float16):
-    ramp = Ramp.similarity(float16)
+    ramp = ScoreRamp.similarity(float16)
     values = np.linspace(-0.5, 0.9, 300 * 300, dtype=np.float32).reshape(300, 300)
     values[:20] = np.nan
     path = write_cog(

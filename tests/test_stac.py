@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pystac
 import pytest
 
+from encoder.errors import TimeSenCLIPError
 from pipeline.stac import (
     EARTH_SEARCH_ASSETS,
     PLANETARY_COMPUTER_ASSETS,
@@ -183,7 +184,8 @@ def test_provider_detection_and_source_validation(tmp_path):
     "bbox", [(10, 50, 5, 51), (10, 50, 11), (200, 0, 201, 1), (0, -95, 1, 0), ("a", 0, 1, 1), None]
 )
 def test_bad_bbox_is_a_clear_error(tmp_path, bbox):
-    with pytest.raises(StacError, match="is not a lon/lat box"):
+    # One bbox rule for regions and searches (pipeline.tiles.check_bbox).
+    with pytest.raises(TimeSenCLIPError, match=r"bbox|longitudes|latitudes|west must"):
         search_items(StacSource(file=tmp_path / "none.json"), bbox, 2023)
 
 

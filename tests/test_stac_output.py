@@ -12,8 +12,9 @@ from pystac.extensions.raster import RasterExtension
 from rasterio.warp import transform_bounds
 
 from pipeline.cog import class_category_names, class_colormap, confidence_percent, write_cog
-from pipeline.qml import write_qml
+from pipeline.qml import write_qml, write_ramp_qml
 from pipeline.stac_output import StacOutputError, class_item, write_item
+from pipeline.style import CONFIDENCE_RAMP
 
 CLASSES = [(1, "water", "#1f78b4"), (2, "tree cover", "#33a02c"), (3, "crops/grass", "#ffff64")]
 TRANSFORM = Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 4800000.0)
@@ -36,6 +37,7 @@ def outputs(tmp_path):
     write_cog(tmp_path / "land_cover_confidence.tif", confidence, nodata=255, **common)
     write_cog(tmp_path / "valid_months.tif", np.full((30, 50), 12, np.uint8), nodata=None, **common)
     write_qml(tmp_path / "land_cover.qml", CLASSES)
+    write_ramp_qml(tmp_path / "land_cover_confidence.qml", CONFIDENCE_RAMP)
     return tmp_path, labels
 
 
@@ -50,7 +52,6 @@ def test_item_round_trips_with_classes_and_projection(outputs):
         class_descriptions={1: "open water"},
         confidence_path=folder / "land_cover_confidence.tif",
         valid_months_path=folder / "valid_months.tif",
-        style_path=folder / "land_cover.qml",
         properties={"timesenclip:task": "land_cover"},
     )
     path = write_item(item, folder / "land_cover.json")
@@ -66,7 +67,14 @@ def test_item_round_trips_with_classes_and_projection(outputs):
         "confidence": "./land_cover_confidence.tif",
         "valid_months": "./valid_months.tif",
         "style": "./land_cover.qml",
+        "aux_xml": "./land_cover.tif.aux.xml",
+        "confidence_style": "./land_cover_confidence.qml",
     }
+    # Every file beside the map is listed: nothing is left for a copy of the item to miss.
+    assert {f"./{p.name}" for p in folder.iterdir()} - {"./land_cover.json"} == {
+        a.href for a in back.assets.values()
+    }
+    assert back.assets["aux_xml"].media_type == pystac.MediaType.XML
     data = back.assets["data"]
     assert data.media_type == pystac.MediaType.COG and data.roles == ["data"]
 

@@ -91,6 +91,24 @@ def test_config_errors_name_the_field():
         parse_config({"data": {"train": "x.zarr"}})
 
 
+def test_augment_recipe_and_conventions_config():
+    base = {"data": {"train": "x.zarr"}, "output": {"dir": "o"}}
+    assert parse_config(base).train.augment_kinds() == ("median", "quarter_drop")  # tsmixaug
+    assert parse_config(base | {"train": {"augment": "all"}}).train.augment_kinds() == (
+        "median",
+        "quarter_drop",
+        "subset",
+    )
+    picked = {"augment": "all", "augmentations": ["subset"]}
+    assert parse_config(base | {"train": picked}).train.augment_kinds() == ("subset",)
+    with pytest.raises(TrainConfigError, match="augmentations applies to augment: all only"):
+        parse_config(base | {"train": {"augmentations": ["median"]}})
+    with pytest.raises(TrainConfigError, match=r"model: .*must name each of the 10 bands"):
+        parse_config(base | {"model": {"band_order": ["B4", "B3", "B2"]}})
+    with pytest.raises(TrainConfigError, match=r"model\.single_token_position"):
+        parse_config(base | {"model": {"single_token_position": "july"}})
+
+
 # --- learner pieces -----------------------------------------------------------------------------
 
 

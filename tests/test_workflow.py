@@ -105,28 +105,36 @@ def test_defaults(tmp_path):
         "cloud_mask": [0, 1, 3, 8, 9, 10],
         "mask_mode": "default",
         "resampling": "nearest",
+        "read_concurrency": 16,
+        "gdal": {},
+        "temporal": "monthly",
     }
     assert wf.stac.model_dump(exclude={"url"}) == {
         "file": None,
         "collection": "sentinel-2-l2a",
         "max_cloud_cover": None,
         "provider": "auto",
-        "retries": 5,
+        "retries": 2,
         "on_bad_asset": "raise",
+        "concurrency": 8,
     }
     assert (wf.model.clip.model, wf.model.clip.pretrained) == ("ViT-B-32", "openai")
     assert (wf.model.device, wf.model.batch_size) == ("auto", 65536)
+    assert (wf.model.band_order, wf.model.single_token_position) == (None, None)
     assert wf.tasks[0].templates == "class_names"
     assert wf.outputs.model_dump(exclude={"dir"}) == {
         "confidence": True,
         "embeddings": False,
         "overview_resampling": "mode",
         "blocksize": 512,
+        "mosaic_max_pixels": 1_000_000_000,
     }
     assert wf.dask.model_dump() == {
         "scheduler": None,
         "n_workers": None,
         "threads_per_worker": None,
+        "stall_timeout": 3600.0,
+        "no_worker_timeout": 120.0,
     }
 
 
@@ -421,3 +429,24 @@ def test_every_example_workflow_validates():
     cluster = load_workflow(WORKFLOWS / "cluster-europe.yaml")
     assert cluster.dask.scheduler == "tcp://scheduler:8786" and cluster.outputs.embeddings
     assert len(cluster.regions) > 1
+
+
+@pytest.mark.parametrize("name", ["valid_months", "Provenance", "embeddings", "land_confidence"])
+def test_task_names_of_built_in_outputs_are_reserved(tmp_path, name):
+    data = copy.deepcopy(MINIMAL)
+    data["tasks"].append({"name": name, "classes": "land_use"})
+    message = _error(tmp_path, data)
+    assert f"tasks[1].name (line 17): got {name!r}; this name is reserved" in message
+    assert "reserved: valid_months, provenance, embeddings and any name ending in _confidence" in (
+        message
+    )
+
+
+def test_a_huge_value_is_shown_short_and_problems_are_capped(tmp_path):
+    data = copy.deepcopy(MINIMAL)
+    data["name"] = "x" * 500_000
+    data["cube"] = {"cloud_mask": list(range(100, 160))}
+    message = _error(tmp_path, data)
+    assert "has 61 problem(s)" in message and "... and 41 more" in message
+    assert len(message) < 5000
+    assert "name (line 1): got 'xxx" in message

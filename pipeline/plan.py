@@ -1,0 +1,238 @@
+"""The plan of a run, made once on the client: run -> region -> tile -> chunk task.
+
+Every STAC item is searched, parsed and harmonised once per run (``ItemRef``) and stored once,
+however many tiles share it; tiles hold indices into that list, and a chunk task carries only the
+items whose footprint meets the chunk. Chunk tasks are made when they are submitted, so a
+continent's plan holds one small record per tile, not hundreds of thousands of tasks.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from pipeline.chunks import Chunk, tile_chunks
+from pipeline.grid import reproject_bounds
+from pipeline.items import ItemRef, usable_refs
+from pipeline.stac import EmptySearchError, RetryPolicy, StacError, StacSource, search_boxes
+from pipeline.tiles import Tile, region_mask
+from pipeline.workflow import Region, Workflow
+
+log = logging.getLogger(__name__)
+
+# About 0.21 GFLOP per pixel for the published encoder (bench/README.md), for time estimates.
+FLOP_PER_PIXEL = 0.21e9
+
+
+@dataclass(frozen=True)
+class ChunkTask:
+    """One Dask task's whole input: a chunk, the scenes meeting it, and which pixels to map."""
+
+    chunk: Chunk
+    items: tuple[ItemRef, ...]
+    inside: np.ndarray | None  # (h, w) bool, False outside the region; None when all inside
+    folder: Path  # the tile's scratch folder, where the chunk leaves its piece
+
+    @property
+    def piece(self) -> Path:
+        return self.folder / "chunks" / f"{self.chunk.id}.npz"
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """A tile, the indices of the run's items meeting it and its scratch folder."""
+
+    tile: Tile
+    items: tuple[int, ...]
+    folder: Path
+
+    @property
+    def done(self) -> bool:
+        return (self.folder / "done.json").exists()
+
+
+@dataclass(frozen=True)
+class RegionPlan:
+    """A region's tiles with items (tiles without any stay nodata and are listed apart)."""
+
+    region: Region
+    folder: Path
+    tiles: tuple[TilePlan, ...]
+    empty: tuple[Tile, ...]
+    fingerprint: str = ""
+
+    @property
+    def pixels(self) -> int:
+        return sum(p.tile.shape[0] * p.tile.shape[1] for p in self.tiles)
+
+
+class RegionTarget(NamedTuple):
+    """A region to plan: where its outputs and tile pieces go, and its fingerprint."""
+
+    region: Region
+    folder: Path
+    scratch: Path
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Every region's plan and the run's items, each once."""
+
+    refs: tuple[ItemRef, ...]
+    regions: tuple[RegionPlan, ...]
+    skipped: tuple[dict, ...]  # items refused while parsing (under on_bad_asset: skip)
+    chunk_size: int
+
+    def chunk_tasks(self, plan: TilePlan, region: Region) -> Iterator[ChunkTask]:
+        """The tile's chunk tasks, each with the items whose footprint meets its chunk."""
+        refs = [self.refs[i] for i in plan.items]
+        footprints = np.array(
+            [reproject_bounds(r.footprint, r.footprint_epsg, plan.tile.epsg) for r in refs]
+        ).reshape(-1, 4)
+        inside = region_mask(region.area, plan.tile)
+        for chunk in tile_chunks(plan.tile, self.chunk_size):
+            xmin, ymin, xmax, ymax = chunk.bounds
+            meets = (np.maximum(footprints[:, 0], xmin) < np.minimum(footprints[:, 2], xmax)) & (
+                np.maximum(footprints[:, 1], ymin) < np.minimum(footprints[:, 3], ymax)
+            )
+            window = inside[
+                chunk.row : chunk.row + chunk.height, chunk.col : chunk.col + chunk.width
+            ]
+            yield ChunkTask(
+                chunk,
+                tuple(r for r, hit in zip(refs, meets, strict=True) if hit),
+                None if window.all() else window.copy(),
+                plan.folder,
+            )
+
+    def chunk_count(self, plan: TilePlan) -> int:
+        return len(tile_chunks(plan.tile, self.chunk_size))
+
+
+def stac_source(workflow: Workflow) -> StacSource:
+    """The workflow's STAC source with its retry policy."""
+    stac = workflow.stac
+    return StacSource(
+        url=stac.url,
+        file=stac.file,
+        collection=stac.collection,
+        max_cloud_cover=stac.max_cloud_cover,
+        provider=stac.provider,
+        retry=RetryPolicy(attempts=stac.retries + 1),
+    )
+
+
+def make_plan(
+    workflow: Workflow, regions: Sequence[RegionTarget], *, concurrency: int = 8
+) -> RunPlan:
+    """Search, parse and assign the items of every tile of ``regions``, searching once.
+
+    A region where no tile has any usable item is an error naming the region.
+    """
+    tiles = {target.region.name: workflow.tiles(target.region) for target in regions}
+    every = [t for target in regions for t in tiles[target.region.name]]
+    try:
+        catalog = search_boxes(
+            stac_source(workflow),
+            [t.lonlat_bounds for t in every],
+            workflow.year,
+            concurrency=concurrency,
+        )
+    except StacError as error:
+        names = ", ".join(f"{t.region.name} (bbox {list(t.region.bbox)})" for t in regions)
+        raise StacError(f"searching Sentinel-2 items for region {names} failed: {error}") from None
+    refs, skipped = usable_refs(
+        catalog.items, workflow.year, workflow.stac.on_bad_asset, base=catalog.base
+    )
+    position = {ref.id: k for k, ref in enumerate(refs)}
+    index = [position.get(str(item.get("id"))) for item in catalog.items]
+    found = iter(catalog.found)
+    plans = []
+    for region, folder, scratch, fingerprint in regions:
+        with_items, empty = [], []
+        for tile in tiles[region.name]:
+            ids = tuple(sorted({index[j] for j in next(found) if index[j] is not None}))
+            if ids:
+                with_items.append(TilePlan(tile, ids, scratch / tile.id))
+            else:
+                log.warning("region %s, tile %s: no items, left as nodata", region.name, tile.id)
+                empty.append(tile)
+        if not with_items:
+            raise EmptySearchError(
+                f"region {region.name!r}: no Sentinel-2 item of {workflow.year} found in "
+                f"{stac_source(workflow).location} over bbox {list(region.bbox)} (collection "
+                f"{workflow.stac.collection!r}, max cloud cover {workflow.stac.max_cloud_cover}). "
+                "Check the region, the year, the collection and the cloud-cover limit."
+            )
+        plans.append(RegionPlan(region, folder, tuple(with_items), tuple(empty), fingerprint))
+    return RunPlan(tuple(refs), tuple(plans), tuple(skipped), workflow.cube.chunk_size)
+
+
+def tile_bytes(plan: RunPlan, tile: TilePlan) -> int | None:
+    """Estimated bytes to read for a tile: each item's file sizes times the share it covers."""
+    total = 0.0
+    for i in tile.items:
+        ref = plan.refs[i]
+        if ref.bytes is None:
+            return None
+        fx0, fy0, fx1, fy1 = reproject_bounds(ref.footprint, ref.footprint_epsg, tile.tile.epsg)
+        tx0, ty0, tx1, ty1 = tile.tile.bounds
+        overlap = max(0.0, min(fx1, tx1) - max(fx0, tx0)) * max(0.0, min(fy1, ty1) - max(fy0, ty0))
+        area = (fx1 - fx0) * (fy1 - fy0)
+        total += ref.bytes * (overlap / area if area > 0 else 1.0)
+    return math.ceil(total)
+
+
+def describe(plan: RunPlan, workflow: Workflow, pixels_per_second: float | None) -> str:
+    """The dry run's report: per region tiles, chunk tasks, items, bytes; totals and a time."""
+    lines = []
+    total_px = total_chunks = 0
+    total_bytes: int | None = 0
+    for region in plan.regions:
+        chunks = sum(plan.chunk_count(t) for t in region.tiles)
+        sizes = [tile_bytes(plan, t) for t in region.tiles]
+        known = None if None in sizes else sum(sizes)
+        lines.append(
+            f"region {region.region.name}: {len(region.tiles)} tile(s) with items "
+            f"({len(region.empty)} without), {chunks:,} chunk tasks, {region.pixels:,} pixels, "
+            f"{_size(known)} to read"
+        )
+        for tile, size in zip(region.tiles, sizes, strict=True):
+            h, w = tile.tile.shape
+            lines.append(
+                f"  tile {tile.tile.id}  EPSG:{tile.tile.epsg}  {w}x{h} px  "
+                f"{len(tile.items)} item(s)  {plan.chunk_count(tile)} chunk(s)  {_size(size)}"
+            )
+        total_px += region.pixels
+        total_chunks += chunks
+        total_bytes = None if known is None or total_bytes is None else total_bytes + known
+    tasks = ", ".join(t.name for t in workflow.tasks)
+    lines.append(
+        f"{len(plan.regions)} region(s), {len(plan.refs):,} distinct items, {total_chunks:,} "
+        f"chunk tasks, {total_px:,} pixels, {_size(total_bytes)} to read, for tasks: {tasks}"
+    )
+    if pixels_per_second:
+        hours = total_px / pixels_per_second / 3600
+        lines.append(
+            f"estimated encoder time on this machine's CPU: {hours:,.1f} h at about "
+            f"{pixels_per_second:,.0f} px/s (published-size model; a GPU is far faster)"
+        )
+    lines.append("(dry run: no pixel read)")
+    return "\n".join(lines)
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "unknown bytes"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
