@@ -1,15 +1,26 @@
-"""Zero-shot classification of pixel embeddings into the classes of each mapping task."""
+"""Scoring plans for the mapping tasks: zero-shot classes (``TaskPlan``) or similarity maps.
+
+Both plan types share one interface, so a chunk worker and the final writer handle any task the
+same way: ``layers(confidence)`` names the uint8 rasters a task yields with their nodata values,
+``score(embeddings, confidence)`` computes them for ``(P, D)`` embeddings, ``style(name, ...)``
+gives the COG keywords of a final layer, ``describe(paths, ...)`` writes its styles and STAC Items
+and ``record()`` is what provenance and fingerprints keep.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from encoder.errors import TimeSenCLIPError
 from encoder.prompts import ClassSpec, TextEncoder, class_prompts, template_set
 from encoder.zeroshot import score
-from pipeline.cog import CLASS_NODATA, confidence_percent
+from pipeline.cog import CLASS_NODATA, CONFIDENCE_NODATA, confidence_percent
+from pipeline.similarity import RAMP_NODATA, ScoreRamp, cosine, unique_slugs
 from pipeline.style import class_colors
 
 
@@ -30,6 +41,118 @@ class TaskPlan:
             for i, (c, col) in enumerate(zip(self.classes, self.colors, strict=True))
         ]
 
+    @property
+    def confidence_layer(self) -> str:
+        return f"{self.name}_confidence"
+
+    def layers(self, confidence: bool) -> dict[str, int]:
+        """The class map and, with ``confidence``, its confidence map, with nodata values."""
+        layers = {self.name: CLASS_NODATA}
+        if confidence:
+            layers[self.confidence_layer] = CONFIDENCE_NODATA
+        return layers
+
+    def score(self, embeddings: np.ndarray, confidence: bool) -> dict[str, np.ndarray]:
+        """``layers(confidence)`` computed for ``(P, D)`` embeddings, each ``(P,)`` uint8."""
+        values, percent = classify(embeddings, self)
+        layers = {self.name: values}
+        if confidence:
+            layers[self.confidence_layer] = percent
+        return layers
+
+    def style(self, name: str, class_resampling: str) -> dict:
+        """COG keywords of a final layer; class maps overview with ``class_resampling``."""
+        if name == self.confidence_layer:
+            return {
+                "overview_resampling": "average",
+                "description": f"{self.name} confidence (% probability of the top class)",
+            }
+        from pipeline.publish import map_style
+
+        return {"overview_resampling": class_resampling, **map_style(self)}
+
+    def describe(
+        self, paths: Mapping[str, Path], *, year: int, valid_months_path: Path | None = None
+    ) -> list[Path]:
+        """The class map's QGIS style and STAC Item (linking its confidence and valid months)."""
+        from pipeline.publish import describe_map
+
+        return describe_map(
+            paths[self.name],
+            self,
+            year=year,
+            confidence_path=paths.get(self.confidence_layer),
+            valid_months_path=valid_months_path,
+        )
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "classes": [c.name for c in self.classes],
+            "colors": list(self.colors),
+            "prompts": [list(p) for p in self.prompts],
+        }
+
+
+@dataclass(frozen=True)
+class SimilarityPlan:
+    """A ``mode: similarity`` task: one cosine-similarity map per text, on the fixed -1..1 ramp."""
+
+    name: str
+    texts: tuple[str, ...]
+    slugs: tuple[str, ...]
+    prompts: tuple[tuple[str, ...], ...]
+    weights: np.ndarray  # (T, D) unit-norm text embeddings, ensembled over the templates
+
+    def layer_names(self) -> list[str]:
+        return [f"{self.name}_{slug}" for slug in self.slugs]
+
+    def layers(self, confidence: bool) -> dict[str, int]:
+        """One uint8 similarity map per text (``confidence`` does not apply)."""
+        return dict.fromkeys(self.layer_names(), RAMP_NODATA)
+
+    def score(self, embeddings: np.ndarray, confidence: bool) -> dict[str, np.ndarray]:
+        cosines = cosine(embeddings, self.weights)
+        ramp = ScoreRamp.similarity()
+        return {name: ramp.encode(cosines[:, i]) for i, name in enumerate(self.layer_names())}
+
+    def text_of(self, name: str) -> str:
+        return self.texts[self.layer_names().index(name)]
+
+    def style(self, name: str, class_resampling: str) -> dict:
+        return ScoreRamp.similarity().cog_style(f"cosine similarity to {self.text_of(name)!r}")
+
+    def describe(
+        self, paths: Mapping[str, Path], *, year: int, valid_months_path: Path | None = None
+    ) -> list[Path]:
+        """Per text: its colour-ramp QGIS style and STAC Item."""
+        from pipeline.publish import describe_ramp
+
+        outputs = []
+        for name in self.layer_names():
+            text = self.text_of(name)
+            outputs += describe_ramp(
+                paths[name],
+                ScoreRamp.similarity(),
+                title=f"{text!r} similarity {year}",
+                years=(year, year),
+                valid_months_path=valid_months_path,
+                properties={"timesenclip:text": text, "timesenclip:task": self.name},
+            )
+        return outputs
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "mode": "similarity",
+            "texts": list(self.texts),
+            "layers": self.layer_names(),
+            "prompts": [list(p) for p in self.prompts],
+        }
+
+
+Plan = TaskPlan | SimilarityPlan
+
 
 def plan_task(
     name: str,
@@ -39,8 +162,6 @@ def plan_task(
 ) -> TaskPlan:
     """Encode the prompts of one task once (the text encoder caches them on disk)."""
     if len(classes) > 254:
-        from encoder.errors import TimeSenCLIPError
-
         raise TimeSenCLIPError(
             f"task {name!r} has {len(classes)} classes; a uint8 map holds at most 254 "
             "(0 is nodata, 255 is reserved): split the class list into several tasks."
@@ -54,6 +175,27 @@ def plan_task(
         prompts=tuple(tuple(p) for p in prompts),
         weights=weights,
     )
+
+
+def plan_similarity(
+    name: str,
+    texts: Sequence[str],
+    templates: str | Sequence[str],
+    text_encoder: TextEncoder,
+) -> SimilarityPlan:
+    """Encode each text with every template, ensembled like a class's prompts."""
+    texts = tuple(t.strip() for t in texts)
+    slugs = unique_slugs(texts)
+    prompts = class_prompts(list(texts), template_set(templates))
+    weights = text_encoder.embed_prompts(prompts).float().cpu().numpy()
+    return SimilarityPlan(name, texts, slugs, tuple(tuple(p) for p in prompts), weights)
+
+
+def plan_workflow_task(task: Any, text_encoder: TextEncoder) -> Plan:
+    """The plan of a workflow ``TaskConfig``, by its ``mode``."""
+    if task.mode == "similarity":
+        return plan_similarity(task.name, task.texts, task.templates, text_encoder)
+    return plan_task(task.name, task.class_specs(), task.templates, text_encoder)
 
 
 def classify(embeddings: np.ndarray, task: TaskPlan) -> tuple[np.ndarray, np.ndarray]:

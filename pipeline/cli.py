@@ -90,6 +90,87 @@ def _classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lonlat(text: str) -> tuple[float, float]:
+    try:
+        lon, lat = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected LON,LAT in degrees, e.g. 3.87,43.61; got {text!r}"
+        ) from None
+    return lon, lat
+
+
+def _print_paths(paths: Sequence[Path]) -> int:
+    for path in paths:
+        print(path)
+    return 0
+
+
+@verb("query")
+def _query(args: argparse.Namespace) -> int:
+    from pipeline.query import query_store
+
+    return _print_paths(
+        query_store(
+            args.store,
+            args.texts,
+            out_dir=args.out,
+            templates=args.templates,
+            contrast=args.contrast,
+            float16=args.float16,
+            clip_model=args.clip_model,
+            clip_pretrained=args.clip_pretrained,
+        )
+    )
+
+
+@verb("similar")
+def _similar(args: argparse.Namespace) -> int:
+    from pipeline.query import similar_store
+
+    return _print_paths(
+        similar_store(
+            args.store,
+            out_dir=args.out,
+            point=args.point,
+            geojson=args.geojson,
+            name=args.name,
+            contrast=args.contrast,
+            float16=args.float16,
+        )
+    )
+
+
+@verb("change")
+def _change(args: argparse.Namespace) -> int:
+    from pipeline.query import change_stores
+
+    return _print_paths(
+        change_stores(
+            args.store_a,
+            args.store_b,
+            out_dir=args.out,
+            name=args.name,
+            contrast=args.contrast,
+            float16=args.float16,
+        )
+    )
+
+
+def _add_ramp(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument(
+        "--contrast",
+        action="store_true",
+        help="stretch to the region's 2nd-98th percentile (uint8: values; float16: colours)",
+    )
+    parser.add_argument(
+        "--float16",
+        action="store_true",
+        help="store the values as float16 (NaN = nodata) instead of uint8 0..200 (255 = nodata)",
+    )
+
+
 @verb("demo")
 def _demo(args: argparse.Namespace) -> int:
     from pipeline.demo import run_demo
@@ -293,6 +374,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_templates(p)
     p.add_argument("--out", type=Path, help="output folder (default: beside the store)")
     _add_clip(p, model=None, pretrained=None)
+
+    store_help = "embeddings.zarr written by `run` (outputs.embeddings: float16 or int8)"
+    p = sub.add_parser("query", help="similarity map of a kept store to each of some texts")
+    p.add_argument("store", type=Path, help=store_help)
+    p.add_argument("texts", nargs="+", help="one map per text, e.g. 'flooded rice paddies'")
+    p.add_argument("--templates", default="class_names", help="template set name")
+    _add_ramp(p)
+    _add_clip(p, model=None, pretrained=None)
+
+    p = sub.add_parser("similar", help="similarity map of a kept store to exemplar pixels")
+    p.add_argument("store", type=Path, help=store_help)
+    exemplars = p.add_mutually_exclusive_group(required=True)
+    exemplars.add_argument("--point", type=_lonlat, metavar="LON,LAT", help="one exemplar pixel")
+    exemplars.add_argument(
+        "--geojson", type=Path, help="points and polygons (lon/lat) whose pixels are exemplars"
+    )
+    p.add_argument("--name", help="output file name (default: from the point or file)")
+    _add_ramp(p)
+
+    p = sub.add_parser("change", help="per-pixel embedding change between two years' stores")
+    p.add_argument("store_a", type=Path, help="the earlier year's embeddings.zarr")
+    p.add_argument("store_b", type=Path, help="the later year's, on the same grid")
+    p.add_argument("--name", help="output file name (default: change_<year a>_<year b>)")
+    _add_ramp(p)
 
     p = sub.add_parser("demo", help="run the whole pipeline offline on synthetic data")
     p.add_argument(

@@ -100,6 +100,8 @@ class _Style:
     description: str | None
     units: str | None
     tags: Mapping[str, str]
+    scale: float | None = None  # pixel value -> quantity: value * scale + offset (GDAL's rule)
+    offset: float | None = None
 
     def band_tags(self) -> dict[str, str]:
         tags = {k: v for k, v in self.tags.items() if not k.startswith(_CATEGORY_TAG)}
@@ -117,6 +119,10 @@ class _Style:
         band_tags = self.band_tags()
         if band_tags:
             dst.update_tags(1, **band_tags)
+        if self.scale is not None:
+            dst.scales = (self.scale,)
+        if self.offset is not None:
+            dst.offsets = (self.offset,)
 
 
 def _cog_options(
@@ -225,6 +231,8 @@ def write_cog(
     compress: str = "DEFLATE",
     blocksize: int = 512,
     overviews: bool = True,
+    scale: float | None = None,
+    offset: float | None = None,
 ) -> Path:
     """Write a 2-D array as a COG (tiled, internal overviews), atomically; return ``path``.
 
@@ -232,16 +240,23 @@ def write_cog(
     ``class_colormap`` and ``class_category_names``). Overviews halve the size until the smallest
     fits in one ``blocksize`` tile; use ``overview_resampling="nearest"`` or ``"mode"`` for classes.
     ``overviews=False`` leaves them out, for pieces that only ``mosaic_to_cog`` reads.
+    ``scale``/``offset`` record how pixel values decode (GDAL: value * scale + offset). A float16
+    array is stored as GDAL's half-float Float32 band (NBITS=16; GDAL 3.10 has no Float16 type),
+    which keeps its values exactly.
     """
     path = Path(path)
     array = np.asarray(array)
     if array.ndim != 2 or 0 in array.shape:
         raise CogError(f"write_cog needs a non-empty 2-D array (rows, cols), not {array.shape}.")
-    style = _Style(nodata, colormap, category_names, description, units, dict(tags or {}))
+    style = _Style(
+        nodata, colormap, category_names, description, units, dict(tags or {}), scale, offset
+    )
     _check_style(style, array.dtype)
     options = _cog_options(array.dtype, overview_resampling, compress, blocksize)
     if not overviews:
         options["overviews"] = "NONE"
+    if array.dtype == np.float16:
+        array, options["nbits"] = array.astype(np.float32), 16
     profile = {
         "driver": "COG",
         "width": array.shape[1],
@@ -355,6 +370,11 @@ def _inherited_style(
     colormap: Mapping[int, _RGBA] | None,
     category_names: Sequence[str] | None,
     description: str | None,
+    *,
+    units: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    scale: float | None = None,
+    offset: float | None = None,
 ) -> _Style:
     with rasterio.open(first_tile) as src:
         try:
@@ -368,8 +388,10 @@ def _inherited_style(
                 category_names if category_names is not None else read_category_names(first_tile)
             ),
             description=description if description is not None else src.descriptions[0],
-            units=src.units[0],
-            tags=src.tags(1),
+            units=units if units is not None else src.units[0],
+            tags={**src.tags(1), **(tags or {})},
+            scale=scale,
+            offset=offset,
         )
 
 
@@ -383,19 +405,32 @@ def mosaic_to_cog(
     overview_resampling: str = "nearest",
     compress: str = "DEFLATE",
     blocksize: int = 512,
+    units: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    scale: float | None = None,
+    offset: float | None = None,
 ) -> Path:
     """Join single-band tiles on one grid (same CRS and resolution, aligned, non-overlapping) into
     one COG covering their union; return ``path``.
 
     Pixels are copied block by block, so memory stays bounded however large the mosaic. Colour
-    table, category names and description default to the first tile's; nodata, units and band
-    metadata always come from it. Parts of the union that no tile covers read as nodata (0 when
-    the tiles have none).
+    table, category names, description and units default to the first tile's, ``tags`` are added
+    to its band metadata, ``scale``/``offset`` are as in ``write_cog``; nodata comes from it.
+    Parts of the union that no tile covers read as nodata (0 when the tiles have none).
     """
     path = Path(path)
     tile_paths = [Path(p) for p in tile_paths]
     plan = _plan_mosaic(tile_paths)
-    style = _inherited_style(tile_paths[0], colormap, category_names, description)
+    style = _inherited_style(
+        tile_paths[0],
+        colormap,
+        category_names,
+        description,
+        units=units,
+        tags=tags,
+        scale=scale,
+        offset=offset,
+    )
     _check_style(style, plan.dtype)
     options = _cog_options(plan.dtype, overview_resampling, compress, blocksize)
     scratch_profile = {

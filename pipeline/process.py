@@ -19,12 +19,11 @@ import torch
 from encoder.atomic import atomic_path, write_text_atomic
 from encoder.conventions import ConventionOverrides
 from pipeline.chunks import tile_chunks
-from pipeline.classify import TaskPlan, classify
-from pipeline.cog import CLASS_NODATA, CONFIDENCE_NODATA, write_cog
+from pipeline.classify import Plan  # [issue 11] class or similarity plans
+from pipeline.cog import write_cog
 from pipeline.cube import CubeOptions, composite_chunk
 from pipeline.embed import cached_encoder, embed_series, pixel_series
 from pipeline.plan import ChunkTask, TilePlan
-from pipeline.publish import map_style
 from pipeline.reader import GDAL_OPTIONS, configure_gdal
 
 # valid_months holds 0..12 where a pixel is in the region; this marks pixels outside it.
@@ -42,7 +41,7 @@ class ChunkSettings:
     checkpoint: str
     device: str
     batch_size: int
-    tasks: tuple[TaskPlan, ...]
+    tasks: tuple[Plan, ...]
     confidence: bool
     conventions: ConventionOverrides | None = None  # the workflow's over the checkpoint's
     gdal: tuple[tuple[str, str], ...] = tuple(GDAL_OPTIONS.items())
@@ -54,10 +53,8 @@ class ChunkSettings:
     def layers(self) -> dict[str, int | None]:
         """The uint8 rasters each chunk yields, by name, with their nodata values."""
         layers: dict[str, int | None] = {"valid_months": OUTSIDE_REGION}
-        for task in self.tasks:
-            layers[task.name] = CLASS_NODATA
-            if self.confidence:
-                layers[f"{task.name}_confidence"] = CONFIDENCE_NODATA
+        for task in self.tasks:  # [issue 11] each plan names its own layers
+            layers.update(task.layers(self.confidence))
         return layers
 
 
@@ -132,11 +129,9 @@ def process_chunk(task: ChunkTask, settings: ChunkSettings) -> ChunkReport:
     start = time.perf_counter()
     shape = (chunk.height, chunk.width)
     layers = {"valid_months": valid_months}
-    for plan in settings.tasks:
-        values, confidence = classify(embeddings, plan)
-        layers[plan.name] = values.reshape(shape)
-        if settings.confidence:
-            layers[f"{plan.name}_confidence"] = confidence.reshape(shape)
+    for plan in settings.tasks:  # [issue 11] each plan scores its own layers
+        for name, values in plan.score(embeddings, settings.confidence).items():
+            layers[name] = values.reshape(shape)
     seconds["classify"] = time.perf_counter() - start
     report = ChunkReport(
         chunk.id, chunk.pixels, seconds, sorted({r.id for r in cube.used}), cube.skipped
@@ -170,7 +165,7 @@ def finish_tile(plan: TilePlan, settings: ChunkSettings, *reports: ChunkReport) 
             for name in layers:
                 canvas[name][window] = data[name]
         pieces.append(piece)
-    styles = {plan_.name: map_style(plan_) for plan_ in settings.tasks}
+    styles = _layer_styles(settings)
     for name, array in canvas.items():
         write_cog(
             plan.folder / f"{name}.tif",
@@ -180,8 +175,7 @@ def finish_tile(plan: TilePlan, settings: ChunkSettings, *reports: ChunkReport) 
             nodata=layers[name],
             overviews=settings.tile_overviews,
             blocksize=settings.blocksize,
-            overview_resampling=_overview_resampling(name, settings),
-            **styles.get(name, {}),
+            **styles[name],
         )
     used = sorted({i for r in reports for i in r.used})
     skipped = [s for r in reports for s in r.skipped]
@@ -194,9 +188,10 @@ def finish_tile(plan: TilePlan, settings: ChunkSettings, *reports: ChunkReport) 
     return report
 
 
-def _overview_resampling(layer: str, settings: ChunkSettings) -> str:
-    if layer == "valid_months":
-        return "nearest"
-    if layer.endswith("_confidence"):
-        return "average"
-    return settings.overview_resampling
+def _layer_styles(settings: ChunkSettings) -> dict[str, dict]:
+    """COG keywords per layer: the valid months', then each plan's own (``Plan.style``)."""
+    styles: dict[str, dict] = {"valid_months": {"overview_resampling": "nearest"}}
+    for plan in settings.tasks:  # [issue 11] class maps, confidence, similarity maps
+        for name in plan.layers(settings.confidence):
+            styles[name] = plan.style(name, settings.overview_resampling)
+    return styles

@@ -1,17 +1,21 @@
-"""``timesenclip classify``: new class lists over kept embeddings, without re-encoding."""
+"""``timesenclip classify``: new class lists over kept embeddings, without re-encoding.
+
+The maps are the ones ``run`` writes for the same classes: the region's extent and grid, the
+run's block size, overview resampling, confidence layer, styles and STAC Items, all recorded in
+the store (see ``pipeline.embeddings``).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-import zarr
 
-from encoder.prompts import TextEncoder, is_class_set, resolve_classes
-from pipeline.classify import classify, plan_task
-from pipeline.cog import CLASS_NODATA, CONFIDENCE_NODATA, write_cog
-from pipeline.embeddings import iter_zones, zone_transform
-from pipeline.publish import describe_map, map_style
+from encoder.prompts import is_class_set, resolve_classes
+from pipeline.classify import Plan, plan_task
+from pipeline.cog import write_cog
+from pipeline.embeddings import Store, Zone, open_store
+from pipeline.publish import publish_plan
 
 
 def parse_classes(text: str) -> list:
@@ -33,60 +37,56 @@ def classify_store(
 ) -> list[Path]:
     """Classify every zone of an embeddings store and write ``<name>.tif`` with style and Item.
 
-    The CLIP model defaults to the one the store records (the run's ``model.clip``).
+    The CLIP model defaults to the one the store records (the run's ``model.clip``); another one
+    is refused. ``out_dir`` defaults to the store's folder (the region's, beside the run's maps).
     """
-    zones = list(iter_zones(store))
-    attrs = zarr.open_group(store, mode="r").attrs
-    if clip_model is None:
-        clip_model, clip_pretrained = attrs["clip_model"], attrs["clip_pretrained"]
-    out_dir = Path(out_dir) if out_dir else Path(store).parent
-    out_dir.mkdir(parents=True, exist_ok=True)
-    text = TextEncoder(model=clip_model, pretrained=clip_pretrained)
+    kept = open_store(store)
+    text = kept.text_encoder(clip_model, clip_pretrained)
     task = plan_task(name, parse_classes(classes), templates, text)
-    year = attrs["year"]
+    kept.check_targets(task.weights, "the class embeddings")
+    return write_store_maps(kept, task, Path(out_dir) if out_dir else kept.path.parent)
+
+
+def score_zone(zone: Zone, plan: Plan, confidence: bool) -> dict[str, np.ndarray]:
+    """A plan's layers over a zone's region, scored a block of the store at a time."""
+    layers = {
+        name: np.full(zone.shape, nodata, np.uint8)
+        for name, nodata in plan.layers(confidence).items()
+    }
+    for row, col, block in zone.blocks():
+        h, w, dim = block.shape
+        for name, values in plan.score(block.reshape(-1, dim), confidence).items():
+            layers[name][row : row + h, col : col + w] = values.reshape(h, w)
+    return layers
+
+
+def write_store_maps(store: Store, plan: Plan, out_dir: Path) -> list[Path]:
+    """A plan's final files for every zone of a store, as ``run`` writes them."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    layout = store.layout
+    nodata = plan.layers(layout["confidence"])
     outputs = []
-    for epsg, array in zones:
-        labels, confidence = classify_array(array, task)
-        suffix = "" if len(zones) == 1 else f"_EPSG{epsg}"
-        transform = zone_transform(array)
-        path = out_dir / f"{name}{suffix}.tif"
-        conf_path = out_dir / f"{name}{suffix}_confidence.tif"
-        write_cog(
-            conf_path,
-            confidence,
-            transform=transform,
-            crs=epsg,
-            nodata=CONFIDENCE_NODATA,
-            overview_resampling="average",
+    for zone in store.zones:
+        layers = score_zone(zone, plan, layout["confidence"])
+        suffix = store.suffix(zone)
+
+        def write(name: str, zone=zone, layers=layers, suffix=suffix, **style) -> Path:
+            return write_cog(
+                out_dir / f"{name}{suffix}.tif",
+                layers[name],
+                transform=zone.transform,
+                crs=f"EPSG:{zone.epsg}",
+                nodata=nodata[name],
+                blocksize=layout["blocksize"],
+                **style,
+            )
+
+        outputs += publish_plan(
+            plan,
+            write,
+            year=store.year,
+            confidence=layout["confidence"],
+            class_resampling=layout["overview_resampling"],
+            valid_months_path=store.valid_months(zone),
         )
-        write_cog(
-            path,
-            labels,
-            transform=transform,
-            crs=epsg,
-            nodata=CLASS_NODATA,
-            overview_resampling="mode",
-            **map_style(task),
-        )
-        outputs += [
-            path,
-            conf_path,
-            *describe_map(path, task, year=year, confidence_path=conf_path),
-        ]
     return outputs
-
-
-def classify_array(array: zarr.Array, task) -> tuple[np.ndarray, np.ndarray]:
-    """Score a ``(y, x, D)`` embeddings array chunk by chunk."""
-    height, width, _ = array.shape
-    step_y, step_x, _ = array.chunks
-    labels = np.full((height, width), CLASS_NODATA, np.uint8)
-    confidence = np.full((height, width), CONFIDENCE_NODATA, np.uint8)
-    for row in range(0, height, step_y):
-        for col in range(0, width, step_x):
-            block = array[row : row + step_y, col : col + step_x].astype(np.float32)
-            h, w, dim = block.shape
-            values, conf = classify(block.reshape(-1, dim), task)
-            labels[row : row + h, col : col + w] = values.reshape(h, w)
-            confidence[row : row + h, col : col + w] = conf.reshape(h, w)
-    return labels, confidence

@@ -18,13 +18,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from encoder.atomic import remove_stale_temporaries
+from encoder.atomic import remove_stale_temporaries, write_text_atomic
 from encoder.checkpoint import file_sha256, load_encoder, resolve_source
 from encoder.conventions import ConventionOverrides
 from encoder.device import resolve_device
 from encoder.errors import TimeSenCLIPError
 from encoder.prompts import TextEncoder
-from pipeline.classify import TaskPlan, plan_task
+from pipeline.classify import Plan, plan_workflow_task  # [issue 11]
 from pipeline.cluster_errors import ClusterFailureError, cluster_failure_message
 from pipeline.cog import mosaic_to_cog
 from pipeline.cube import CubeOptions
@@ -40,8 +40,6 @@ from pipeline.plan import (
 )
 from pipeline.process import ChunkReport, ChunkSettings, TileReport, finish_tile, process_chunk
 from pipeline.provenance import record_outputs, verify_outputs, write_provenance
-from pipeline.publish import describe_map, map_style
-from pipeline.qml import write_qml
 from pipeline.reader import GDAL_OPTIONS
 from pipeline.stac_output import write_collection
 from pipeline.tiles import Tile, zone_groups
@@ -181,7 +179,13 @@ def run_region(
         from pipeline.embeddings import create_stores
 
         dim = settings.tasks[0].weights.shape[1]
-        store = create_stores(region.folder, [p.tile for p in region.tiles], workflow, dim)
+        store = create_stores(  # [issue 11] the store records the checkpoint it came from
+            region.folder,
+            [p.tile for p in region.tiles],
+            workflow,
+            dim,
+            checkpoint_sha256=provenance["checkpoint_sha256"],
+        )
         settings = dataclasses.replace(settings, embeddings_store=store)
         summary.outputs.append(store)
     reports = run_tiles(client, workflow, plan, region, settings, summary, progress)
@@ -263,7 +267,7 @@ def convention_overrides(workflow: Workflow) -> ConventionOverrides | None:
     return overrides or None
 
 
-def plan_tasks(workflow: Workflow, dim: int) -> list[TaskPlan]:
+def plan_tasks(workflow: Workflow, dim: int) -> list[Plan]:
     """Prompt embeddings of every task, computed once here and shipped to the workers."""
     text = TextEncoder(
         model=workflow.model.clip.model,
@@ -272,7 +276,7 @@ def plan_tasks(workflow: Workflow, dim: int) -> list[TaskPlan]:
     )
     tasks = []
     for task in workflow.tasks:
-        plan = plan_task(task.name, task.class_specs(), task.templates, text)
+        plan = plan_workflow_task(task, text)  # [issue 11] classes or similarity, by task.mode
         if plan.weights.shape[1] != dim:
             raise TimeSenCLIPError(
                 f"the CLIP text model {workflow.model.clip.model!r} gives "
@@ -292,7 +296,7 @@ def _digest(*parts: object, arrays: tuple[np.ndarray, ...] = ()) -> str:
 
 
 def tile_fingerprint(
-    workflow: Workflow, region: Region, checkpoint_hash: str, tasks: list[TaskPlan], device: str
+    workflow: Workflow, region: Region, checkpoint_hash: str, tasks: list[Plan], device: str
 ) -> str:
     """A hash of everything that changes a tile's pixels; it names the folder of tile pieces.
 
@@ -317,10 +321,10 @@ def tile_fingerprint(
     )
 
 
-def region_fingerprint(workflow: Workflow, tiles_key: str, tasks: list[TaskPlan]) -> str:
+def region_fingerprint(workflow: Workflow, tiles_key: str, tasks: list[Plan]) -> str:
     """The tiles' fingerprint plus what only changes the final files (styles, COG layout)."""
     outputs = workflow.outputs.model_dump(mode="json", exclude={"dir"})
-    legends = [task.legend() for task in tasks]
+    legends = [task.record() for task in tasks]  # [issue 11] names, classes, colours, texts
     return _digest(tiles_key, outputs, legends)
 
 
@@ -551,7 +555,7 @@ def task_result(future, region: str, timeout: float | None = None):
         raise ClusterFailureError(message) from None
 
 
-def _layer_styles(workflow: Workflow, tasks: tuple[TaskPlan, ...]) -> dict[str, dict]:
+def _layer_styles(workflow: Workflow, tasks: tuple[Plan, ...]) -> dict[str, dict]:
     """Per output layer: COG style keyword arguments (overview rule, palette and names)."""
     styles = {
         "valid_months": {
@@ -559,24 +563,17 @@ def _layer_styles(workflow: Workflow, tasks: tuple[TaskPlan, ...]) -> dict[str, 
             "description": "months with a valid observation (0-12; 255 outside the region)",
         }
     }
-    for task in tasks:
-        if workflow.outputs.confidence:
-            styles[f"{task.name}_confidence"] = {
-                "overview_resampling": "average",
-                "description": f"{task.name} confidence (% probability of the top class)",
-            }
-        styles[task.name] = {
-            "overview_resampling": workflow.outputs.overview_resampling,
-            **map_style(task),
-        }
+    for task in tasks:  # [issue 11] each plan styles its own layers
+        for name in task.layers(workflow.outputs.confidence):
+            styles[name] = task.style(name, workflow.outputs.overview_resampling)
     return styles
 
 
 def finish_mosaics(
-    client, workflow: Workflow, region: RegionPlan, tasks: tuple[TaskPlan, ...]
+    client, workflow: Workflow, region: RegionPlan, tasks: tuple[Plan, ...]
 ) -> list[Path]:
     """One COG per layer and UTM zone, the mosaics built in parallel on the cluster, then each
-    class map's style and STAC Item."""
+    map's styles and STAC Item."""
     from distributed import as_completed
 
     zones = zone_groups([p.tile for p in region.tiles])
@@ -602,22 +599,20 @@ def finish_mosaics(
     paths = {keys[f.key]: path for f, path in finished(queue, watch, region.region.name)}
     outputs = list(paths.values())
     for epsg in zones:
-        for task in tasks:
-            outputs += describe_map(
-                paths[(epsg, task.name)],
-                task,
+        for task in tasks:  # [issue 11] any plan: its styles and Items
+            outputs += task.describe(
+                {name: paths[(epsg, name)] for name in task.layers(workflow.outputs.confidence)},
                 year=workflow.year,
-                confidence_path=paths.get((epsg, f"{task.name}_confidence")),
                 valid_months_path=paths[(epsg, "valid_months")],
             )
     return outputs
 
 
 def finish_tiled(
-    client, workflow: Workflow, region: RegionPlan, tasks: tuple[TaskPlan, ...]
+    client, workflow: Workflow, region: RegionPlan, tasks: tuple[Plan, ...]
 ) -> list[Path]:
     """Per layer and UTM zone a folder of the tiles' COGs (styled, with overviews), a VRT over
-    them and, for class maps, a STAC Collection of per-tile Items."""
+    them styled like its tiles and, for maps with Items, a STAC Collection of per-tile Items."""
     zones = zone_groups([p.tile for p in region.tiles])
     folders = {p.tile.id: p.folder for p in region.tiles}
     styles = _layer_styles(workflow, tasks)
@@ -641,27 +636,27 @@ def finish_tiled(
                 placed[layer].append(target)
             vrt = write_vrt(region.folder / f"{layer}{suffix}.vrt", placed[layer])
             outputs.append(vrt)
-        for task in tasks:
-            vrt = region.folder / f"{task.name}{suffix}.vrt"
-            items = []
-            for k, tile_map in enumerate(placed[task.name]):
-                confidence = placed.get(f"{task.name}_confidence", [None] * len(tiles))[k]
-                outputs += describe_map(
-                    tile_map,
-                    task,
+        for task in tasks:  # [issue 11] any plan: each tile's styles and Items
+            for k in range(len(tiles)):
+                outputs += task.describe(
+                    {name: placed[name][k] for name in task.layers(workflow.outputs.confidence)},
                     year=workflow.year,
-                    confidence_path=confidence,
                     valid_months_path=placed["valid_months"][k],
                 )
-                items.append(tile_map.with_suffix(".json"))
-            outputs.append(write_qml(vrt.with_suffix(".qml"), task.legend()))
-            outputs.append(
-                write_collection(
-                    region.folder / f"{task.name}{suffix}" / "collection.json",
-                    items,
-                    title=f"{task.name} {workflow.year}, region {region.region.name}",
+        for layer, tile_maps in placed.items():
+            style = tile_maps[0].with_suffix(".qml")
+            if style.exists():  # the VRT is drawn like its tiles
+                vrt_style = region.folder / f"{layer}{suffix}.qml"
+                outputs.append(write_text_atomic(vrt_style, style.read_text()))
+            items = [tile_map.with_suffix(".json") for tile_map in tile_maps]
+            if all(item.exists() for item in items):
+                outputs.append(
+                    write_collection(
+                        region.folder / f"{layer}{suffix}" / "collection.json",
+                        items,
+                        title=f"{layer} {workflow.year}, region {region.region.name}",
+                    )
                 )
-            )
     return outputs
 
 
@@ -669,7 +664,7 @@ def write_region_metadata(
     workflow: Workflow,
     plan: RunPlan,
     region: RegionPlan,
-    tasks: tuple[TaskPlan, ...],
+    tasks: tuple[Plan, ...],
     reports: dict[str, TileReport],
     provenance: dict,
     outputs: list[Path],
@@ -684,15 +679,7 @@ def write_region_metadata(
         "fingerprint": region.fingerprint,
         "workflow": workflow.model_dump(mode="json"),
         **provenance,
-        "tasks": [
-            {
-                "name": task.name,
-                "classes": [c.name for c in task.classes],
-                "colors": list(task.colors),
-                "prompts": [list(p) for p in task.prompts],
-            }
-            for task in tasks
-        ],
+        "tasks": [task.record() for task in tasks],  # [issue 11]
         "stac_items": used,
         "harmonization": [
             {"item_id": i, "offset": refs[i].offset, "rule": refs[i].rule}

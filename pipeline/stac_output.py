@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -60,22 +61,67 @@ def class_item(
     data_path = Path(data_path)
     folder = data_path.parent
     with rasterio.open(data_path) as src:
-        crs, bounds, transform = src.crs, src.bounds, src.transform
-        shape = [src.height, src.width]
         if src.dtypes[0] != "uint8":
             raise StacOutputError(
                 f"{data_path} holds {src.dtypes[0]} pixels, but a class map is uint8: write it "
                 "with write_cog from a uint8 array."
             )
         counts = _value_counts(src)
+    item = _map_item(item_id, data_path, (year, year), title, description, properties)
+    data = _add_asset(item, "data", data_path, folder, ["data"], title or "Class map")
+    ClassificationExtension.ext(data, add_if_missing=True).classes = _classifications(
+        classes, counts, class_descriptions or {}
+    )
+    if confidence_path is not None:
+        asset = _add_asset(item, "confidence", confidence_path, folder, ["quality"], "Confidence")
+        asset.description = f"Class confidence, percent 0..100; {CONFIDENCE_NODATA} = no data."
+    _add_valid_months(item, folder, valid_months_path)
+    return item
+
+
+def ramp_item(
+    item_id: str,
+    data_path: Path | str,
+    *,
+    years: tuple[int, int],
+    title: str,
+    description: str,
+    valid_months_path: Path | str | None = None,
+    properties: Mapping[str, Any] | None = None,
+) -> pystac.Item:
+    """A STAC Item for a continuous map (similarity, change), spanning ``years`` (first, last).
+
+    The data asset's raster band carries the map's nodata, scale, offset and unit, so readers
+    that apply STAC raster scaling get the quantity itself; sidecars are listed as for a class map.
+    """
+    data_path = Path(data_path)
+    item = _map_item(item_id, data_path, years, title, description, properties)
+    asset = _add_asset(item, "data", data_path, data_path.parent, ["data"], title)
+    asset.description = description
+    _add_valid_months(item, data_path.parent, valid_months_path)
+    return item
+
+
+def _map_item(
+    item_id: str,
+    data_path: Path,
+    years: tuple[int, int],
+    title: str | None,
+    description: str | None,
+    properties: Mapping[str, Any] | None,
+) -> pystac.Item:
+    """An Item with the map's footprint, projection and time span, but no assets yet."""
+    with rasterio.open(data_path) as src:
+        crs, bounds, transform = src.crs, src.bounds, src.transform
+        shape = [src.height, src.width]
     bbox, geometry = _footprint(crs, bounds)
     item = pystac.Item(
         id=item_id,
         geometry=geometry,
         bbox=bbox,
         datetime=None,
-        start_datetime=dt.datetime(year, 1, 1, tzinfo=dt.UTC),
-        end_datetime=dt.datetime(year, 12, 31, 23, 59, 59, tzinfo=dt.UTC),
+        start_datetime=dt.datetime(years[0], 1, 1, tzinfo=dt.UTC),
+        end_datetime=dt.datetime(years[1], 12, 31, 23, 59, 59, tzinfo=dt.UTC),
         properties=dict(properties or {}),
     )
     item.common_metadata.title = title
@@ -89,20 +135,13 @@ def class_item(
         transform=list(transform)[:6],
         bbox=list(bounds),
     )
-
-    data = _add_asset(item, "data", data_path, folder, ["data"], title or "Class map")
-    ClassificationExtension.ext(data, add_if_missing=True).classes = _classifications(
-        classes, counts, class_descriptions or {}
-    )
-    if confidence_path is not None:
-        asset = _add_asset(item, "confidence", confidence_path, folder, ["quality"], "Confidence")
-        asset.description = f"Class confidence, percent 0..100; {CONFIDENCE_NODATA} = no data."
-    if valid_months_path is not None:
-        asset = _add_asset(
-            item, "valid_months", valid_months_path, folder, ["quality"], "Valid months"
-        )
-        asset.description = "Months (0..12) with at least one cloud-free observation."
     return item
+
+
+def _add_valid_months(item: pystac.Item, folder: Path, path: Path | str | None) -> None:
+    if path is not None:
+        asset = _add_asset(item, "valid_months", path, folder, ["quality"], "Valid months")
+        asset.description = "Months (0..12) with at least one cloud-free observation."
 
 
 def write_item(item: pystac.Item, path: Path | str) -> Path:
@@ -116,8 +155,16 @@ def _add_asset(
 ) -> pystac.Asset:
     """Add a COG asset, its href relative to ``folder`` (where the item is saved)."""
     with rasterio.open(path) as src:
+        scaled = src.scales[0] != 1 or src.offsets[0] != 0
+        nodata = src.nodata
         band = RasterBand.create(
-            nodata=src.nodata, data_type=DataType(src.dtypes[0]), spatial_resolution=src.res[0]
+            # JSON has no NaN: the raster extension spells it "nan".
+            nodata="nan" if nodata is not None and math.isnan(nodata) else nodata,
+            data_type=DataType(src.dtypes[0]),
+            spatial_resolution=src.res[0],
+            unit=src.units[0] or None,
+            scale=src.scales[0] if scaled else None,
+            offset=src.offsets[0] if scaled else None,
         )
     asset = pystac.Asset(
         _relative_href(path, folder), title=title, media_type=pystac.MediaType.COG, roles=roles

@@ -40,6 +40,7 @@ from encoder.classes import (
 from encoder.errors import TimeSenCLIPError
 from encoder.safe_yaml import parse_yaml, short_repr
 from pipeline.sentinel2 import DEFAULT_CLOUD_MASK
+from pipeline.similarity import unique_slugs
 from pipeline.style import StyleError, normalize_color
 from pipeline.tiles import Tile, check_bbox, geometry_bounds, tiles_for_region
 
@@ -394,11 +395,33 @@ ClassesSpec = Annotated[
 
 
 class TaskConfig(_Model):
-    """One map to make: classes (a built-in set name or a list) and prompt templates."""
+    """One map to make: classes (a built-in set name or a list) and prompt templates; or, with
+    ``mode: similarity``, one similarity map per text of ``texts``."""
 
     name: Annotated[SafeName, AfterValidator(_not_reserved)]
-    classes: ClassesSpec
+    mode: Literal["classes", "similarity"] = "classes"
+    classes: ClassesSpec | None = None
+    texts: list[Annotated[str, Field(min_length=1)]] | None = Field(None, min_length=1)
     templates: str | list[str] = "class_names"
+
+    @model_validator(mode="after")
+    def _mode_fields(self) -> TaskConfig:
+        if self.mode == "classes" and (self.classes is None or self.texts is not None):
+            raise ValueError(
+                "a classes task needs classes: SET_NAME or a list, and no texts "
+                "(for similarity maps write mode: similarity)"
+            )
+        if self.mode == "similarity":
+            if self.texts is None or self.classes is not None:
+                raise ValueError("a similarity task needs texts: [a list of texts] and no classes")
+            unique_slugs(self.texts)  # every text must name its own file
+        return self
+
+    def layer_names(self) -> list[str]:
+        """The file names (without .tif) this task writes per region."""
+        if self.mode == "similarity":
+            return [f"{self.name}_{slug}" for slug in unique_slugs(self.texts)]
+        return [self.name, f"{self.name}_confidence"]
 
     @field_validator("templates", mode="before")
     @classmethod
@@ -426,7 +449,8 @@ class OutputsConfig(_Model):
 
     dir: Path
     confidence: bool = True
-    embeddings: bool = False
+    # Keep the embeddings (a Zarr store per region): float16, or int8 (4x smaller than float32).
+    embeddings: Literal[False, "float16", "int8"] = False
     overview_resampling: Literal["nearest", "mode"] = "mode"
     blocksize: int = Field(512, ge=128, le=4096, multiple_of=16)  # COG tile size in pixels
     # Above this many pixels per region and zone, a layer is a folder of per-tile COGs with a VRT
@@ -437,6 +461,11 @@ class OutputsConfig(_Model):
     @classmethod
     def _resolve_dir(cls, value: Path, info: ValidationInfo) -> Path:
         return _resolve(value, info)
+
+    @field_validator("embeddings", mode="before")
+    @classmethod
+    def _true_is_float16(cls, value: Any) -> Any:
+        return "float16" if value is True else value
 
 
 class DaskConfig(_Model):
@@ -491,6 +520,15 @@ class Workflow(_Model):
     @classmethod
     def _unique_tasks(cls, value: list[TaskConfig]) -> list[TaskConfig]:
         _unique([t.name for t in value], "tasks")
+        seen: set[str] = set()
+        for name in ["valid_months", *(n for t in value for n in t.layer_names())]:
+            if name.casefold() in seen:
+                raise ValueError(
+                    f"two outputs of a region would be named {name}.tif (tasks write <name>.tif "
+                    "and <name>_confidence.tif, similarity tasks <name>_<text>.tif): rename a "
+                    "task or reword a text"
+                )
+            seen.add(name.casefold())
         return value
 
     @property
@@ -513,6 +551,9 @@ class Workflow(_Model):
             bbox = ", ".join(f"{v:g}" for v in region.bbox)
             lines.append(f"  region {region.name}: [{bbox}], {len(tiles)} tile(s) in {crs}")
         for task in self.tasks:
+            if task.mode == "similarity":
+                lines.append(f"  task {task.name}: similarity to {len(task.texts)} text(s)")
+                continue
             label = task.classes if isinstance(task.classes, str) else "custom"
             lines.append(f"  task {task.name}: {len(task.class_specs())} classes ({label})")
         return "\n".join(lines)
