@@ -18,7 +18,6 @@ it reads four times the data. Both methods must give identical composites (check
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import datetime
 import hashlib
@@ -38,6 +37,8 @@ import numpy as np
 
 if __package__ in (None, ""):  # run as a file, bench/ comes first on sys.path, and
     sys.path[0] = str(Path(__file__).resolve().parents[1])  # bench/encoder.py would shadow encoder
+
+from bench.machine import machine
 
 MEASURE = "--measure"
 
@@ -151,17 +152,6 @@ def run_child(method: str, items_path: Path, size: int, chunk: int) -> dict:
     if child.returncode != 0:
         raise SystemExit(f"{method} child failed with status {child.returncode}")
     return {**json.loads(text.strip().splitlines()[-1]), "peak_kib": usage.ru_maxrss}
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{cpu}, {os.cpu_count()} cores, {memory:.0f} GiB RAM"
 
 
 def versions() -> str:

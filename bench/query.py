@@ -17,7 +17,6 @@ architecture (random weights, 512-d), which makes the run's embed stage cost wha
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import platform
 import statistics
@@ -29,18 +28,10 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file, bench/ comes first on sys.path and this file
     sys.path[0] = str(Path(__file__).resolve().parents[1])  # would shadow the pipeline package
 
+from bench.machine import machine
+
 ENCODINGS = ("float16", "int8")
 TEXTS = ["dense forest", "open water", "greenhouses", "flooded rice paddies"]
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return f"{cpu}, {os.cpu_count()} cores"
 
 
 def full_size_model(root: Path, workflow: dict) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -165,7 +166,7 @@ def finish_tile(plan: TilePlan, settings: ChunkSettings, *reports: ChunkReport) 
             for name in layers:
                 canvas[name][window] = data[name]
         pieces.append(piece)
-    styles = _layer_styles(settings)
+    styles = layer_styles(settings.tasks, settings.confidence, settings.overview_resampling)
     for name, array in canvas.items():
         write_cog(
             plan.folder / f"{name}.tif",
@@ -188,10 +189,20 @@ def finish_tile(plan: TilePlan, settings: ChunkSettings, *reports: ChunkReport) 
     return report
 
 
-def _layer_styles(settings: ChunkSettings) -> dict[str, dict]:
-    """COG keywords per layer: the valid months', then each plan's own (``Plan.style``)."""
-    styles: dict[str, dict] = {"valid_months": {"overview_resampling": "nearest"}}
-    for plan in settings.tasks:  # [issue 11] class maps, confidence, similarity maps
-        for name in plan.layers(settings.confidence):
-            styles[name] = plan.style(name, settings.overview_resampling)
+def layer_styles(
+    tasks: Sequence[Plan], confidence: bool, overview_resampling: str
+) -> dict[str, dict]:
+    """COG keywords per output layer: the valid months', then each plan's own (``Plan.style``).
+
+    The same for a tile's rasters and for the region's mosaics.
+    """
+    styles: dict[str, dict] = {
+        "valid_months": {
+            "overview_resampling": "nearest",
+            "description": "months with a valid observation (0-12; 255 outside the region)",
+        }
+    }
+    for plan in tasks:
+        for name in plan.layers(confidence):
+            styles[name] = plan.style(name, overview_resampling)
     return styles

@@ -38,7 +38,14 @@ from pipeline.plan import (
     make_plan,
     stac_source,
 )
-from pipeline.process import ChunkReport, ChunkSettings, TileReport, finish_tile, process_chunk
+from pipeline.process import (
+    ChunkReport,
+    ChunkSettings,
+    TileReport,
+    finish_tile,
+    layer_styles,
+    process_chunk,
+)
 from pipeline.provenance import record_outputs, verify_outputs, write_provenance
 from pipeline.reader import GDAL_OPTIONS
 from pipeline.stac_output import write_collection
@@ -419,7 +426,7 @@ def run_tiles(
     pending = iter(todo)
     tile_of: dict[str, str] = {}  # future key -> tile id, for the futures of tile tasks
     in_flight: dict[str, list] = {}  # tile id -> its futures, kept until the tile is done
-    queue = as_completed()
+    queue = as_completed(with_results=True, raise_errors=False)
     chunks_running = 0
 
     def submit_tile() -> bool:
@@ -472,11 +479,12 @@ def _identity(value):
 
 
 def finished(queue, watch: ProgressWatch, region: str) -> Iterator[tuple]:
-    """``(future, result)`` for the futures of ``queue`` as they finish (more may be added
-    meanwhile), while ``watch`` checks that the cluster still makes progress.
+    """``(future, result)`` for the futures of ``queue`` (an ``as_completed(with_results=True,
+    raise_errors=False)``) as they finish, more being added meanwhile, while ``watch`` checks that
+    the cluster still makes progress.
 
-    A result held by a worker that died after finishing is recomputed by the scheduler: its
-    future goes back into the queue instead of blocking the client.
+    The queue fetches each result in the background as soon as its task ends: a result whose
+    worker died meanwhile is recomputed by the scheduler without ever blocking this loop.
     """
     while not queue.is_empty():
         batch = queue.next_batch(block=False) if queue.has_ready() else []
@@ -484,18 +492,9 @@ def finished(queue, watch: ProgressWatch, region: str) -> Iterator[tuple]:
             watch.check(region)
             time.sleep(0.05)
             continue
-        for future in batch:
-            try:
-                result = task_result(future, region, timeout=RESULT_TIMEOUT)
-            except TimeoutError:
-                queue.add(future)
-                continue
-            watch.progressed()
-            yield future, result
-
-
-# Seconds to fetch one finished result before it counts as lost with its worker.
-RESULT_TIMEOUT = 10.0
+        watch.progressed()
+        for future, outcome in batch:
+            yield future, task_result(future, outcome, region)
 
 
 class ProgressWatch:
@@ -539,34 +538,18 @@ class ProgressWatch:
             )
 
 
-def task_result(future, region: str, timeout: float | None = None):
-    """A finished task's result; a cluster failure becomes one clear error (exit 3).
-
-    With ``timeout``, a result that cannot be fetched in time raises ``TimeoutError``.
-    """
-    try:
-        return future.result(timeout=timeout)
-    except (TimeSenCLIPError, TimeoutError):
-        raise
-    except Exception as error:
-        message = cluster_failure_message(error, region)
-        if message is None:
-            raise
-        raise ClusterFailureError(message) from None
-
-
-def _layer_styles(workflow: Workflow, tasks: tuple[Plan, ...]) -> dict[str, dict]:
-    """Per output layer: COG style keyword arguments (overview rule, palette and names)."""
-    styles = {
-        "valid_months": {
-            "overview_resampling": "nearest",
-            "description": "months with a valid observation (0-12; 255 outside the region)",
-        }
-    }
-    for task in tasks:  # [issue 11] each plan styles its own layers
-        for name in task.layers(workflow.outputs.confidence):
-            styles[name] = task.style(name, workflow.outputs.overview_resampling)
-    return styles
+def task_result(future, outcome, region: str):
+    """A finished task's result, from what ``as_completed`` fetched: a task's own error is
+    raised as it is when it is ours, and a cluster failure becomes one clear error (exit 3)."""
+    if future.status not in ("error", "cancelled"):
+        return outcome
+    error = outcome[1] if isinstance(outcome, tuple) else outcome  # (type, error, traceback)
+    if isinstance(error, TimeSenCLIPError):
+        raise error
+    message = cluster_failure_message(error, region)
+    if message is None:
+        raise error
+    raise ClusterFailureError(message) from None
 
 
 def finish_mosaics(
@@ -578,7 +561,7 @@ def finish_mosaics(
 
     zones = zone_groups([p.tile for p in region.tiles])
     folders = {p.tile.id: p.folder for p in region.tiles}
-    styles = _layer_styles(workflow, tasks)
+    styles = layer_styles(tasks, workflow.outputs.confidence, workflow.outputs.overview_resampling)
     futures = {}
     for epsg, tiles in zones.items():
         suffix = "" if len(zones) == 1 else f"_EPSG{epsg}"
@@ -595,7 +578,7 @@ def finish_mosaics(
             )
     keys = {f.key: key for key, f in futures.items()}
     watch = ProgressWatch.of(client, workflow)
-    queue = as_completed(futures.values())
+    queue = as_completed(futures.values(), with_results=True, raise_errors=False)
     paths = {keys[f.key]: path for f, path in finished(queue, watch, region.region.name)}
     outputs = list(paths.values())
     for epsg in zones:
@@ -615,7 +598,7 @@ def finish_tiled(
     them styled like its tiles and, for maps with Items, a STAC Collection of per-tile Items."""
     zones = zone_groups([p.tile for p in region.tiles])
     folders = {p.tile.id: p.folder for p in region.tiles}
-    styles = _layer_styles(workflow, tasks)
+    styles = layer_styles(tasks, workflow.outputs.confidence, workflow.outputs.overview_resampling)
     outputs = []
     for epsg, tiles in zones.items():
         suffix = "" if len(zones) == 1 else f"_EPSG{epsg}"

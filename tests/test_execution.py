@@ -112,6 +112,12 @@ def read_layers(region_dir: Path, suffix: str = ".tif") -> dict[str, np.ndarray]
     return layers
 
 
+def assert_same_maps(region_dir: Path, reference: dict, suffix: str = ".tif") -> None:
+    got = read_layers(region_dir, suffix)
+    for name in LAYERS:
+        np.testing.assert_array_equal(got[name], reference[name])
+
+
 @pytest.fixture(scope="module")
 def reference(demo_inputs, cluster, workflow_file, tmp_path_factory):
     """An uninterrupted run on the external cluster."""
@@ -130,9 +136,7 @@ def test_repeated_runs_on_two_workers_of_two_threads_never_fail(
         out = tmp_path / f"run{attempt}"
         path = workflow_file(out, workflow, outputs=outputs(workflow, out / "maps"), dask={})
         run_workflow(load_workflow(path), scheduler=cluster.address, progress=False)
-        got = read_layers(out / "maps" / "synthetic")
-        for name in LAYERS:
-            np.testing.assert_array_equal(got[name], reference[name])
+        assert_same_maps(out / "maps" / "synthetic", reference)
 
 
 def _first_piece(folder: Path, process: subprocess.Popen, timeout: float = 120.0) -> None:
@@ -167,9 +171,7 @@ def test_a_worker_killed_mid_run_costs_nothing(
             run.kill()
         cluster.workers[0] = cluster.add_worker(threads=2)
         cluster.wait_for_workers(2)
-    got = read_layers(tmp_path / "maps" / "synthetic")
-    for name in LAYERS:
-        np.testing.assert_array_equal(got[name], reference[name])
+    assert_same_maps(tmp_path / "maps" / "synthetic", reference)
 
 
 def test_no_worker_left_is_a_clear_error_and_a_rerun_resumes(
@@ -194,9 +196,7 @@ def test_no_worker_left_is_a_clear_error_and_a_rerun_resumes(
     assert "no worker" in log and "run the same command again" in log and "Traceback" not in log
     cluster.wait_for_workers(2)
     run_workflow(load_workflow(path), scheduler=cluster.address, progress=False)
-    got = read_layers(tmp_path / "maps" / "synthetic")
-    for name in LAYERS:
-        np.testing.assert_array_equal(got[name], reference[name])
+    assert_same_maps(tmp_path / "maps" / "synthetic", reference)
 
 
 def test_large_regions_are_per_tile_cogs_behind_one_vrt(
@@ -207,9 +207,7 @@ def test_large_regions_are_per_tile_cogs_behind_one_vrt(
     path = workflow_file(tmp_path, workflow, outputs=out, dask={})
     run_workflow(load_workflow(path), scheduler=cluster.address, progress=False)
     region = tmp_path / "maps" / "synthetic"
-    got = read_layers(region, suffix=".vrt")
-    for name in LAYERS:
-        np.testing.assert_array_equal(got[name], reference[name])
+    assert_same_maps(region, reference, suffix=".vrt")
     tiles = sorted((region / "land_cover").glob("*.tif"))
     assert len(tiles) == 4
     for tile in tiles:

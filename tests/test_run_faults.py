@@ -22,10 +22,8 @@ from encoder.atomic import atomic_path, write_text_atomic
 from encoder.files import file_sha256
 from pipeline.cli import main
 from pipeline.cog import write_cog
-from pipeline.demo import write_demo_inputs
 from pipeline.lock import LOCK_NAME
 from pipeline.run import run_workflow
-from pipeline.stac_server import serve_stac
 from pipeline.workflow import load_workflow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,15 +101,6 @@ def test_a_read_only_disk_is_named(mount_tmpfs):
 # --- runs ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("faults")
-    workflow, synthetic = write_demo_inputs(root)
-    with serve_stac(synthetic.collection, synthetic.items, root / "data" / "stac") as url:
-        workflow["stac"]["url"] = url
-        yield root, workflow
-
-
 def workflow_file(folder: Path, workflow: dict, out: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     data = {
@@ -135,9 +124,9 @@ def cli_run(path: Path, **kwargs) -> subprocess.Popen:
 
 
 @pytest.fixture(scope="module")
-def finished(demo):
+def finished(demo_inputs):
     """A run in one process, and a second on the same folder started while the first works."""
-    root, workflow = demo
+    root, workflow, _ = demo_inputs
     out = root / "first" / "maps"
     path = workflow_file(root / "first", workflow, out)
     first = cli_run(path)
@@ -213,9 +202,9 @@ def test_leftovers_of_a_kill_during_the_clean_up_are_removed(finished, tmp_path)
 
 
 def test_a_full_disk_ends_with_one_paragraph_and_the_rerun_resumes(
-    demo, finished, mount_tmpfs, tmp_path, capsys
+    demo_inputs, finished, mount_tmpfs, tmp_path, capsys
 ):
-    _, workflow = demo
+    _, workflow, _ = demo_inputs
     need = sum(p.stat().st_size for p in finished[0].rglob("*") if p.is_file())
     disk = mount_tmpfs(need // 3)
     path = workflow_file(tmp_path, workflow, disk / "maps")
@@ -230,8 +219,10 @@ def test_a_full_disk_ends_with_one_paragraph_and_the_rerun_resumes(
     assert_same_maps(disk / "maps" / "synthetic", finished[0])
 
 
-def test_read_only_and_missing_folders_end_with_one_paragraph(demo, mount_tmpfs, tmp_path, capsys):
-    _, workflow = demo
+def test_read_only_and_missing_folders_end_with_one_paragraph(
+    demo_inputs, mount_tmpfs, tmp_path, capsys
+):
+    _, workflow, _ = demo_inputs
     disk = mount_tmpfs(1024 * 1024, "ro")
     assert main(["run", str(workflow_file(tmp_path / "a", workflow, disk / "maps"))]) == 2
     err = capsys.readouterr().err
