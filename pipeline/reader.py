@@ -64,15 +64,12 @@ class DatasetPool:
         self.max_idle = max_idle
         self._idle: OrderedDict[int, tuple[str, rasterio.DatasetReader]] = OrderedDict()
         self._lock = threading.Lock()
-        self.opened = 0
 
     @contextlib.contextmanager
     def dataset(self, href: str) -> Iterator[rasterio.DatasetReader]:
         ds = self._take(href)
         if ds is None:
             ds = rasterio.open(href, sharing=False)
-            with self._lock:
-                self.opened += 1
         try:
             yield ds
         except BaseException:
@@ -94,12 +91,6 @@ class DatasetPool:
             while len(self._idle) > self.max_idle:
                 _, (_, oldest) = self._idle.popitem(last=False)
                 oldest.close()
-
-    def close(self) -> None:
-        with self._lock:
-            for _, ds in self._idle.values():
-                ds.close()
-            self._idle.clear()
 
 
 POOL = DatasetPool()
