@@ -29,6 +29,11 @@ class Chunk:
         return self.grid.bounds
 
     @property
+    def window(self) -> tuple[slice, slice]:
+        """Where the chunk's pixels sit in an array of its tile."""
+        return slice(self.row, self.row + self.height), slice(self.col, self.col + self.width)
+
+    @property
     def id(self) -> str:
         return f"{self.tile.id}_r{self.row:05d}_c{self.col:05d}"
 

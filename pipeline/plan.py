@@ -30,6 +30,16 @@ log = logging.getLogger(__name__)
 FLOP_PER_PIXEL = 0.21e9
 
 
+def piece_path(folder: Path, chunk: Chunk) -> Path:
+    """Where a chunk task leaves its layers, in its tile's scratch ``folder``."""
+    return folder / "chunks" / f"{chunk.id}.npz"
+
+
+def done_path(folder: Path) -> Path:
+    """The record whose presence marks a tile's scratch ``folder`` as finished."""
+    return folder / "done.json"
+
+
 @dataclass(frozen=True)
 class ChunkTask:
     """One Dask task's whole input: a chunk, the scenes meeting it, and which pixels to map."""
@@ -41,7 +51,7 @@ class ChunkTask:
 
     @property
     def piece(self) -> Path:
-        return self.folder / "chunks" / f"{self.chunk.id}.npz"
+        return piece_path(self.folder, self.chunk)
 
 
 @dataclass(frozen=True)
@@ -54,7 +64,7 @@ class TilePlan:
 
     @property
     def done(self) -> bool:
-        return (self.folder / "done.json").exists()
+        return done_path(self.folder).exists()
 
 
 @dataclass(frozen=True)
@@ -102,9 +112,7 @@ class RunPlan:
             meets = (np.maximum(footprints[:, 0], xmin) < np.minimum(footprints[:, 2], xmax)) & (
                 np.maximum(footprints[:, 1], ymin) < np.minimum(footprints[:, 3], ymax)
             )
-            window = inside[
-                chunk.row : chunk.row + chunk.height, chunk.col : chunk.col + chunk.width
-            ]
+            window = inside[chunk.window]
             yield ChunkTask(
                 chunk,
                 tuple(r for r, hit in zip(refs, meets, strict=True) if hit),

@@ -24,7 +24,7 @@ from pipeline.classify import Plan  # [issue 11] class or similarity plans
 from pipeline.cog import write_cog
 from pipeline.cube import CubeOptions, composite_chunk
 from pipeline.embed import cached_encoder, embed_series, pixel_series
-from pipeline.plan import ChunkTask, TilePlan
+from pipeline.plan import ChunkTask, TilePlan, done_path, piece_path
 from pipeline.reader import GDAL_OPTIONS, configure_gdal
 
 # valid_months holds 0..12 where a pixel is in the region; this marks pixels outside it.
@@ -81,7 +81,7 @@ class TileReport:
 
     @classmethod
     def read(cls, folder: Path) -> TileReport:
-        return cls(**json.loads((folder / "done.json").read_text()))
+        return cls(**json.loads(done_path(folder).read_text()))
 
 
 def _worker_threads() -> int | None:
@@ -97,7 +97,7 @@ def _worker_threads() -> int | None:
 def process_chunk(task: ChunkTask, settings: ChunkSettings) -> ChunkReport:
     """Cube -> embeddings -> classes for one chunk, left as a piece file beside its tile."""
     chunk = task.chunk
-    if (task.folder / "done.json").exists():
+    if done_path(task.folder).exists():
         return ChunkReport(chunk.id, 0)
     if task.piece.exists():
         with np.load(task.piece) as piece:
@@ -157,14 +157,10 @@ def finish_tile(plan: TilePlan, settings: ChunkSettings, *reports: ChunkReport) 
     canvas = {name: np.full(tile.shape, nodata or 0, np.uint8) for name, nodata in layers.items()}
     pieces = []
     for chunk in tile_chunks(tile, settings.chunk_size):
-        piece = plan.folder / "chunks" / f"{chunk.id}.npz"
+        piece = piece_path(plan.folder, chunk)
         with np.load(piece) as data:
-            window = (
-                slice(chunk.row, chunk.row + chunk.height),
-                slice(chunk.col, chunk.col + chunk.width),
-            )
             for name in layers:
-                canvas[name][window] = data[name]
+                canvas[name][chunk.window] = data[name]
         pieces.append(piece)
     styles = layer_styles(settings.tasks, settings.confidence, settings.overview_resampling)
     for name, array in canvas.items():
@@ -183,7 +179,7 @@ def finish_tile(plan: TilePlan, settings: ChunkSettings, *reports: ChunkReport) 
     seconds = {"write": time.perf_counter() - start}
     report = TileReport(tile.id, used, skipped, seconds)
     # Written last: a tile counts as finished only once all its files are in place.
-    write_text_atomic(plan.folder / "done.json", json.dumps(report.__dict__))
+    write_text_atomic(done_path(plan.folder), json.dumps(report.__dict__))
     for piece in pieces:
         piece.unlink(missing_ok=True)
     return report
