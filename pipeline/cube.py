@@ -83,22 +83,19 @@ def composite_chunk(
     in reference mode every scene is read at once (the whole-year median fills empty months).
     """
     height, width = grid.shape if window is None else (window.height, window.width)
-    blocks = _blocks(options)
     composite = np.full((len(_tokens(options)), len(BANDS), height, width), np.nan, np.float32)
     valid = np.zeros((height, width), np.uint8)
-    scenes = _in_order([r for r in refs if r.meets(grid)])
-    groups = [(i, [r for r in scenes if r.month in block]) for i, block in enumerate(blocks)]
-    groups = [(i, group) for i, group in groups if group]
+    groups = _groups([r for r in refs if r.meets(grid)], options)
     used, skipped = [], []
     with ThreadPoolExecutor(1) as ahead:
-        pending = [ahead.submit(_read, g, grid, window, options) for _, g in groups[:1]]
-        for k, (i, _) in enumerate(groups):
+        pending = [ahead.submit(_read, g, grid, window, options) for _, _, g in groups[:1]]
+        for k, (i, block, _) in enumerate(groups):
             read = pending.pop().result()
             if k + 1 < len(groups):
-                pending.append(ahead.submit(_read, groups[k + 1][1], grid, window, options))
+                pending.append(ahead.submit(_read, groups[k + 1][2], grid, window, options))
             used += read.used
             skipped += read.skipped
-            tokens, has_data = _reduce(read, options, blocks[i])
+            tokens, has_data = _reduce(read, options, block)
             first = 0 if options.mask_mode == "reference" else i
             composite[first : first + len(tokens)] = tokens
             valid += has_data.sum(axis=0, dtype=np.uint8)
@@ -108,6 +105,18 @@ def composite_chunk(
 def _blocks(options: CubeOptions) -> tuple[tuple[int, ...], ...]:
     """The months read together: one block per token, or the whole year in reference mode."""
     return (MONTHS,) if options.mask_mode == "reference" else BLOCKS[options.temporal]
+
+
+def _groups(
+    scenes: Sequence[ItemRef], options: CubeOptions
+) -> list[tuple[int, tuple[int, ...], list[ItemRef]]]:
+    """``(index, months, scenes in time order)`` of each block of months that has scenes."""
+    ordered = _in_order(scenes)
+    groups = [
+        (i, block, [r for r in ordered if r.month in block])
+        for i, block in enumerate(_blocks(options))
+    ]
+    return [group for group in groups if group[2]]
 
 
 def _tokens(options: CubeOptions) -> tuple[tuple[int, ...], ...]:
@@ -286,14 +295,7 @@ def _lazy_composite(
     height, width = grid.shape
     ys = _chunk_sizes(height, chunk_size)
     xs = _chunk_sizes(width, chunk_size)
-    reference = options.mask_mode == "reference"
-    present = sorted({r.month for r in scenes})
-    groups = (
-        [list(scenes)]
-        if reference and scenes
-        else [[r for r in scenes if r.month == m] for m in present]
-    )
-    depth = len(MONTHS) if reference else 1
+    groups = _groups(scenes, options)
     block_rows = []
     for r0, h in zip(np.cumsum([0, *ys[:-1]]), ys, strict=True):
         row = []
@@ -303,11 +305,11 @@ def _lazy_composite(
                 da.concatenate(
                     [
                         da.from_delayed(
-                            dask.delayed(_block, pure=True)(group, grid, window, options),
-                            shape=(depth, len(BANDS) + 1, h, w),
+                            dask.delayed(_block, pure=True)(group, block, grid, window, options),
+                            shape=(len(block), len(BANDS) + 1, h, w),
                             dtype=np.float32,
                         )
-                        for group in groups
+                        for _, block, group in groups
                     ]
                 )
                 if groups
@@ -317,20 +319,26 @@ def _lazy_composite(
     blocks = da.block(block_rows)
     valid = (blocks[:, -1] == 1).sum(axis=0, dtype=np.uint8)
     composite = blocks[:, :-1]
-    if reference and groups:
+    if options.mask_mode == "reference" and groups:
         return composite, valid
     empty = da.full(
         (1, len(BANDS), height, width), np.nan, dtype=np.float32, chunks=(1, -1, ys, xs)
     )
-    where = {m: i for i, m in enumerate(present)}
+    where = {block[0]: k for k, (_, block, _) in enumerate(groups)}
     composite = da.concatenate(
         [composite[where[m] : where[m] + 1] if m in where else empty for m in MONTHS]
     )
     return composite, valid
 
 
-def _block(refs: Sequence[ItemRef], grid: Grid, window: Window, options: CubeOptions) -> np.ndarray:
-    block = MONTHS if options.mask_mode == "reference" else (refs[0].month,)
+def _block(
+    refs: Sequence[ItemRef],
+    block: tuple[int, ...],
+    grid: Grid,
+    window: Window,
+    options: CubeOptions,
+) -> np.ndarray:
+    """One block of months of one spatial chunk: its tokens with a has-data layer appended."""
     tokens, has_data = _reduce(_read(refs, grid, window, options), options, block)
     return np.concatenate([tokens, has_data[:, None].astype(np.float32)], axis=1)
 
