@@ -48,7 +48,7 @@ def write_items(root: Path, size: int, factors: tuple[int, ...]) -> dict[int, Pa
 
     Copies get new ids, dates 1-3 days later (same month) and their own files.
     """
-    from pipeline.synthetic import write_synthetic_collection
+    from fixtures.synthetic import write_synthetic_collection
 
     written = write_synthetic_collection(
         root / "scenes", shape=(size, size), boa_offset_applied=None
@@ -79,8 +79,8 @@ def _copied_item(item: dict, root: Path, copy_index: int) -> dict:
 
 
 def cube_composite(items: list[dict], size: int, chunk: int) -> np.ndarray:
+    from fixtures.synthetic import default_dates
     from pipeline.cube import build_cube
-    from pipeline.synthetic import default_dates
 
     xmin, ymax = 500000.0, 4800000.0
     bounds = (xmin, ymax - 10.0 * size, xmin + 10.0 * size, ymax)

@@ -42,10 +42,10 @@ def prepare(root: Path, side: int, scales: list[int], full_model: bool) -> dict:
     from rasterio.warp import transform_bounds
 
     from encoder.checkpoint import EncoderMetadata, save_checkpoint
-    from encoder.tiny import tiny_encoder, write_tiny_clip
+    from fixtures.tiny import tiny_encoder, write_tiny_clip
 
     largest = side * math.isqrt(max(scales))
-    from pipeline.synthetic import write_synthetic_collection
+    from fixtures.synthetic import write_synthetic_collection
 
     synthetic = write_synthetic_collection(
         root / "scenes", origin=(500000.0, 4800000.0), shape=(largest + 8, largest + 8)
@@ -157,7 +157,7 @@ def main() -> None:
     import torch
     import yaml
 
-    from pipeline.stac_server import serve_stac
+    from fixtures.stac_server import serve_stac
 
     with tempfile.TemporaryDirectory(prefix="timesenclip-bench-") as tmp:
         root = Path(tmp)

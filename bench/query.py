@@ -40,7 +40,7 @@ def full_size_model(root: Path, workflow: dict) -> None:
 
     from encoder.checkpoint import EncoderMetadata, save_checkpoint
     from encoder.model import TimeSenCLIPEncoder
-    from encoder.tiny import write_tiny_clip
+    from fixtures.tiny import write_tiny_clip
 
     clip = f"local-dir:{write_tiny_clip(root / 'clip-512', embed_dim=512)}"
     torch.manual_seed(0)
@@ -70,12 +70,12 @@ def main() -> None:
     import torch
     import yaml
 
-    from pipeline.demo import write_demo_inputs
+    from fixtures.demo import write_demo_inputs
+    from fixtures.stac_server import serve_stac
     from pipeline.embeddings import open_store
     from pipeline.query import query_store
     from pipeline.reclassify import classify_store
     from pipeline.run import run_workflow
-    from pipeline.stac_server import serve_stac
     from pipeline.workflow import load_workflow
 
     seconds: dict[tuple[str, str], list[float]] = {}

@@ -35,8 +35,9 @@ if __package__ in (None, ""):  # run as a file: bench/ first on sys.path would h
 
 from bench.encoder import machine
 from encoder.model import TimeSenCLIPEncoder
-from encoder.pairs import synthetic_pairs, write_pairs
+from encoder.pairs import write_pairs
 from encoder.train import TensorPairs, Trainer, epoch_order, parse_config
+from fixtures.pairs import synthetic_pairs
 
 CLASSES = 8
 

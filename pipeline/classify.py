@@ -19,7 +19,8 @@ import numpy as np
 from encoder.errors import TimeSenCLIPError
 from encoder.prompts import ClassSpec, TextEncoder, class_prompts, template_set
 from encoder.zeroshot import score
-from pipeline.cog import CLASS_NODATA, CONFIDENCE_NODATA, confidence_percent
+from pipeline.cog import confidence_percent
+from pipeline.outputs import CLASS_NODATA, CONFIDENCE_NODATA, confidence_layer
 from pipeline.similarity import RAMP_NODATA, ScoreRamp, cosine, unique_slugs
 from pipeline.style import class_colors
 
@@ -43,7 +44,7 @@ class TaskPlan:
 
     @property
     def confidence_layer(self) -> str:
-        return f"{self.name}_confidence"
+        return confidence_layer(self.name)
 
     def layers(self, confidence: bool) -> dict[str, int]:
         """The class map and, with ``confidence``, its confidence map, with nodata values."""
@@ -67,7 +68,7 @@ class TaskPlan:
                 "overview_resampling": "average",
                 "description": f"{self.name} confidence (% probability of the top class)",
             }
-        from pipeline.publish import map_style
+        from pipeline.map_sidecars import map_style
 
         return {"overview_resampling": class_resampling, **map_style(self)}
 
@@ -75,7 +76,7 @@ class TaskPlan:
         self, paths: Mapping[str, Path], *, year: int, valid_months_path: Path | None = None
     ) -> list[Path]:
         """The class map's QGIS style and STAC Item (linking its confidence and valid months)."""
-        from pipeline.publish import describe_map
+        from pipeline.map_sidecars import describe_map
 
         return describe_map(
             paths[self.name],
@@ -126,7 +127,7 @@ class SimilarityPlan:
         self, paths: Mapping[str, Path], *, year: int, valid_months_path: Path | None = None
     ) -> list[Path]:
         """Per text: its colour-ramp QGIS style and STAC Item."""
-        from pipeline.publish import describe_ramp
+        from pipeline.map_sidecars import describe_ramp
 
         outputs = []
         for name in self.layer_names():

@@ -173,7 +173,7 @@ def _add_ramp(parser: argparse.ArgumentParser) -> None:
 
 @verb("demo")
 def _demo(args: argparse.Namespace) -> int:
-    from pipeline.demo import run_demo
+    from fixtures.demo import run_demo
 
     run_demo(args.out, progress=not args.quiet, fresh=args.fresh)
     return 0

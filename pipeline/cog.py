@@ -32,13 +32,9 @@ from rasterio.windows import Window
 
 from encoder.atomic import atomic_path, scratch_path, write_text_atomic
 from encoder.errors import TimeSenCLIPError
+from pipeline.outputs import CLASS_NODATA, CONFIDENCE_NODATA, NODATA_NAME
 from pipeline.style import fill_colors, parse_color
 
-CLASS_NODATA = 0
-"""Pixel value of "no class" in class maps; classes are 1..K."""
-CONFIDENCE_NODATA = 255
-"""Pixel value of "no confidence" in confidence maps, which hold percent 0..100 as uint8."""
-NODATA_NAME = "no data"
 OVERVIEW_RESAMPLINGS = ("nearest", "mode", "average", "bilinear", "cubic", "cubicspline", "lanczos")
 COMPRESSIONS = ("DEFLATE", "ZSTD", "LZW", "NONE")
 

@@ -34,9 +34,9 @@ from affine import Affine
 
 from encoder.errors import TimeSenCLIPError
 from pipeline.chunks import Chunk
+from pipeline.outputs import EMBEDDINGS_STORE, VALID_MONTHS
 from pipeline.tiles import Tile
 
-STORE_NAME = "embeddings.zarr"
 STORE_FORMAT = "timesenclip-embeddings-v2"
 ENCODINGS = ("float16", "int8")
 INT8_SCALE = 127
@@ -80,7 +80,7 @@ def create_stores(
     from encoder.prompts import TextEncoder
 
     encoding = workflow.outputs.embeddings
-    path = region_dir / STORE_NAME
+    path = region_dir / EMBEDDINGS_STORE
     root = zarr.open_group(path, mode="a")
     clip = workflow.model.clip
     outputs = workflow.outputs
@@ -237,7 +237,7 @@ class Store:
 
     def valid_months(self, zone: Zone) -> Path | None:
         """The run's valid-months map of this zone beside the store, if it is there."""
-        path = self.path.parent / f"valid_months{self.suffix(zone)}.tif"
+        path = self.path.parent / f"{VALID_MONTHS}{self.suffix(zone)}.tif"
         return path if path.is_file() else None
 
     def text_encoder(self, model: str | None = None, pretrained: str | None = None):

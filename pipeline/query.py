@@ -25,7 +25,7 @@ from encoder.errors import TimeSenCLIPError
 from pipeline.classify import plan_similarity
 from pipeline.cog import write_cog
 from pipeline.embeddings import Store, Zone, open_store
-from pipeline.publish import describe_ramp
+from pipeline.map_sidecars import describe_ramp
 from pipeline.similarity import ScoreRamp, change, cosine, exemplar, slugify
 
 _EXEMPLAR_TYPES = ("Point", "MultiPoint", "Polygon", "MultiPolygon")

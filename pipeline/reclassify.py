@@ -15,7 +15,7 @@ from encoder.prompts import is_class_set, resolve_classes
 from pipeline.classify import Plan, plan_task
 from pipeline.cog import write_cog
 from pipeline.embeddings import Store, Zone, open_store
-from pipeline.publish import publish_plan
+from pipeline.map_sidecars import publish_plan
 
 
 def parse_classes(text: str) -> list:

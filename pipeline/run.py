@@ -29,6 +29,7 @@ from pipeline.cluster_errors import ClusterFailureError, cluster_failure_message
 from pipeline.cog import mosaic_to_cog
 from pipeline.cube import CubeOptions
 from pipeline.lock import output_lock
+from pipeline.outputs import PROVENANCE, VALID_MONTHS
 from pipeline.plan import (
     FLOP_PER_PIXEL,
     RegionPlan,
@@ -38,7 +39,12 @@ from pipeline.plan import (
     make_plan,
     stac_source,
 )
-from pipeline.process import (
+from pipeline.provenance import record_outputs, verify_outputs, write_provenance
+from pipeline.reader import GDAL_OPTIONS
+from pipeline.stac_output import write_collection
+from pipeline.tiles import Tile, zone_groups
+from pipeline.vrt import write_vrt
+from pipeline.worker_tasks import (
     ChunkReport,
     ChunkSettings,
     TileReport,
@@ -46,11 +52,6 @@ from pipeline.process import (
     layer_styles,
     process_chunk,
 )
-from pipeline.provenance import record_outputs, verify_outputs, write_provenance
-from pipeline.reader import GDAL_OPTIONS
-from pipeline.stac_output import write_collection
-from pipeline.tiles import Tile, zone_groups
-from pipeline.vrt import write_vrt
 from pipeline.workflow import Region, Workflow
 
 log = logging.getLogger(__name__)
@@ -177,7 +178,7 @@ def run_region(
     """Map one region: its unfinished tiles on the cluster, then its mosaics and metadata."""
     if region.folder.exists():
         # From here on the outputs change: an older provenance.json must not vouch for them.
-        (region.folder / "provenance.json").unlink(missing_ok=True)
+        (region.folder / PROVENANCE).unlink(missing_ok=True)
         for path in remove_stale_temporaries(region.folder):
             log.info("removed %s, left by an interrupted run", path)
     layout = region_layout(region, workflow.outputs.mosaic_max_pixels)
@@ -337,7 +338,7 @@ def region_fingerprint(workflow: Workflow, tiles_key: str, tasks: list[Plan]) ->
 
 def region_is_complete(region_dir: Path, fingerprint: str) -> bool:
     """Whether a region's provenance matches ``fingerprint`` and its files are as it recorded."""
-    provenance = region_dir / "provenance.json"
+    provenance = region_dir / PROVENANCE
     if not provenance.exists():
         return False
     try:
@@ -586,7 +587,7 @@ def finish_mosaics(
             outputs += task.describe(
                 {name: paths[(epsg, name)] for name in task.layers(workflow.outputs.confidence)},
                 year=workflow.year,
-                valid_months_path=paths[(epsg, "valid_months")],
+                valid_months_path=paths[(epsg, VALID_MONTHS)],
             )
     return outputs
 
@@ -624,7 +625,7 @@ def finish_tiled(
                 outputs += task.describe(
                     {name: placed[name][k] for name in task.layers(workflow.outputs.confidence)},
                     year=workflow.year,
-                    valid_months_path=placed["valid_months"][k],
+                    valid_months_path=placed[VALID_MONTHS][k],
                 )
         for layer, tile_maps in placed.items():
             style = tile_maps[0].with_suffix(".qml")
@@ -683,4 +684,4 @@ def write_region_metadata(
         "tiles_without_items": [t.id for t in region.empty],
         "outputs": record_outputs(region.folder, outputs),  # what resume verifies
     }
-    return write_provenance(region.folder / "provenance.json", record)
+    return write_provenance(region.folder / PROVENANCE, record)

@@ -22,7 +22,7 @@ from rasterio.warp import transform_bounds
 
 from encoder.atomic import write_text_atomic
 from encoder.errors import TimeSenCLIPError
-from pipeline.cog import CLASS_NODATA, CONFIDENCE_NODATA, NODATA_NAME
+from pipeline.outputs import CLASS_NODATA, CONFIDENCE_NODATA, NODATA_NAME, VALID_MONTHS
 from pipeline.style import ClassEntry, fill_colors
 
 _EDGE_POINTS = 21  # per footprint edge: UTM edges are curves in lon/lat
@@ -140,7 +140,7 @@ def _map_item(
 
 def _add_valid_months(item: pystac.Item, folder: Path, path: Path | str | None) -> None:
     if path is not None:
-        asset = _add_asset(item, "valid_months", path, folder, ["quality"], "Valid months")
+        asset = _add_asset(item, VALID_MONTHS, path, folder, ["quality"], "Valid months")
         asset.description = "Months (0..12) with at least one cloud-free observation."
 
 

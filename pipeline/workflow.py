@@ -39,6 +39,7 @@ from encoder.classes import (
 )
 from encoder.errors import TimeSenCLIPError
 from encoder.safe_yaml import parse_yaml, short_repr
+from pipeline.outputs import CONFIDENCE_SUFFIX, RESERVED_NAMES, VALID_MONTHS, confidence_layer
 from pipeline.sentinel2 import DEFAULT_CLOUD_MASK
 from pipeline.similarity import unique_slugs
 from pipeline.style import StyleError, normalize_color
@@ -53,8 +54,6 @@ _MAX_PROBLEMS = 20  # listed in one error; a file with more is mostly the wrong 
 # Files a region folder holds besides each task's <name>.tif/.qml/.json (pipeline.run writes
 # valid_months*.tif, <task>_confidence*.tif and provenance.json; pipeline.embeddings the store):
 # a task named like one of them would overwrite it.
-RESERVED_TASK_NAMES = ("valid_months", "provenance", "embeddings")
-RESERVED_TASK_SUFFIX = "_confidence"
 
 
 class WorkflowError(TimeSenCLIPError):
@@ -82,10 +81,10 @@ SafeName = Annotated[str, AfterValidator(_safe_name)]
 
 def _not_reserved(value: str) -> str:
     name = value.casefold()  # some file systems ignore case
-    if name in RESERVED_TASK_NAMES or name.endswith(RESERVED_TASK_SUFFIX):
+    if name in RESERVED_NAMES or name.endswith(CONFIDENCE_SUFFIX):
         raise ValueError(
             "this name is reserved for an output every region folder holds (reserved: "
-            f"{', '.join(RESERVED_TASK_NAMES)} and any name ending in {RESERVED_TASK_SUFFIX}, "
+            f"{', '.join(RESERVED_NAMES)} and any name ending in {CONFIDENCE_SUFFIX}, "
             "each map's confidence layer): choose another name"
         )
     return value
@@ -421,7 +420,7 @@ class TaskConfig(_Model):
         """The file names (without .tif) this task writes per region."""
         if self.mode == "similarity":
             return [f"{self.name}_{slug}" for slug in unique_slugs(self.texts)]
-        return [self.name, f"{self.name}_confidence"]
+        return [self.name, confidence_layer(self.name)]
 
     @field_validator("templates", mode="before")
     @classmethod
@@ -521,7 +520,7 @@ class Workflow(_Model):
     def _unique_tasks(cls, value: list[TaskConfig]) -> list[TaskConfig]:
         _unique([t.name for t in value], "tasks")
         seen: set[str] = set()
-        for name in ["valid_months", *(n for t in value for n in t.layer_names())]:
+        for name in [VALID_MONTHS, *(n for t in value for n in t.layer_names())]:
             if name.casefold() in seen:
                 raise ValueError(
                     f"two outputs of a region would be named {name}.tif (tasks write <name>.tif "

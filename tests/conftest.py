@@ -36,8 +36,8 @@ def one_torch_thread():
 def synthetic_api(tmp_path_factory):
     """Factory: write a synthetic collection (``write_synthetic_collection`` options) and serve it
     over a local STAC API; returns ``(collection, url)``. Servers stop at the end of the session."""
-    from pipeline.stac_server import serve_stac
-    from pipeline.synthetic import write_synthetic_collection
+    from fixtures.stac_server import serve_stac
+    from fixtures.synthetic import write_synthetic_collection
 
     with contextlib.ExitStack() as servers:
 
@@ -55,8 +55,8 @@ def synthetic_api(tmp_path_factory):
 @pytest.fixture(scope="session")
 def demo_inputs(tmp_path_factory):
     """Synthetic scenes, a tiny CLIP and a tiny encoder, served by a local STAC API."""
-    from pipeline.demo import write_demo_inputs
-    from pipeline.stac_server import serve_stac
+    from fixtures.demo import write_demo_inputs
+    from fixtures.stac_server import serve_stac
 
     root = tmp_path_factory.mktemp("e2e")
     workflow, synthetic = write_demo_inputs(root)

@@ -14,7 +14,7 @@ from encoder.augment import (
     recipe_kinds,
 )
 from encoder.errors import TimeSenCLIPError
-from encoder.tiny import tiny_encoder
+from fixtures.tiny import tiny_encoder
 
 N, T, D = 64, 12, 8
 

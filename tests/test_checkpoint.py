@@ -27,7 +27,7 @@ from encoder.checkpoint import (
 from encoder.files import file_sha256 as shared_file_sha256
 from encoder.model import EncoderConfig, TimeSenCLIPEncoder
 from encoder.preprocess import BANDS
-from encoder.tiny import tiny_encoder
+from fixtures.tiny import tiny_encoder
 
 # Published files carry no head count, so the loader assumes the published 8: test models use 8.
 TINY = {"dim": 32, "depth": 2, "heads": 8, "ff_dim": 16}

@@ -17,9 +17,9 @@ from encoder.conventions import (
     band_name,
 )
 from encoder.preprocess import normalize
-from encoder.tiny import tiny_encoder
+from fixtures.tiny import tiny_encoder
 from pipeline.cli import main
-from pipeline.embed import cached_encoder, pixel_series
+from pipeline.pixel_encoder import cached_encoder, pixel_series
 from pipeline.workflow import ModelConfig
 
 REFERENCE_CHANNELS = ["B4", "B3", "B2", "B5", "B6", "B7", "B8", "B8A", "B11", "B12"]

@@ -15,9 +15,9 @@ from rasterio.warp import transform_bounds
 
 from encoder.errors import TimeSenCLIPError
 from encoder.preprocess import BANDS
+from fixtures.synthetic import write_synthetic_collection
 from pipeline.cube import BadAssetError, build_cube, nanmedian_time
 from pipeline.sentinel2 import BANDS_20M, DEFAULT_CLOUD_MASK, REFERENCE_ZERO_CLASSES
-from pipeline.synthetic import write_synthetic_collection
 
 YEAR = 2023
 SMALL_DATES = [datetime.date(YEAR, 1, 5), datetime.date(YEAR, 1, 20), datetime.date(YEAR, 3, 5)]

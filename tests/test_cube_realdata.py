@@ -19,10 +19,10 @@ from affine import Affine
 from rasterio.warp import transform_bounds, transform_geom
 
 from encoder.preprocess import BANDS
+from fixtures.stac_server import serve_stac
 from pipeline.cog import write_cog
 from pipeline.cube import build_cube
 from pipeline.stac import EARTH_SEARCH_ASSETS, StacSource, search_items
-from pipeline.stac_server import serve_stac
 
 EPSG = 32633
 L1C_ORDER = (

@@ -20,13 +20,13 @@ import rasterio
 from encoder.checkpoint import load_encoder
 from encoder.prompts import TextEncoder, class_set
 from encoder.zeroshot import score
+from fixtures.stac_server import serve_stac
+from fixtures.synthetic import write_synthetic_collection
 from pipeline.cog import read_category_names
 from pipeline.cube import build_cube
-from pipeline.embed import embed_series, pixel_series
-from pipeline.process import OUTSIDE_REGION
+from pipeline.outputs import OUTSIDE_REGION
+from pipeline.pixel_encoder import embed_series, pixel_series
 from pipeline.run import run_workflow
-from pipeline.stac_server import serve_stac
-from pipeline.synthetic import write_synthetic_collection
 from pipeline.tiles import Tile, region_mask
 from pipeline.workflow import load_workflow
 

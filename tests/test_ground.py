@@ -15,7 +15,7 @@ from encoder.ground import (
     embed_photo_folders,
     find_photos,
 )
-from encoder.tiny import write_tiny_clip
+from fixtures.tiny import write_tiny_clip
 
 DIM = 16
 

@@ -18,7 +18,7 @@ import huggingface_hub.constants
 import pytest
 
 from encoder.checkpoint import CheckpointError, load_encoder, resolve_source, save_checkpoint
-from encoder.tiny import tiny_encoder
+from fixtures.tiny import tiny_encoder
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = "hf-hub:owner/repo/sub/dir/file.ckpt"

@@ -25,10 +25,10 @@ from encoder.pairs import (
 )
 from encoder.preprocess import BANDS
 from encoder.prompts import class_set, reference_classes
+from fixtures.synthetic import write_synthetic_collection
 from pipeline.cube import build_cube
 from pipeline.pairs_from_cube import PointsError, pairs_from_cube, read_points, sample_cube
 from pipeline.stac import StacSource
-from pipeline.synthetic import write_synthetic_collection
 
 # The file order of a Sen4Map-like patch: 12 bands, named the short way, not in model order.
 FILE_BANDS = ["B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B11", "B12"][::-1]

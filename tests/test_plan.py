@@ -9,10 +9,10 @@ import pytest
 import rustac
 import yaml
 
+from fixtures.synthetic import write_synthetic_collection
 from pipeline.chunks import tile_chunks
 from pipeline.plan import RegionTarget, describe, make_plan, tile_bytes
 from pipeline.stac import StacSource, search_boxes
-from pipeline.synthetic import write_synthetic_collection
 from pipeline.workflow import load_workflow
 
 
@@ -112,7 +112,7 @@ def test_chunk_tasks_carry_only_the_items_meeting_their_chunk(scenes, tmp_path):
 
 
 def test_an_api_source_gives_the_same_items_as_the_file(scenes, tmp_path):
-    from pipeline.stac_server import serve_stac
+    from fixtures.stac_server import serve_stac
 
     _, items = scenes
     collection = write_synthetic_collection(tmp_path / "c", shape=(8, 8)).collection

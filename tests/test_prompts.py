@@ -22,7 +22,7 @@ from encoder.prompts import (
     template_set,
     template_set_names,
 )
-from encoder.tiny import write_tiny_clip
+from fixtures.tiny import write_tiny_clip
 
 YAML_PATH = Path(__file__).resolve().parents[1] / "encoder" / "data" / "classes.yaml"
 TINY_CFG = {

@@ -22,8 +22,9 @@ from affine import Affine
 
 from encoder.classes import ClassSpec
 from pipeline.classify import TaskPlan
-from pipeline.cog import CLASS_NODATA, CONFIDENCE_NODATA, write_cog
-from pipeline.publish import describe_map, map_style
+from pipeline.cog import write_cog
+from pipeline.map_sidecars import describe_map, map_style
+from pipeline.outputs import CLASS_NODATA, CONFIDENCE_NODATA
 from pipeline.style import CONFIDENCE_RAMP, VALID_MONTHS_RAMP, class_colors
 
 REPO = Path(__file__).resolve().parents[1]

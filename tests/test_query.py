@@ -30,16 +30,16 @@ from encoder.checkpoint import load_encoder, save_checkpoint
 from encoder.model import TimeSenCLIPEncoder
 from encoder.preprocess import BANDS
 from encoder.prompts import ClassSpec, TextEncoder, class_prompts
-from encoder.tiny import tiny_encoder, write_tiny_clip
+from fixtures.demo import write_demo_inputs
+from fixtures.stac_server import serve_stac
+from fixtures.synthetic import LAND_CLASSES
+from fixtures.tiny import tiny_encoder, write_tiny_clip
 from pipeline.classify import classify, plan_task
 from pipeline.cli import main
 from pipeline.cube import build_cube
-from pipeline.demo import write_demo_inputs
-from pipeline.embed import embed_series, pixel_series
 from pipeline.embeddings import decode_embeddings, encode_embeddings
+from pipeline.pixel_encoder import embed_series, pixel_series
 from pipeline.run import run_workflow
-from pipeline.stac_server import serve_stac
-from pipeline.synthetic import LAND_CLASSES
 from pipeline.tiles import Tile, region_mask
 from pipeline.workflow import WorkflowError, load_workflow, parse_workflow
 

@@ -13,7 +13,7 @@ from affine import Affine
 from encoder.errors import TimeSenCLIPError
 from pipeline.cog import write_cog
 from pipeline.embeddings import decode_embeddings, encode_embeddings
-from pipeline.publish import describe_ramp
+from pipeline.map_sidecars import describe_ramp
 from pipeline.qml import ramp_qml_text
 from pipeline.similarity import ScoreRamp, change, cosine, exemplar, slugify, unique_slugs
 

@@ -11,6 +11,7 @@ import pystac
 import pytest
 
 from encoder.errors import TimeSenCLIPError
+from fixtures.synthetic import write_synthetic_collection
 from pipeline.stac import (
     EARTH_SEARCH_ASSETS,
     PLANETARY_COMPUTER_ASSETS,
@@ -21,7 +22,6 @@ from pipeline.stac import (
     band_assets,
     search_items,
 )
-from pipeline.synthetic import write_synthetic_collection
 
 WORLD = (-180.0, -90.0, 180.0, 90.0)
 FAST = RetryPolicy(attempts=4, backoff_factor=0.01, timeout=10)

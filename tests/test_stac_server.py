@@ -8,9 +8,9 @@ import urllib.request
 import pystac_client
 import pytest
 
-from pipeline import stac_server
-from pipeline.stac_server import StacServerError, serve_stac
-from pipeline.synthetic import write_synthetic_collection
+from fixtures import stac_server
+from fixtures.stac_server import StacServerError, serve_stac
+from fixtures.synthetic import write_synthetic_collection
 
 DATES = [datetime.date(2022, 12, 20), datetime.date(2023, 3, 5), datetime.date(2023, 8, 20)]
 

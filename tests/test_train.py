@@ -11,9 +11,8 @@ import yaml
 
 from encoder.checkpoint import load_encoder
 from encoder.model import TimeSenCLIPEncoder
-from encoder.pairs import synthetic_pairs, write_pairs
+from encoder.pairs import write_pairs
 from encoder.prompts import TextEncoder
-from encoder.tiny import write_tiny_clip
 from encoder.train import (
     ContrastiveLearner,
     TrainConfigError,
@@ -26,6 +25,8 @@ from encoder.train import (
     read_train_state,
     run_training,
 )
+from fixtures.pairs import synthetic_pairs
+from fixtures.tiny import write_tiny_clip
 
 DIM = 32
 TINY_MODEL = {"dim": DIM, "depth": 1, "heads": 4, "ff_dim": 32, "dropout": 0.1}

@@ -23,12 +23,10 @@ from pipeline.chunks import tile_chunks
 from pipeline.classify import Plan  # [issue 11] class or similarity plans
 from pipeline.cog import write_cog
 from pipeline.cube import CubeOptions, composite_chunk
-from pipeline.embed import cached_encoder, embed_series, pixel_series
+from pipeline.outputs import OUTSIDE_REGION, VALID_MONTHS
+from pipeline.pixel_encoder import cached_encoder, embed_series, pixel_series
 from pipeline.plan import ChunkTask, TilePlan, done_path, piece_path
 from pipeline.reader import GDAL_OPTIONS, configure_gdal
-
-# valid_months holds 0..12 where a pixel is in the region; this marks pixels outside it.
-OUTSIDE_REGION = 255
 
 
 @dataclass(frozen=True)
@@ -53,7 +51,7 @@ class ChunkSettings:
 
     def layers(self) -> dict[str, int | None]:
         """The uint8 rasters each chunk yields, by name, with their nodata values."""
-        layers: dict[str, int | None] = {"valid_months": OUTSIDE_REGION}
+        layers: dict[str, int | None] = {VALID_MONTHS: OUTSIDE_REGION}
         for task in self.tasks:  # [issue 11] each plan names its own layers
             layers.update(task.layers(self.confidence))
         return layers
@@ -129,7 +127,7 @@ def process_chunk(task: ChunkTask, settings: ChunkSettings) -> ChunkReport:
 
     start = time.perf_counter()
     shape = (chunk.height, chunk.width)
-    layers = {"valid_months": valid_months}
+    layers = {VALID_MONTHS: valid_months}
     for plan in settings.tasks:  # [issue 11] each plan scores its own layers
         for name, values in plan.score(embeddings, settings.confidence).items():
             layers[name] = values.reshape(shape)
@@ -193,7 +191,7 @@ def layer_styles(
     The same for a tile's rasters and for the region's mosaics.
     """
     styles: dict[str, dict] = {
-        "valid_months": {
+        VALID_MONTHS: {
             "overview_resampling": "nearest",
             "description": "months with a valid observation (0-12; 255 outside the region)",
         }

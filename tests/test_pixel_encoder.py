@@ -7,8 +7,8 @@ import torch
 
 from encoder import inference
 from encoder.preprocess import normalize
-from encoder.tiny import tiny_encoder
-from pipeline.embed import embed_series, pixel_series
+from fixtures.tiny import tiny_encoder
+from pipeline.pixel_encoder import embed_series, pixel_series
 
 
 def composite(seed: int = 0) -> np.ndarray:
