@@ -52,12 +52,12 @@ def test_ranged_reads_through_gdal_equal_the_file(raster):
 @pytest.mark.parametrize("fault", ["503", "reset", "truncate"])
 def test_every_request_faults_at_rate_one(raster, fault):
     path, _ = raster
-    with serve_files(path.parent, fault_rate=1.0, faults=[fault]) as server:
-        with pytest.raises((OSError, http.client.HTTPException)) as err:
-            with urllib.request.urlopen(server.href(path), timeout=5) as response:
-                body = response.read()
-                assert len(body) < path.stat().st_size  # a truncated body reads short
-                raise ConnectionError("short body")
+    with (
+        serve_files(path.parent, fault_rate=1.0, faults=[fault]) as server,
+        pytest.raises((OSError, http.client.HTTPException)) as err,
+        urllib.request.urlopen(server.href(path), timeout=5) as response,
+    ):
+        response.read()
     assert server.injected[fault] == 1
     if fault == "503":
         assert err.value.code == 503
