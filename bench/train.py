@@ -4,7 +4,7 @@ Both train the published-size encoder (512/6/8/256) on the same synthetic pairs 
 
 - baseline: float32 ``model(x, month_mask)``, InfoNCE against the batch's mean-pooled photos only,
   backward, AdamW step (no augmentation, no queue, no autocast);
-- ours: ``encoder.train.Trainer.train_step`` as ``timesenclip train`` runs it (temporal
+- ours: ``encoder.training.trainer.Trainer.train_step`` as ``timesenclip train`` runs it (temporal
   augmentation on 50 % of batches, 2048-entry queue, attention pooling, clamped logit scale,
   per-step reseeding, warm-up/cosine schedule; bf16 autocast on CUDA);
 - on CUDA also ours in float32, to show what bf16 autocast brings.
@@ -35,8 +35,11 @@ if __package__ in (None, ""):  # run as a file: bench/ first on sys.path would h
 
 from bench.encoder import machine
 from encoder.model import TimeSenCLIPEncoder
-from encoder.pairs import write_pairs
-from encoder.train import TensorPairs, Trainer, epoch_order, parse_config
+from encoder.pairs_store import write_pairs
+from encoder.training.config import parse_config
+from encoder.training.data import TensorPairs
+from encoder.training.schedule import epoch_order
+from encoder.training.trainer import Trainer
 from fixtures.pairs import synthetic_pairs
 
 CLASSES = 8

@@ -6,3 +6,7 @@ class TimeSenCLIPError(ValueError):
 
     The command line prints these as one paragraph, without a traceback.
     """
+
+
+class TrainingError(TimeSenCLIPError):
+    """Training cannot start or continue (data, resume or output problems)."""

@@ -39,19 +39,15 @@ from encoder.conventions import (
     Conventions,
 )
 from encoder.device import resolve_device
-from encoder.errors import TimeSenCLIPError
+from encoder.errors import TimeSenCLIPError, TrainingError
 from encoder.ground import GroundEmbeddings, PhotoPooling
 from encoder.inference import embed
-from encoder.pairs import (
-    AssembleStats,
-    LabelRouter,
-    Pairs,
-    assemble_pairs,
-    check_task,
-    iter_sen4map,
-    read_pairs,
-)
+from encoder.label_routes import LabelRouter, check_task
+from encoder.pairs import Pairs
+from encoder.pairs_assembly import AssembleStats, assemble_pairs
+from encoder.pairs_store import read_pairs
 from encoder.preprocess import normalize
+from encoder.sen4map import iter_sen4map
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +156,7 @@ class EvaluationReport:
 def _pooling(checkpoint: str, dim: int, mode: str, device: torch.device) -> PhotoPooling:
     """Photo pooling: ``mean``, or ``auto`` = the training run's layer when its state is beside
     the checkpoint (attention pooling), else mean."""
-    from encoder.train import TrainingError, read_train_state
+    from encoder.training.state import read_train_state
 
     pooling = PhotoPooling(dim, "mean")
     if mode == "auto":

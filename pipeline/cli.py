@@ -181,7 +181,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 @verb("train")
 def _train(args: argparse.Namespace) -> int:
-    from encoder.train import run_training
+    from encoder.training.trainer import run_training
 
     result = run_training(
         args.config,
@@ -275,7 +275,7 @@ def _add_conventions(parser: argparse.ArgumentParser) -> None:
 @verb("pairs")
 def _pairs(args: argparse.Namespace) -> int:
     if args.source == "sen4map":
-        from encoder.pairs import pairs_from_sen4map
+        from encoder.sen4map import pairs_from_sen4map
 
         stats = pairs_from_sen4map(args.inputs, args.embeddings, args.out, overwrite=args.overwrite)
     else:

@@ -4,7 +4,7 @@ Points file: a CSV with columns ``lon``, ``lat``, ``point_id`` and optional labe
 GeoJSON FeatureCollection of Points whose properties hold ``point_id`` (else the feature ``id``)
 and the labels. Label columns are raw fields (``lc1``, ``lu1``, ``eunis``, ``bioregion``,
 ``country``) or task names (``land_cover``... as class name or index); see
-``encoder.pairs.LabelRouter``. Photos come from an embedding file written by
+``encoder.label_routes.LabelRouter``. Photos come from an embedding file written by
 ``timesenclip ground-embed`` (keys ``<point_id><W|E|N|S>``) or a LUCAS dict.
 
 Points are grouped by UTM zone and ``tile_size`` tiles; each group gets one STAC search and one
@@ -28,7 +28,8 @@ from pyproj import Transformer
 
 from encoder.errors import TimeSenCLIPError
 from encoder.ground import GroundEmbeddings
-from encoder.pairs import TASKS, AssembleStats, PointRecord, write_records
+from encoder.label_routes import TASKS
+from encoder.pairs_assembly import AssembleStats, PointRecord, write_records
 from encoder.preprocess import BANDS
 from pipeline.cube import build_cube
 from pipeline.stac import EmptySearchError, StacSource, search_items

@@ -18,10 +18,11 @@ from encoder.evaluate import (
     run_evaluation,
     transductive_scores,
 )
-from encoder.pairs import PairsError, read_pairs, write_pairs
+from encoder.pairs import PairsError
+from encoder.pairs_store import read_pairs, write_pairs
 from encoder.preprocess import normalize
 from encoder.prompts import TextEncoder, reference_classes
-from encoder.train import run_training
+from encoder.training.trainer import run_training
 from fixtures.pairs import synthetic_pairs
 from fixtures.tiny import tiny_encoder, write_tiny_clip
 from pipeline.cli import main

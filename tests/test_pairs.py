@@ -11,20 +11,12 @@ from affine import Affine
 from pyproj import Transformer
 
 from encoder.ground import DIRECTIONS, GroundEmbeddings
-from encoder.pairs import (
-    LABEL_ROUTES,
-    TASKS,
-    LabelRouter,
-    Pairs,
-    PairsError,
-    PairsWriter,
-    Sen4MapLayout,
-    pairs_from_sen4map,
-    read_pairs,
-    write_pairs,
-)
+from encoder.label_routes import LABEL_ROUTES, TASKS, LabelRouter
+from encoder.pairs import Pairs, PairsError
+from encoder.pairs_store import PairsWriter, read_pairs, write_pairs
 from encoder.preprocess import BANDS
 from encoder.prompts import class_set, reference_classes
+from encoder.sen4map import Sen4MapLayout, pairs_from_sen4map
 from fixtures.synthetic import write_synthetic_collection
 from pipeline.cube import build_cube
 from pipeline.pairs_from_cube import PointsError, pairs_from_cube, read_points, sample_cube

@@ -10,7 +10,7 @@ import yaml
 
 from encoder.errors import TimeSenCLIPError
 from encoder.safe_yaml import MAX_VALUES, parse_yaml, short_repr
-from encoder.train import TrainConfigError, load_config
+from encoder.training.config import TrainConfigError, load_config
 from pipeline.workflow import WorkflowError, load_workflow
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,21 +10,15 @@ import torch.nn.functional as F
 import yaml
 
 from encoder.checkpoint import load_encoder
+from encoder.errors import TrainingError
 from encoder.model import TimeSenCLIPEncoder
-from encoder.pairs import write_pairs
+from encoder.pairs_store import write_pairs
 from encoder.prompts import TextEncoder
-from encoder.train import (
-    ContrastiveLearner,
-    TrainConfigError,
-    Trainer,
-    TrainingError,
-    latest_checkpoint,
-    load_config,
-    lr_factor,
-    parse_config,
-    read_train_state,
-    run_training,
-)
+from encoder.training.config import TrainConfigError, load_config, parse_config
+from encoder.training.learner import ContrastiveLearner
+from encoder.training.schedule import lr_factor
+from encoder.training.state import latest_checkpoint, read_train_state
+from encoder.training.trainer import Trainer, run_training
 from fixtures.pairs import synthetic_pairs
 from fixtures.tiny import write_tiny_clip
 
@@ -88,7 +82,7 @@ def test_config_errors_name_the_field():
     for field in ("train.lr", "train.pooling", "train.batchsize", "validation.tasks"):
         assert field in message
     assert "'max'" in message and "habitats" in message
-    with pytest.raises(TrainConfigError, match="output: Field required"):
+    with pytest.raises(TrainConfigError, match="output: missing"):
         parse_config({"data": {"train": "x.zarr"}})
 
 
@@ -273,7 +267,7 @@ def test_points_without_months_or_photos_are_left_out(world, caplog):
     config = write_config(
         world, "holes", data={"train": "holes.zarr"}, train={"epochs": 1, "batch_size": 16}
     )
-    with caplog.at_level("INFO", logger="encoder.train"):
+    with caplog.at_level("INFO", logger="encoder.training"):
         result = run_training(config, progress=False)
     assert result.step == 64 // 16 and all(math.isfinite(x) for x in result.losses)
     assert "left out 16 of 80 points (10 without a valid month, 6 more without a photo)" in (

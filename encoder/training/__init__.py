@@ -1,0 +1,1 @@
+"""Training the encoder: config, learner, data, schedule, checkpoints, metrics, the loop."""
