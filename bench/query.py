@@ -76,7 +76,7 @@ def main() -> None:
     from pipeline.query import query_store
     from pipeline.reclassify import classify_store
     from pipeline.run import run_workflow
-    from pipeline.workflow import load_workflow
+    from pipeline.workflow_file import load_workflow
 
     seconds: dict[tuple[str, str], list[float]] = {}
     sizes: dict[str, tuple[float, float]] = {}

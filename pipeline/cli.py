@@ -28,7 +28,7 @@ def verb(name: str) -> Callable:
 @verb("run")
 def _run(args: argparse.Namespace) -> int:
     from pipeline.run import run_workflow
-    from pipeline.workflow import load_workflow
+    from pipeline.workflow_file import load_workflow
 
     workflow = load_workflow(args.workflow)
     try:
@@ -46,7 +46,7 @@ def _run(args: argparse.Namespace) -> int:
 
 @verb("validate")
 def _validate(args: argparse.Namespace) -> int:
-    from pipeline.workflow import load_workflow
+    from pipeline.workflow_file import load_workflow
 
     workflow = load_workflow(args.workflow)
     regions = ", ".join(r.name for r in workflow.regions)

@@ -1,21 +1,17 @@
-"""Workflow files: the pydantic schema, path resolution, and readable validation errors.
+"""The workflow schema: regions, STAC source, cube, model, tasks, outputs and cluster of a run.
 
 Relative paths (GeoJSON regions, a STAC file, a local checkpoint, the output folder) are resolved
-against the folder of the workflow file. Everything is checked before any work starts, and all
-problems are reported at once in one ``WorkflowError``.
+against the folder of the workflow file (the ``base_dir`` of the validation context). Files are
+read and errors rendered by ``pipeline.workflow_file``.
 """
 
 from __future__ import annotations
 
 import datetime
-import difflib
-import json
 import re
-import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -24,7 +20,6 @@ from pydantic import (
     Field,
     PrivateAttr,
     Tag,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -37,8 +32,9 @@ from encoder.classes import (
     template_set,
     template_set_names,
 )
+from encoder.config_errors import did_you_mean
 from encoder.errors import TimeSenCLIPError
-from encoder.safe_yaml import parse_yaml, short_repr
+from pipeline.geojson import read_geojson
 from pipeline.outputs import CONFIDENCE_SUFFIX, RESERVED_NAMES, VALID_MONTHS, confidence_layer
 from pipeline.sentinel2 import DEFAULT_CLOUD_MASK
 from pipeline.similarity import unique_slugs
@@ -50,14 +46,6 @@ _SCHEDULER_RE = re.compile(r"(tcp|tls|ucx|inproc|ws|wss)://\S+")
 _DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 _HF_HUB_RE = re.compile(r"hf-hub:[^/\s]+/[^/\s]+/\S+")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt")
-_MAX_PROBLEMS = 20  # listed in one error; a file with more is mostly the wrong file
-# Files a region folder holds besides each task's <name>.tif/.qml/.json (pipeline.run writes
-# valid_months*.tif, <task>_confidence*.tif and provenance.json; pipeline.embeddings the store):
-# a task named like one of them would overwrite it.
-
-
-class WorkflowError(TimeSenCLIPError):
-    """A workflow file that cannot be read or does not validate."""
 
 
 def _safe_name(value: str) -> str:
@@ -119,11 +107,6 @@ def _unique(names: list[str], field: str) -> None:
             )
 
 
-def _did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(str(word), list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -172,61 +155,6 @@ class Region(_Model):
     def area(self) -> tuple[float, float, float, float] | dict[str, Any]:
         """What ``pipeline.tiles`` takes: the geometry when there is one, else the bbox."""
         return self._geometry if self._geometry is not None else self.bbox
-
-
-def read_geojson(path: Path) -> dict[str, Any]:
-    """The Polygon/MultiPolygon geometries of a GeoJSON file as one lon/lat MultiPolygon dict."""
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TimeSenCLIPError(f"cannot read {path} as GeoJSON: {exc}") from None
-    crs = _declared_crs(doc)
-    if crs and not crs.upper().endswith(("CRS84", "4326")):
-        raise TimeSenCLIPError(
-            f"{path.name} declares the CRS {crs}; regions must be in lon/lat (EPSG:4326): "
-            "reproject it, e.g. ogr2ogr -t_srs EPSG:4326 out.geojson in.geojson"
-        )
-    polygons = []
-    for geometry in _geometries(doc):
-        kind = geometry.get("type") if isinstance(geometry, dict) else None
-        if kind not in ("Polygon", "MultiPolygon"):
-            raise TimeSenCLIPError(
-                f"{path.name} holds a {kind or type(geometry).__name__} geometry; "
-                "region files may hold only Polygon and MultiPolygon geometries"
-            )
-        coords = geometry.get("coordinates")
-        polygons.extend([coords] if kind == "Polygon" else coords or [])
-    if not polygons:
-        raise TimeSenCLIPError(f"{path.name} holds no Polygon or MultiPolygon geometry")
-    multipolygon = {"type": "MultiPolygon", "coordinates": polygons}
-    try:
-        geometry_bounds(multipolygon)
-    except TimeSenCLIPError as exc:
-        raise TimeSenCLIPError(f"{path.name}: {exc}") from None
-    return multipolygon
-
-
-def _declared_crs(doc: Any) -> str:
-    """The name in a legacy (2008 spec) GeoJSON ``crs`` member, or "" without one."""
-    try:
-        return str(doc["crs"]["properties"]["name"])
-    except (KeyError, TypeError):
-        return ""
-
-
-def _geometries(doc: Any) -> typing.Iterator[Any]:
-    kind = doc.get("type") if isinstance(doc, dict) else None
-    if kind == "FeatureCollection":
-        for feature in doc.get("features") or []:
-            yield from _geometries(feature)
-    elif kind == "Feature":
-        if doc.get("geometry") is not None:  # null-geometry features carry only attributes
-            yield from _geometries(doc["geometry"])
-    elif kind == "GeometryCollection":
-        for geometry in doc.get("geometries") or []:
-            yield from _geometries(geometry)
-    else:
-        yield doc
 
 
 class StacConfig(_Model):
@@ -370,7 +298,7 @@ def _check_class_set(name: str) -> str:
     except TimeSenCLIPError:
         names = class_set_names()
         raise ValueError(
-            f"allowed: {', '.join(names)}, or a list of classes{_did_you_mean(name, names)}"
+            f"allowed: {', '.join(names)}, or a list of classes{did_you_mean(name, names)}"
         ) from None
     return name
 
@@ -429,7 +357,7 @@ class TaskConfig(_Model):
         if isinstance(value, str) and value not in names:
             raise ValueError(
                 f"allowed: {', '.join(names)}, or a list of templates each with one '{{}}'"
-                + _did_you_mean(value, names)
+                + did_you_mean(value, names)
             )
         if not isinstance(value, str | list):
             raise ValueError("expected a template set name or a list of templates")
@@ -556,116 +484,3 @@ class Workflow(_Model):
             label = task.classes if isinstance(task.classes, str) else "custom"
             lines.append(f"  task {task.name}: {len(task.class_specs())} classes ({label})")
         return "\n".join(lines)
-
-
-def load_workflow(path: str | Path) -> Workflow:
-    """Read and validate a workflow YAML file; any problem raises one ``WorkflowError``."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise WorkflowError(
-            f"workflow file {path} not found: check the path "
-            "(the examples in workflows/ are a good start)"
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise WorkflowError(f"cannot read workflow file {path}: {exc}") from None
-    data, node = parse_yaml(text, f"workflow file {path}", WorkflowError)
-    workflow = _validate(data, path.parent, str(path), node)
-    workflow._source = path.resolve()
-    return workflow
-
-
-def parse_workflow(
-    data: Any, *, base_dir: str | Path = ".", source: str = "<workflow>"
-) -> Workflow:
-    """Validate an already-parsed workflow mapping; relative paths are read from ``base_dir``."""
-    return _validate(data, Path(base_dir), source, None)
-
-
-def _validate(data: Any, base_dir: Path, source: str, node: yaml.Node | None) -> Workflow:
-    if not isinstance(data, dict):
-        got = "nothing (the file is empty)" if data is None else f"a {type(data).__name__}"
-        raise WorkflowError(
-            f"workflow {source} must be a mapping of keys (name, year, regions, stac, model, "
-            f"tasks, outputs, ...), got {got}"
-        )
-    try:
-        workflow = Workflow.model_validate(data, context={"base_dir": base_dir.resolve()})
-    except ValidationError as exc:
-        errors = exc.errors(include_url=False)
-        problems = [_describe(err, node) for err in errors[:_MAX_PROBLEMS]]
-        if len(errors) > _MAX_PROBLEMS:
-            problems.append(f"... and {len(errors) - _MAX_PROBLEMS:,} more")
-        raise WorkflowError(
-            f"workflow {source} has {len(errors)} problem(s):\n"
-            + "\n".join(f"  - {p}" for p in problems)
-            + f"\nFix them, then check with: timesenclip validate {source}"
-        ) from None
-    return workflow
-
-
-def _describe(err: Any, node: yaml.Node | None) -> str:
-    """``<field path> (line N): got <value>; <what is allowed>`` for one pydantic error."""
-    loc, kind, value = err["loc"], err["type"], err.get("input")
-    path, owner = _walk(loc, extra=kind == "extra_forbidden")
-    line = _yaml_line(node, loc)
-    where = f"{path} (line {line})" if line else path
-    if kind == "missing":
-        return f"{where}: missing; this field is required"
-    if kind == "extra_forbidden":
-        allowed = list(owner.model_fields) if owner else []
-        return (
-            f"{where}: got {short_repr(value)}; unknown key{_did_you_mean(loc[-1], allowed)}, "
-            f"allowed keys: {', '.join(allowed)}"
-        )
-    if kind == "literal_error":
-        return f"{where}: got {short_repr(value)}; allowed: {err['ctx']['expected']}"
-    msg = err["msg"].removeprefix("Value error, ")
-    if msg.startswith("got "):
-        return f"{where}: {msg}"
-    return f"{where}: got {short_repr(value)}; {msg[:1].lower()}{msg[1:]}"
-
-
-def _walk(loc: tuple[Any, ...], extra: bool) -> tuple[str, type[BaseModel] | None]:
-    """Readable path of an error location, without pydantic's union tags, and the model owning
-    its last key (for listing the allowed keys)."""
-    model: type[BaseModel] | None = Workflow
-    owner, path = model, ""
-    for i, part in enumerate(loc):
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif model is not None and part in model.model_fields:
-            owner = model
-            path += f".{part}" if path else part
-            model = _inner_model(model.model_fields[part].annotation)
-        elif extra and i == len(loc) - 1:
-            owner = model
-            path += f".{part}" if path else str(part)
-    return path or "(top level)", owner
-
-
-def _inner_model(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        if (found := _inner_model(arg)) is not None:
-            return found
-    return None
-
-
-def _yaml_line(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
-    """1-based line of the deepest part of ``loc`` present in the YAML node tree."""
-    line = None
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            match = next((kv for kv in node.value if kv[0].value == part), None)
-            if match is None:
-                continue  # a union tag, or a missing key: keep the parent's line
-            line, node = match[0].start_mark.line + 1, match[1]
-        elif (
-            isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value)
-        ):
-            node = node.value[part]
-            line = node.start_mark.line + 1
-    return line

@@ -28,7 +28,7 @@ from pipeline.outputs import OUTSIDE_REGION
 from pipeline.pixel_encoder import embed_series, pixel_series
 from pipeline.run import run_workflow
 from pipeline.tiles import Tile, region_mask
-from pipeline.workflow import load_workflow
+from pipeline.workflow_file import load_workflow
 
 REPO = Path(__file__).resolve().parents[1]
 LAYERS = ("land_cover", "custom", "land_cover_confidence", "custom_confidence", "valid_months")

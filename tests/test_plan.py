@@ -13,7 +13,7 @@ from fixtures.synthetic import write_synthetic_collection
 from pipeline.chunks import tile_chunks
 from pipeline.plan import RegionTarget, describe, make_plan, tile_bytes
 from pipeline.stac import StacSource, search_boxes
-from pipeline.workflow import load_workflow
+from pipeline.workflow_file import load_workflow
 
 
 def workflow_for(folder: Path, items_file: Path, bbox, **cube) -> Path:

@@ -41,7 +41,7 @@ from pipeline.embeddings import decode_embeddings, encode_embeddings
 from pipeline.pixel_encoder import embed_series, pixel_series
 from pipeline.run import run_workflow
 from pipeline.tiles import Tile, region_mask
-from pipeline.workflow import WorkflowError, load_workflow, parse_workflow
+from pipeline.workflow_file import WorkflowError, load_workflow, parse_workflow
 
 TEXTS = ["dense forest", "Open water!"]
 SLUGS = ["dense_forest", "open_water"]

@@ -24,7 +24,7 @@ from pipeline.cli import main
 from pipeline.cog import write_cog
 from pipeline.lock import LOCK_NAME
 from pipeline.run import run_workflow
-from pipeline.workflow import load_workflow
+from pipeline.workflow_file import load_workflow
 
 REPO = Path(__file__).resolve().parents[1]
 MAPS = ("land_cover.tif", "custom.tif", "land_cover_confidence.tif", "valid_months.tif")

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from encoder.errors import TimeSenCLIPError
-from pipeline.workflow import WorkflowError, load_workflow, parse_workflow
+from pipeline.workflow_file import WorkflowError, load_workflow, parse_workflow
 
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 
