@@ -1,0 +1,96 @@
+"""Verbs of the mapping half: run a workflow, check it, list class sets, the offline demo."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pipeline.commands.command import command
+
+
+def _run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("workflow", type=Path, help="workflow YAML file")
+    p.add_argument("--scheduler", help="address of a running Dask scheduler, e.g. tcp://host:8786")
+    p.add_argument(
+        "--dry-run", action="store_true", help="list tiles, items and pixels; read nothing"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+@command("run", "map the regions of a workflow YAML", _run_arguments)
+def run(args: argparse.Namespace) -> int:
+    from pipeline.run import run_workflow
+    from pipeline.workflow_file import load_workflow
+
+    workflow = load_workflow(args.workflow)
+    try:
+        summary = run_workflow(
+            workflow, scheduler=args.scheduler, dry_run=args.dry_run, progress=not args.quiet
+        )
+    except OSError as err:
+        if err.filename is None and err.errno is not None:  # e.g. a worker's write, disk full
+            raise OSError(err.errno, err.strerror, str(workflow.outputs.dir)) from err
+        raise
+    if not args.dry_run:
+        print(summary.report())
+    return 0
+
+
+def _validate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("workflow", type=Path, help="workflow YAML file")
+
+
+@command("validate", "check a workflow YAML without doing any work", _validate_arguments)
+def validate(args: argparse.Namespace) -> int:
+    from pipeline.workflow_file import load_workflow
+
+    workflow = load_workflow(args.workflow)
+    regions = ", ".join(r.name for r in workflow.regions)
+    tasks = ", ".join(t.name for t in workflow.tasks)
+    print(f"{args.workflow}: valid ({workflow.year}; regions: {regions}; tasks: {tasks})")
+    return 0
+
+
+def _classes_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("set", nargs="?", help="a class set name, e.g. land_cover")
+
+
+@command("classes", "list the built-in class sets, or the classes of one", _classes_arguments)
+def classes(args: argparse.Namespace) -> int:
+    from encoder.classes import class_set, class_set_names
+    from pipeline.style import class_colors
+
+    if args.set is None:
+        for name in class_set_names():
+            print(f"{name:16s} {len(class_set(name)):3d} classes")
+        return 0
+    members = class_set(args.set)
+    for value, (spec, color) in enumerate(
+        zip(members, class_colors(members), strict=True), start=1
+    ):
+        print(f"{value:3d}  {color}  {spec.name}")
+    return 0
+
+
+def _demo_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="folder for the demo's inputs and maps (default: timesenclip-demo in the cache "
+        "folder, $TIMESENCLIP_CACHE or ~/.cache/timesenclip)",
+    )
+    p.add_argument(
+        "--fresh", action="store_true", help="delete an earlier demo in that folder and redo it"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+@command("demo", "run the whole pipeline offline on synthetic data", _demo_arguments)
+def demo(args: argparse.Namespace) -> int:
+    from fixtures.demo import run_demo
+
+    run_demo(args.out, progress=not args.quiet, fresh=args.fresh)
+    return 0
+
+
+COMMANDS = (run, validate, classes, demo)
