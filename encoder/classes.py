@@ -9,7 +9,6 @@ without loading a model. Map colours are chosen in ``pipeline.style``.
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -28,13 +27,12 @@ _SET_KEYS = {
     "eunis_habitat": "eunis",
     "country": "nuts",
 }
-# The colour a class may carry: the workflow's choice, drawn by pipeline.style.
-_COLOR_RE = re.compile(r"^#[0-9a-fA-F]{6}$")
 
 
 @dataclass(frozen=True)
 class ClassSpec:
-    """A target class: display name, optional explicit prompts, optional "#rrggbb" colour."""
+    """A target class: display name, optional explicit prompts, optional map colour (checked by
+    ``pipeline.style``)."""
 
     name: str
     prompts: tuple[str, ...] | None = None
@@ -53,11 +51,10 @@ class ClassSpec:
                 )
             object.__setattr__(self, "prompts", prompts)
         if self.color is not None:
-            if not isinstance(self.color, str) or not _COLOR_RE.match(self.color):
-                raise TimeSenCLIPError(
-                    f"class {self.name!r}: colour {self.color!r} is not of the form '#rrggbb'"
-                )
-            object.__setattr__(self, "color", self.color.lower())
+            if not isinstance(self.color, str):
+                raise TimeSenCLIPError(f"class {self.name!r}: colour {self.color!r} is not text")
+            # Whether it is a colour is pipeline.style's rule, checked where maps are styled.
+            object.__setattr__(self, "color", self.color.strip().lower())
 
 
 @functools.cache

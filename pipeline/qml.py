@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from encoder.atomic import write_text_atomic
-from pipeline.style import ClassEntry, Ramp, fill_colors
+from pipeline.style import Ramp, StyledClass, fill_colors
 
 QGIS_VERSION = "3.28.0-Firenze"
 _RAMP_TYPES = {"interpolated": "INTERPOLATED", "exact": "EXACT"}
@@ -44,7 +44,7 @@ def _text(root: ET.Element) -> str:
     return f"<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n{body}\n"
 
 
-def qml_text(classes: Sequence[ClassEntry]) -> str:
+def qml_text(classes: Sequence[StyledClass]) -> str:
     """The QML document of a QGIS paletted renderer showing ``classes`` with their labels."""
     root, renderer = _document({"type": "paletted"})
     palette = ET.SubElement(renderer, "colorPalette")
@@ -84,7 +84,7 @@ def ramp_qml_text(ramp: Ramp) -> str:
     return _text(root)
 
 
-def write_qml(path: Path | str, classes: Sequence[ClassEntry]) -> Path:
+def write_qml(path: Path | str, classes: Sequence[StyledClass]) -> Path:
     """Write the QGIS style for a class map; name it like the .tif (``x.qml``) so QGIS uses it."""
     return write_text_atomic(path, qml_text(classes))
 

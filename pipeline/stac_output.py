@@ -23,7 +23,7 @@ from rasterio.warp import transform_bounds
 from encoder.atomic import write_text_atomic
 from encoder.errors import TimeSenCLIPError
 from pipeline.outputs import CLASS_NODATA, CONFIDENCE_NODATA, NODATA_NAME, VALID_MONTHS
-from pipeline.style import ClassEntry, fill_colors
+from pipeline.style import StyledClass, fill_colors
 
 _EDGE_POINTS = 21  # per footprint edge: UTM edges are curves in lon/lat
 # Files that travel with a raster x.tif: (name suffix replacing ".tif", asset key suffix, title).
@@ -41,7 +41,7 @@ class StacOutputError(TimeSenCLIPError):
 def class_item(
     item_id: str,
     data_path: Path | str,
-    classes: Sequence[ClassEntry],
+    classes: Sequence[StyledClass],
     *,
     year: int,
     title: str | None = None,
@@ -224,7 +224,7 @@ def _machine_name(label: str, value: int) -> str:
 
 
 def _classifications(
-    classes: Sequence[ClassEntry], counts: np.ndarray, descriptions: Mapping[int, str]
+    classes: Sequence[StyledClass], counts: np.ndarray, descriptions: Mapping[int, str]
 ) -> list[Classification]:
     total = int(counts.sum())
 

@@ -15,7 +15,7 @@ from typing import Literal, Protocol
 
 from encoder.errors import TimeSenCLIPError
 
-ClassEntry = tuple[int, str, str]
+StyledClass = tuple[int, str, str]
 """One class of a map: (pixel value, label, colour as "#rrggbb")."""
 
 _HEX_COLOR = re.compile(r"#([0-9A-Fa-f]{6})")
@@ -79,7 +79,7 @@ def class_colors(classes: Sequence[_Named]) -> list[str]:
     return [color or next(palette) for color in chosen]
 
 
-def fill_colors(classes: Sequence[tuple[int, str, str | None]]) -> list[ClassEntry]:
+def fill_colors(classes: Sequence[tuple[int, str, str | None]]) -> list[StyledClass]:
     """Check a (value, label, colour) list; a class without a colour gets the palette colour of
     its value, so the same value looks the same in every map."""
     values = [value for value, _, _ in classes]

@@ -124,8 +124,6 @@ def test_resolve_user_classes():
         (["a", "  "], "empty"),
         ([{"color": "#000000"}], "name \\(required\\)"),
         ([{"name": "a", "colour": "#000000"}], "unknown: colour"),
-        ([{"name": "a", "color": "red"}], "#rrggbb"),
-        ([{"name": "a", "color": "#12345"}], "#rrggbb"),
         ([{"name": "a", "prompts": []}], "non-empty list of non-empty strings"),
         ([{"name": "a", "prompts": ["ok", ""]}], "non-empty list of non-empty strings"),
         ([3], "neither a name"),

@@ -27,6 +27,9 @@ def test_one_colour_rule():
         with pytest.raises(StyleError, match="#rrggbb") as raised:
             parse_color(bad)
         assert isinstance(raised.value, TimeSenCLIPError)
+    for bad in ("red", "#12345"):  # a class's own colour follows the same rule
+        with pytest.raises(StyleError, match="#rrggbb"):
+            class_colors(resolve_classes([{"name": "a", "color": bad}]))
 
 
 @pytest.mark.parametrize("name", class_set_names())
