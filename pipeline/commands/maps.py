@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from pipeline.commands.command import command
+from pipeline.commands.options import add_quiet
 
 
 def _run_arguments(p: argparse.ArgumentParser) -> None:
@@ -14,7 +15,7 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dry-run", action="store_true", help="list tiles, items and pixels; read nothing"
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet(p)
 
 
 @command("run", "map the regions of a workflow YAML", _run_arguments)
@@ -82,7 +83,7 @@ def _demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--fresh", action="store_true", help="delete an earlier demo in that folder and redo it"
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet(p)
 
 
 @command("demo", "run the whole pipeline offline on synthetic data", _demo_arguments)

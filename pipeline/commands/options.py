@@ -30,6 +30,11 @@ def add_clip(
     )
 
 
+def clip_options(args: argparse.Namespace) -> dict[str, str | None]:
+    """The keyword arguments the options of :func:`add_clip` give."""
+    return {"clip_model": args.clip_model, "clip_pretrained": args.clip_pretrained}
+
+
 def add_templates(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--templates",
@@ -51,6 +56,19 @@ def add_ramp(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="store the values as float16 (NaN = nodata) instead of uint8 0..200 (255 = nodata)",
     )
+
+
+def ramp_options(args: argparse.Namespace) -> dict[str, object]:
+    """The keyword arguments the options of :func:`add_ramp` give."""
+    return {"out_dir": args.out, "contrast": args.contrast, "float16": args.float16}
+
+
+def add_quiet(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
 
 
 def add_conventions(parser: argparse.ArgumentParser) -> None:

@@ -6,7 +6,15 @@ import argparse
 from pathlib import Path
 
 from pipeline.commands.command import command
-from pipeline.commands.options import add_clip, add_ramp, add_templates, lonlat, print_paths
+from pipeline.commands.options import (
+    add_clip,
+    add_ramp,
+    add_templates,
+    clip_options,
+    lonlat,
+    print_paths,
+    ramp_options,
+)
 
 _STORE_HELP = "embeddings.zarr written by `run` (outputs.embeddings: float16 or int8)"
 
@@ -34,9 +42,8 @@ def classify(args: argparse.Namespace) -> int:
             classes=args.classes,
             name=args.name,
             templates=args.templates,
-            clip_model=args.clip_model,
-            clip_pretrained=args.clip_pretrained,
             out_dir=args.out,
+            **clip_options(args),
         )
     )
 
@@ -57,12 +64,9 @@ def query(args: argparse.Namespace) -> int:
         query_store(
             args.store,
             args.texts,
-            out_dir=args.out,
             templates=args.templates,
-            contrast=args.contrast,
-            float16=args.float16,
-            clip_model=args.clip_model,
-            clip_pretrained=args.clip_pretrained,
+            **ramp_options(args),
+            **clip_options(args),
         )
     )
 
@@ -85,12 +89,10 @@ def similar(args: argparse.Namespace) -> int:
     return print_paths(
         similar_store(
             args.store,
-            out_dir=args.out,
             point=args.point,
             geojson=args.geojson,
             name=args.name,
-            contrast=args.contrast,
-            float16=args.float16,
+            **ramp_options(args),
         )
     )
 
@@ -110,10 +112,8 @@ def change(args: argparse.Namespace) -> int:
         change_stores(
             args.store_a,
             args.store_b,
-            out_dir=args.out,
             name=args.name,
-            contrast=args.contrast,
-            float16=args.float16,
+            **ramp_options(args),
         )
     )
 

@@ -7,7 +7,15 @@ from pathlib import Path
 
 from encoder.errors import TimeSenCLIPError
 from pipeline.commands.command import command
-from pipeline.commands.options import add_clip, add_conventions, add_templates, overrides
+from pipeline.commands.options import (
+    add_clip,
+    add_conventions,
+    add_device,
+    add_quiet,
+    add_templates,
+    clip_options,
+    overrides,
+)
 
 
 def _train_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,7 +35,7 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
     p.add_argument("--device", help="auto | cpu | cuda (default: the config's)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet(p)
 
 
 @command("train", "train an encoder from a training config YAML", _train_arguments)
@@ -97,7 +105,7 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default="land_cover", help="task / class set to evaluate")
     p.add_argument("--out", type=Path, default=Path("evaluation"), help="report folder")
     add_templates(p)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    add_device(p)
     p.add_argument(
         "--no-transductive",
         action="store_true",
@@ -126,9 +134,8 @@ def evaluate(args: argparse.Namespace) -> int:
         "task": args.task,
         "out_dir": args.out,
         "templates": args.templates,
-        "clip_model": args.clip_model,
-        "clip_pretrained": args.clip_pretrained,
         "device": args.device,
+        **clip_options(args),
     }
     if args.try_conventions:
         if chosen:
@@ -187,7 +194,7 @@ def _ground_embed_arguments(p: argparse.ArgumentParser) -> None:
         "points already in it are skipped",
     )
     p.add_argument("--batch-size", type=int, default=64, help="photos per CLIP batch (default: 64)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    add_device(p)
     add_clip(p)
 
 
@@ -200,9 +207,8 @@ def ground_embed(args: argparse.Namespace) -> int:
     embed_photo_folders(
         args.photos,
         args.out,
-        clip_model=args.clip_model,
-        clip_pretrained=args.clip_pretrained,
         device=args.device,
+        **clip_options(args),
         batch_size=args.batch_size,
     )
     return 0
