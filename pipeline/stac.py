@@ -34,7 +34,7 @@ from pystac_client.stac_api_io import StacApiIO
 from urllib3.util.retry import Retry
 
 from encoder.errors import TimeSenCLIPError
-from encoder.preprocess import BANDS
+from encoder.conventions import BANDS
 from pipeline.tiles import check_bbox
 
 log = logging.getLogger(__name__)
