@@ -13,8 +13,8 @@ from pathlib import Path
 
 from pystac.utils import is_absolute_href, make_absolute_href, str_to_datetime
 
-from encoder.errors import TimeSenCLIPError
 from encoder.conventions import BANDS
+from encoder.errors import TimeSenCLIPError
 from pipeline.grid import Bounds, Grid, bounds_overlap, reproject_bounds
 from pipeline.harmonize import harmonization
 from pipeline.stac import band_assets

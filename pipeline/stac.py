@@ -33,8 +33,8 @@ from pystac_client.exceptions import APIError
 from pystac_client.stac_api_io import StacApiIO
 from urllib3.util.retry import Retry
 
-from encoder.errors import TimeSenCLIPError
 from encoder.conventions import BANDS
+from encoder.errors import TimeSenCLIPError
 from pipeline.tiles import check_bbox
 
 log = logging.getLogger(__name__)
@@ -359,15 +359,21 @@ def _feature(item: Any, path: Path) -> dict:
     return item
 
 
-def _parquet_items(path: Path) -> list[dict]:
-    """Items of a stac-geoparquet file (how large catalogues ship), read with rustac."""
+def _parquet_items(path: Path) -> Iterator[dict]:
+    """Items of a stac-geoparquet file (how large catalogues ship), a record batch at a time:
+    arro3 reads the batches and rustac turns each into item dicts, so no file is held whole."""
     import rustac
+    from arro3.core import Table
+    from arro3.io import read_parquet
 
     try:
-        data = rustac.read_sync(str(path))
-    except Exception as error:  # rustac raises its own and Arrow's errors
+        reader = read_parquet(str(path))
+        for batch in reader:
+            yield from rustac.from_arrow(Table.from_batches([batch], schema=reader.schema)).get(
+                "features", []
+            )
+    except Exception as error:  # rustac and arro3 raise their own and Arrow's errors
         raise StacError(f"cannot read stac-geoparquet items from {path}: {error}.") from error
-    return list(data.get("features", []))
 
 
 def _rejection(item: dict, query: _Query) -> str | None:
