@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import math
 import os
@@ -204,11 +205,22 @@ def write_catalogue(bbox: tuple[float, float, float, float], path: Path) -> int:
     return count
 
 
-def write_parquet(ndjson: Path, path: Path) -> None:
+def write_parquet(ndjson: Path, path: Path, batch: int = 1000) -> None:
+    """The ndjson catalogue as stac-geoparquet, ``batch`` items at a time."""
+    import asyncio
+
     import rustac
 
-    with ndjson.open() as lines:
-        rustac.write_sync(str(path), [json.loads(line) for line in lines])
+    async def write() -> None:
+        with ndjson.open() as lines:
+            chunk = lambda: [json.loads(line) for line in itertools.islice(lines, batch)]  # noqa: E731
+            batches = iter(chunk, [])
+            writer = await rustac.GeoparquetWriter.open(next(batches), str(path))
+            for items in batches:
+                await writer.write(items)
+            await writer.finish()
+
+    asyncio.run(write())
 
 
 def collection() -> dict:
