@@ -9,7 +9,7 @@ planning time and its own peak resident memory (``VmHWM`` of ``/proc/self/status
 that only imports the planner is the memory baseline. Children of one repeat run back to back,
 repeats interleave, and the table holds medians with the min-max spread.
 
-    python bench/plan.py [--scales 1,16,256,4096] [--parquet-scales 1,16,256] [--api-scales 1,16]
+    python bench/plan.py [--scales 1,16,256,4096] [--parquet-scales ...] [--api-scales 1,16]
     python bench/plan.py --europe     # Europe from one year's ndjson catalogue, France dry run
 
 Sources: ``ndjson`` and ``parquet`` (stac-geoparquet) files, and ``api``: ``rustac serve`` over
@@ -461,7 +461,7 @@ def scale_list(text: str) -> list[int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scales", type=scale_list, default=[1, 16, 256, 4096])
-    parser.add_argument("--parquet-scales", type=scale_list, default=[1, 16, 256])
+    parser.add_argument("--parquet-scales", type=scale_list, default=[1, 16, 256, 4096])
     parser.add_argument("--api-scales", type=scale_list, default=[1, 16])
     parser.add_argument("--side-km", type=float, default=20.0, help="side of the 1x region")
     parser.add_argument("--tile", type=int, default=1024, help="tile size, px")
