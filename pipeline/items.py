@@ -13,8 +13,8 @@ from pathlib import Path
 
 from pystac.utils import is_absolute_href, make_absolute_href, str_to_datetime
 
+from encoder.conventions import BANDS
 from encoder.errors import TimeSenCLIPError
-from encoder.preprocess import BANDS
 from pipeline.grid import Bounds, Grid, bounds_overlap, reproject_bounds
 from pipeline.harmonize import harmonization
 from pipeline.stac import band_assets
@@ -117,21 +117,28 @@ def usable_refs(
 
     Items outside the year are left out (logged); a bad item raises under "raise".
     """
-    refs, skipped = [], []
-    for item in items:
-        try:
-            ref = item_ref(item, base)
-        except BadAssetError as error:
-            if on_bad_asset == "raise":
-                raise
-            log.warning("%s Skipping the item.", error)
-            skipped.append({"id": str(item.get("id")), "reason": str(error)})
-            continue
-        if ref.year != year:
-            log.info("item %s (%s) is outside %d: left out", ref.id, ref.datetime, year)
-            continue
-        refs.append(ref)
-    return refs, skipped
+    skipped: list[dict] = []
+    refs = [usable_ref(item, year, on_bad_asset, skipped, base) for item in items]
+    return [r for r in refs if r is not None], skipped
+
+
+def usable_ref(
+    item: Mapping, year: int, on_bad_asset: str, skipped: list[dict], base: Path | None = None
+) -> ItemRef | None:
+    """One item's ``ItemRef``, or None when it is outside ``year`` or bad under "skip" (then
+    appended to ``skipped``); a bad item raises under "raise"."""
+    try:
+        ref = item_ref(item, base)
+    except BadAssetError as error:
+        if on_bad_asset == "raise":
+            raise
+        log.warning("%s Skipping the item.", error)
+        skipped.append({"id": str(item.get("id")), "reason": str(error)})
+        return None
+    if ref.year != year:
+        log.info("item %s (%s) is outside %d: left out", ref.id, ref.datetime, year)
+        return None
+    return ref
 
 
 _ADVICE = "Set stac.on_bad_asset: skip (on_bad_asset='skip') to leave such items out."

@@ -18,8 +18,8 @@ from typing import NamedTuple
 import numpy as np
 
 from pipeline.chunks import Chunk, tile_chunks
-from pipeline.grid import reproject_bounds
-from pipeline.items import ItemRef, usable_refs
+from pipeline.grid import transformer
+from pipeline.items import ItemRef, usable_ref
 from pipeline.stac import EmptySearchError, RetryPolicy, StacError, StacSource, search_boxes
 from pipeline.tiles import Tile, region_mask
 from pipeline.workflow import Region, Workflow
@@ -103,9 +103,7 @@ class RunPlan:
     def chunk_tasks(self, plan: TilePlan, region: Region) -> Iterator[ChunkTask]:
         """The tile's chunk tasks, each with the items whose footprint meets its chunk."""
         refs = [self.refs[i] for i in plan.items]
-        footprints = np.array(
-            [reproject_bounds(r.footprint, r.footprint_epsg, plan.tile.epsg) for r in refs]
-        ).reshape(-1, 4)
+        footprints = footprints_in(refs, plan.tile.epsg)
         inside = region_mask(region.area, plan.tile)
         for chunk in tile_chunks(plan.tile, self.chunk_size):
             xmin, ymin, xmax, ymax = chunk.bounds
@@ -146,21 +144,31 @@ def make_plan(
     """
     tiles = {target.region.name: workflow.tiles(target.region) for target in regions}
     every = [t for target in regions for t in tiles[target.region.name]]
+    skipped: list[dict] = []
+    source = stac_source(workflow)
+    year, on_bad = workflow.year, workflow.stac.on_bad_asset
+
+    def reduce(item: dict) -> ItemRef | None:
+        # Each item is parsed when first found; its dict is dropped straight after.
+        return usable_ref(item, year, on_bad, skipped, base=source.file)
+
     try:
         catalog = search_boxes(
-            stac_source(workflow),
+            source,
             [t.lonlat_bounds for t in every],
-            workflow.year,
+            year,
             concurrency=concurrency,
+            reduce=reduce,
         )
     except StacError as error:
         names = ", ".join(f"{t.region.name} (bbox {list(t.region.bbox)})" for t in regions)
         raise StacError(f"searching Sentinel-2 items for region {names} failed: {error}") from None
-    refs, skipped = usable_refs(
-        catalog.items, workflow.year, workflow.stac.on_bad_asset, base=catalog.base
-    )
-    position = {ref.id: k for k, ref in enumerate(refs)}
-    index = [position.get(str(item.get("id"))) for item in catalog.items]
+    refs: list[ItemRef] = []
+    index: list[int | None] = []  # catalog position -> position in refs
+    for ref in catalog.items:
+        index.append(None if ref is None else len(refs))
+        if ref is not None:
+            refs.append(ref)
     found = iter(catalog.found)
     plans = []
     for region, folder, scratch, fingerprint in regions:
@@ -175,7 +183,7 @@ def make_plan(
         if not with_items:
             raise EmptySearchError(
                 f"region {region.name!r}: no Sentinel-2 item of {workflow.year} found in "
-                f"{stac_source(workflow).location} over bbox {list(region.bbox)} (collection "
+                f"{source.location} over bbox {list(region.bbox)} (collection "
                 f"{workflow.stac.collection!r}, max cloud cover {workflow.stac.max_cloud_cover}). "
                 "Check the region, the year, the collection and the cloud-cover limit."
             )
@@ -183,19 +191,39 @@ def make_plan(
     return RunPlan(tuple(refs), tuple(plans), tuple(skipped), workflow.cube.chunk_size)
 
 
+def footprints_in(refs: Sequence[ItemRef], epsg: int) -> np.ndarray:
+    """(n, 4) footprints of ``refs`` in ``epsg``, the corners of each reprojected as
+    ``reproject_bounds`` does, one pyproj call per source CRS rather than per item."""
+    out = np.empty((len(refs), 4))
+    groups: dict[int, list[int]] = {}
+    for k, ref in enumerate(refs):
+        groups.setdefault(ref.footprint_epsg, []).append(k)
+    for src, ks in groups.items():
+        boxes = np.array([refs[k].footprint for k in ks], dtype=float).reshape(-1, 4)
+        if src == epsg:
+            out[ks] = boxes
+            continue
+        xs = boxes[:, [0, 0, 2, 2]]
+        ys = boxes[:, [3, 1, 1, 3]]
+        xs, ys = transformer(src, epsg).transform(xs.ravel(), ys.ravel())
+        xs, ys = np.reshape(xs, (-1, 4)), np.reshape(ys, (-1, 4))
+        out[ks] = np.column_stack([xs.min(1), ys.min(1), xs.max(1), ys.max(1)])
+    return out
+
+
 def tile_bytes(plan: RunPlan, tile: TilePlan) -> int | None:
     """Estimated bytes to read for a tile: each item's file sizes times the share it covers."""
-    total = 0.0
-    for i in tile.items:
-        ref = plan.refs[i]
-        if ref.bytes is None:
-            return None
-        fx0, fy0, fx1, fy1 = reproject_bounds(ref.footprint, ref.footprint_epsg, tile.tile.epsg)
-        tx0, ty0, tx1, ty1 = tile.tile.bounds
-        overlap = max(0.0, min(fx1, tx1) - max(fx0, tx0)) * max(0.0, min(fy1, ty1) - max(fy0, ty0))
-        area = (fx1 - fx0) * (fy1 - fy0)
-        total += ref.bytes * (overlap / area if area > 0 else 1.0)
-    return math.ceil(total)
+    refs = [plan.refs[i] for i in tile.items]
+    if any(ref.bytes is None for ref in refs):
+        return None
+    fx0, fy0, fx1, fy1 = footprints_in(refs, tile.tile.epsg).T
+    tx0, ty0, tx1, ty1 = tile.tile.bounds
+    overlap = np.maximum(0.0, np.minimum(fx1, tx1) - np.maximum(fx0, tx0)) * np.maximum(
+        0.0, np.minimum(fy1, ty1) - np.maximum(fy0, ty0)
+    )
+    area = (fx1 - fx0) * (fy1 - fy0)
+    share = np.divide(overlap, area, out=np.ones_like(area), where=area > 0)
+    return math.ceil(float(np.sum(np.array([r.bytes for r in refs], dtype=float) * share)))
 
 
 def describe(plan: RunPlan, workflow: Workflow, pixels_per_second: float | None) -> str:

@@ -16,7 +16,7 @@ import json
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,8 +33,8 @@ from pystac_client.exceptions import APIError
 from pystac_client.stac_api_io import StacApiIO
 from urllib3.util.retry import Retry
 
+from encoder.conventions import BANDS
 from encoder.errors import TimeSenCLIPError
-from encoder.preprocess import BANDS
 from pipeline.tiles import check_bbox
 
 log = logging.getLogger(__name__)
@@ -323,40 +323,57 @@ def _api_items(source: StacSource, query: _Query, client: Client | None = None) 
         ) from error
 
 
-def _file_items(path: Path) -> list[dict]:
+def _file_items(path: Path) -> Iterator[dict]:
+    """The items of a local file one at a time: ndjson is read line by line, so a continent's
+    catalogue is never held whole; JSON and stac-geoparquet are loaded, then handed out."""
+    suffix = path.suffix.lower()
     try:
-        if path.suffix.lower() in (".parquet", ".geoparquet"):
-            return _parquet_items(path)
-        text = path.read_text()
-        if path.suffix.lower() in (".ndjson", ".jsonl", ".geojsonl"):
-            data: Any = [json.loads(line) for line in text.splitlines() if line.strip()]
-        else:
-            data = json.loads(text)
+        if suffix in (".parquet", ".geoparquet"):
+            yield from _parquet_items(path)
+            return
+        if suffix in (".ndjson", ".jsonl", ".geojsonl"):
+            with path.open() as lines:
+                for line in lines:
+                    if line.strip():
+                        yield _feature(json.loads(line), path)
+            return
+        data: Any = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise StacError(f"cannot read STAC items from {path}: {error}.") from error
     if isinstance(data, dict) and data.get("type") == "FeatureCollection":
         data = data.get("features")
     elif isinstance(data, dict) and data.get("type") == "Feature":
         data = [data]
-    if not isinstance(data, list) or not all(
-        isinstance(f, dict) and f.get("type") == "Feature" for f in data
-    ):
+    if not isinstance(data, list):
+        _feature(data, path)  # raises
+    for item in data:
+        yield _feature(item, path)
+
+
+def _feature(item: Any, path: Path) -> dict:
+    if not (isinstance(item, dict) and item.get("type") == "Feature"):
         raise StacError(
             f"{path} holds no STAC items: give an ItemCollection / FeatureCollection, a JSON list "
             "of items, or newline-delimited items."
         )
-    return data
+    return item
 
 
-def _parquet_items(path: Path) -> list[dict]:
-    """Items of a stac-geoparquet file (how large catalogues ship), read with rustac."""
+def _parquet_items(path: Path) -> Iterator[dict]:
+    """Items of a stac-geoparquet file (how large catalogues ship), a record batch at a time:
+    arro3 reads the batches and rustac turns each into item dicts, so no file is held whole."""
     import rustac
+    from arro3.core import Table
+    from arro3.io import read_parquet
 
     try:
-        data = rustac.read_sync(str(path))
-    except Exception as error:  # rustac raises its own and Arrow's errors
+        reader = read_parquet(str(path))
+        for batch in reader:
+            yield from rustac.from_arrow(Table.from_batches([batch], schema=reader.schema)).get(
+                "features", []
+            )
+    except Exception as error:  # rustac and arro3 raise their own and Arrow's errors
         raise StacError(f"cannot read stac-geoparquet items from {path}: {error}.") from error
-    return list(data.get("features", []))
 
 
 def _rejection(item: dict, query: _Query) -> str | None:
@@ -403,11 +420,12 @@ def _absolute_hrefs(item: pystac.Item, path: Path) -> None:
 class Catalog:
     """A run's search results: each distinct item once, and which items each box found.
 
-    ``items`` are the raw item dicts (parsed once later, in ``pipeline.items``); ``found[i]``
-    holds the indices into ``items`` of the ``i``-th searched box.
+    ``items`` hold each distinct item once as ``reduce`` made it (the raw dict by default;
+    ``pipeline.plan`` keeps an ``ItemRef`` or None instead, so no dict outlives its reading);
+    ``found[i]`` holds the indices into ``items`` of the ``i``-th searched box, in the order found.
     """
 
-    items: list[dict]
+    items: list[Any]
     found: list[list[int]]
     base: Path | None  # the items file, for relative hrefs
 
@@ -418,13 +436,15 @@ def search_boxes(
     year: int,
     *,
     concurrency: int = 8,
+    reduce: Callable[[dict], Any] = lambda item: item,
 ) -> Catalog:
-    """The year's items meeting each lon/lat box: a file is read and indexed once; an API is
-    searched once per box, ``concurrency`` searches at a time, through one retrying session.
+    """The year's items meeting each lon/lat box, each ``reduce``-d once when first found.
 
-    Unlike ``search_items``, a box without items is not an error (open sea, say), and hrefs are
-    left unsigned: a Planetary Computer href is signed where it is read, so no signature
-    expires during a long run.
+    A file is read once, item by item, against an index of the boxes: only items meeting some
+    box are kept. An API is searched once per box, ``concurrency`` searches at a time, through
+    one retrying session. Unlike ``search_items``, a box without items is not an error (open
+    sea, say), and hrefs are left unsigned: a Planetary Computer href is signed where it is
+    read, so no signature expires during a long run.
     """
     queries = [
         _Query(
@@ -436,21 +456,28 @@ def search_boxes(
         for b in boxes
     ]
     keys: dict[tuple[Any, str], int] = {}
-    items: list[dict] = []
+    items: list[Any] = []
 
     def keep(item: dict) -> int:
         key = (item.get("collection"), str(item.get("id")))
         if key not in keys:
             keys[key] = len(items)
-            items.append(item)
+            items.append(reduce(item))
         return keys[key]
 
-    if source.file is not None:
-        index = _BoxIndex(
-            [i for i in _file_items(source.file) if not _rejection(i, _world(queries[0]))]
-        )
-        found = [[keep(index.items[j]) for j in index.meeting(q.bbox)] for q in queries]
-    else:
+    found: list[list[int]] = [[] for _ in queries]
+    if source.file is not None and queries:
+        index = _BoxIndex([q.bbox for q in queries])
+        world = _world(queries[0])
+        for item in _file_items(source.file):
+            if _rejection(item, world):
+                continue
+            meeting = index.meeting(_item_box(item))
+            if len(meeting):
+                k = keep(item)
+                for j in meeting.tolist():
+                    found[j].append(k)
+    elif source.url is not None:
         client = _open_client(source)
 
         def search(query: _Query) -> list[dict]:
@@ -473,46 +500,46 @@ def _world(query: _Query) -> _Query:
 
 
 class _BoxIndex:
-    """Items bucketed by the whole degrees their bbox covers: a box query touches its cells only."""
+    """Search boxes bucketed by the whole degrees they cover: an item's bbox is checked against
+    the boxes of its cells only, so reading a catalogue costs time linear in its items."""
 
-    def __init__(self, items: Sequence[dict]) -> None:
-        self.items = list(items)
-        self.boxes = np.array([_item_box(i) for i in self.items], dtype=float).reshape(-1, 4)
-        self.cells: dict[tuple[int, int], list[int]] = defaultdict(list)
-        self.anywhere: set[int] = set()  # no bbox: the reader decides from the footprint
-        for j, box in enumerate(self.boxes):
-            if np.isnan(box).any():
-                self.anywhere.add(j)
-                continue
-            for cell in _cells(tuple(box)):
-                self.cells[cell].append(j)
+    def __init__(self, boxes: Sequence[tuple[float, float, float, float]]) -> None:
+        self.boxes = np.array(boxes, dtype=float).reshape(-1, 4)
+        cells: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for j, box in enumerate(self.boxes.tolist()):
+            for cell in _cells(box):
+                cells[cell].append(j)
+        self.cells = {cell: np.array(js, dtype=np.intp) for cell, js in cells.items()}
 
-    def meeting(self, bbox: tuple[float, float, float, float]) -> list[int]:
-        """Indices of the items whose bbox meets ``bbox`` (edges included), in file order."""
-        candidates = {j for cell in _cells(bbox) for j in self.cells.get(cell, ())}
+    def meeting(self, bbox: tuple[float, float, float, float] | None) -> np.ndarray:
+        """Indices of the boxes ``bbox`` meets (edges included), ascending; all for None (an
+        item without a bbox: the reader decides from its footprint)."""
+        if bbox is None:
+            return np.arange(len(self.boxes))
+        parts = [self.cells[cell] for cell in _cells(bbox) if cell in self.cells]
+        if not parts:
+            return np.empty(0, dtype=np.intp)
+        candidates = np.unique(np.concatenate(parts))
         west, south, east, north = bbox
-        return [
-            j
-            for j in sorted(candidates | self.anywhere)
-            if j in self.anywhere
-            or not (
-                self.boxes[j, 0] > east
-                or self.boxes[j, 2] < west
-                or self.boxes[j, 1] > north
-                or self.boxes[j, 3] < south
-            )
-        ]
+        boxes = self.boxes[candidates]
+        apart = (
+            (boxes[:, 0] > east)
+            | (boxes[:, 2] < west)
+            | (boxes[:, 1] > north)
+            | (boxes[:, 3] < south)
+        )
+        return candidates[~apart]
 
 
-def _item_box(item: dict) -> tuple[float, ...]:
+def _item_box(item: dict) -> tuple[float, float, float, float] | None:
     bbox = item.get("bbox")
     if not bbox:
-        return (np.nan,) * 4
+        return None
     half = len(bbox) // 2
     return (bbox[0], bbox[1], bbox[half], bbox[half + 1])
 
 
-def _cells(bbox: tuple[float, float, float, float]) -> Iterator[tuple[int, int]]:
+def _cells(bbox: Sequence[float]) -> Iterator[tuple[int, int]]:
     west, south, east, north = bbox
     for x in range(math.floor(west), math.floor(east) + 1):
         for y in range(math.floor(south), math.floor(north) + 1):

@@ -146,3 +146,91 @@ def test_dry_run_report_counts_tiles_chunks_and_bytes(scenes, tmp_path):
         size = tile_bytes(plan, tile)
         # Never more than all of its items' files, and some of them.
         assert 0 < size <= 11_000 * len(tile.items)
+
+
+def brute_force(items: list[dict], boxes) -> list[list[str]]:
+    """Per box, the ids of the items whose bbox meets it (edges included), in file order."""
+
+    def meets(item, box):
+        west, south, east, north = item["bbox"]
+        return not (west > box[2] or east < box[0] or south > box[3] or north < box[1])
+
+    return [[i["id"] for i in items if meets(i, box)] for box in boxes]
+
+
+@pytest.mark.parametrize("kind", ["ndjson", "json", "parquet"])
+def test_streamed_file_search_matches_a_search_of_every_item_held_in_memory(scenes, tmp_path, kind):
+    _, items = scenes
+    first = items[0]["bbox"]
+    boxes = [
+        tuple(first),  # every edge shared with the west granule
+        (first[2], first[1], first[2] + 0.01, first[3]),  # touches its east edge only
+        (2.99, 43.352, 3.005, 43.36),
+        (3.046, 43.352, 3.056, 43.36),
+        (10, 50, 10.1, 50.1),  # nothing there
+    ]
+    calls: list[str] = []
+
+    def reduce(item: dict) -> str:
+        calls.append(item["id"])
+        return item["id"]
+
+    catalog = search_boxes(
+        StacSource(file=write_items(tmp_path, items, kind)), boxes, 2023, reduce=reduce
+    )
+    found = [[catalog.items[j] for j in box] for box in catalog.found]
+    assert found == brute_force(items, boxes)
+    assert found[-1] == [] and found[0] and found[1]
+    # Each item reduced once however many boxes found it, and only items some box found.
+    assert sorted(calls) == sorted({i for box in found for i in box})
+    assert len(calls) == len(set(calls))
+
+
+def test_items_without_bbox_reach_every_box_and_duplicates_are_kept_once(scenes, tmp_path):
+    _, items = scenes
+    loose = json.loads(json.dumps(items[0]))
+    loose["id"] = "no-bbox"
+    del loose["bbox"]
+    doubled = [*items, items[0], loose]
+    boxes = [(2.99, 43.352, 3.005, 43.36), (3.046, 43.352, 3.056, 43.36)]
+    catalog = search_boxes(StacSource(file=write_items(tmp_path, doubled, "ndjson")), boxes, 2023)
+    ids = [item["id"] for item in catalog.items]
+    assert len(ids) == len(set(ids)) == len(items) + 1
+    for box, expected in zip(catalog.found, brute_force(items, boxes), strict=True):
+        names = [catalog.items[j]["id"] for j in box]
+        assert sorted(set(names)) == sorted({*expected, "no-bbox"})
+
+
+def test_the_plan_keeps_item_refs_only(scenes, tmp_path):
+    from pipeline.items import ItemRef, usable_refs
+
+    _, items = scenes
+    _, plan = plan_for(tmp_path, write_items(tmp_path, items, "ndjson"))
+    assert all(isinstance(r, ItemRef) for r in plan.refs)
+    # The same refs as reducing every item of the file in memory, in file order.
+    assert list(plan.refs) == usable_refs(items, 2023, "raise")[0]
+
+
+def test_plan_benchmark_runs_at_a_tiny_scale():
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(root / "bench" / "plan.py"),
+            *("--scales", "1,4", "--parquet-scales", "", "--api-scales", ""),
+            *("--side-km", "3", "--tile", "256", "--repeats", "1"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    rows = [line.split("|") for line in done.stdout.splitlines() if line.startswith("| ndjson")]
+    assert [row[2].strip() for row in rows] == ["1x", "4x"]
+    tiles = [int(row[3].replace(",", "")) for row in rows]
+    items = [int(row[5].replace(",", "")) for row in rows]
+    assert 0 < tiles[0] < tiles[1] and 0 < items[0] <= items[1]
+    assert "baseline (child importing the planner only)" in done.stdout
