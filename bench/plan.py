@@ -285,7 +285,7 @@ def peak_kib() -> int:
 def child(workflow_path: Path | None, describe_too: bool) -> None:
     """Plan one workflow (or only import the planner) and print one JSON line of figures."""
     from pipeline.plan import RegionTarget, describe, make_plan
-    from pipeline.workflow import load_workflow
+    from pipeline.workflow_file import load_workflow
 
     figures: dict = {"seconds": 0.0}
     if workflow_path is not None:
