@@ -113,7 +113,7 @@ def export_onnx(model: TimeSenCLIPEncoder, tokens: int, path: Path) -> Path:
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            StaticEncoder(model).eval(),
+            StaticEncoder(model, tokens).eval(),
             (x, present),
             str(tmp),
             input_names=["x", "present"],

@@ -21,11 +21,25 @@ from encoder.model import (
 
 
 class StaticEncoder(nn.Module):
-    """``model(x, present)`` for flat ``x`` (N, T, bands*k*k) and a bool ``present`` (N, T)."""
+    """``model(x, present)`` for flat ``x`` (N, T, bands*k*k) and a bool ``present`` (N, T),
+    for ``tokens`` = T time steps: their position rows are worked out here, once."""
 
-    def __init__(self, model: TimeSenCLIPEncoder) -> None:
+    def __init__(self, model: TimeSenCLIPEncoder, tokens: int) -> None:
         super().__init__()
         self.model = model
+        with torch.no_grad():
+            rows, lone = position_rows(
+                model.time_pos_encoding, tokens, model.conventions.single_token_position
+            )
+            attn = model.transformer.layers[0].self_attn
+            bias = model.spectral_embedding[1].bias
+            projected = [
+                F.linear(p + bias, attn.in_proj_weight, attn.in_proj_bias) for p in (rows, lone)
+            ]
+        self.register_buffer("rows", rows.clone())
+        self.register_buffer("lone", lone.clone())
+        self.register_buffer("qkv_rows", projected[0])
+        self.register_buffer("qkv_lone", projected[1])
 
     def forward(self, x: Tensor, present: Tensor) -> Tensor:
         m = self.model
@@ -33,15 +47,11 @@ class StaticEncoder(nn.Module):
         attn = m.transformer.layers[0].self_attn
         w, b = attn.in_proj_weight, attn.in_proj_bias
         x = torch.where(present[..., None], x, 0.0)
-        rows, lone = position_rows(
-            m.time_pos_encoding, x.shape[1], m.conventions.single_token_position
-        )
         alone = (present.sum(1) == 1)[:, None, None]  # a lone month sits at the lone position
         cls = m.time_token.expand(x.shape[0], -1, -1)
-        seq = torch.cat([cls, lin(x) + torch.where(alone, lone, rows)], 1)
+        seq = torch.cat([cls, lin(x) + torch.where(alone, self.lone, self.rows)], 1)
         # First-layer q/k/v straight from the input, as TimeSenCLIPEncoder._first_qkv.
-        rows, lone = (F.linear(p + lin.bias, w, b) for p in (rows, lone))
-        tokens = F.linear(x, w @ lin.weight) + torch.where(alone, lone, rows)
+        tokens = F.linear(x, w @ lin.weight) + torch.where(alone, self.qkv_lone, self.qkv_rows)
         qkv = torch.cat([F.linear(cls, w, b), tokens], 1)
         key_mask = F.pad(~present, (1, 0), value=False)
         attn_mask = ~key_mask[:, None, None, :]
