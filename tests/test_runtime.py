@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -245,3 +249,16 @@ def test_cpu_embed_scores_is_embed_then_score():
     assert kept is None
     for name, values in expected.items():
         np.testing.assert_array_equal(layers[name], values)
+
+
+def test_gpu_benchmark_says_there_is_no_gpu():
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, str(root / "bench" / "gpu.py"), "--pixels", "1024"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(root), "CUDA_VISIBLE_DEVICES": ""},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("no GPU")
