@@ -18,6 +18,7 @@ from torch import Tensor
 
 from encoder.model import TimeSenCLIPEncoder, position_rows
 from encoder.runtime import onnx_session, run_session, select_runtime
+from encoder.static import StaticEncoder
 
 # At the published size a pixel holds about 250 KB of activations in the forward pass; a CPU gains
 # nothing from batches beyond a few thousand pixels, so larger (GPU-sized) batches are cut there
@@ -124,11 +125,11 @@ def month_groups(
     return big
 
 
-def embed_pattern(model: TimeSenCLIPEncoder, x: Tensor, pattern: np.ndarray) -> Tensor:
-    """Embeddings of pixels that all share the months ``pattern`` (T,) present: only those
-    tokens go in, with their own positions, and no mask, so SDPA may take its flash or
-    memory-efficient kernel. Equal to ``model(x, mask)`` up to float rounding."""
-    keep = torch.from_numpy(np.flatnonzero(pattern)).to(x.device)
+def embed_pattern(model: TimeSenCLIPEncoder, x: Tensor, keep: Tensor) -> Tensor:
+    """Embeddings of pixels ``x`` (n, T, bands) that all have the same months present, the
+    indices ``keep`` (on x's device): only those tokens go in, with their own positions, and no
+    mask, so SDPA may take its flash or memory-efficient kernel and nothing waits on the host.
+    Equal to ``model(x, mask)`` up to float rounding."""
     rows, lone = position_rows(
         model.time_pos_encoding, x.shape[1], model.conventions.single_token_position
     )
@@ -236,6 +237,9 @@ def _device_embed_scores(
             torch.empty((len(order), model.config.dim), dtype=torch.float16), cuda
         )
     autocast = torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16")
+    # The masked rest runs the export-ready forward: no data-dependent branch, so no host sync.
+    static = StaticEncoder(model, x.shape[1])
+    months = {}  # pattern -> its months' indices on the device, copied once
     for start, stop, pattern in _batches(groups, batch):
         # The next batch's input is copied on its own stream while this one computes.
         with torch.cuda.stream(copy) if cuda else contextlib.nullcontext():
@@ -246,7 +250,13 @@ def _device_embed_scores(
             xb.record_stream(compute)
             mb.record_stream(compute)
         with autocast:
-            emb = model(xb, mb) if pattern is None else embed_pattern(model, xb, pattern)
+            if pattern is None:
+                emb = static(xb.flatten(2), mb)
+            else:
+                key = pattern.tobytes()
+                if key not in months:
+                    months[key] = torch.from_numpy(np.flatnonzero(pattern)).to(device)
+                emb = embed_pattern(model, xb, months[key])
         emb = emb.float()
         outputs = {}
         for scorer in scorers:
