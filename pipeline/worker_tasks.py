@@ -124,7 +124,8 @@ def process_chunk(task: ChunkTask, settings: ChunkSettings) -> ChunkReport:
     layers = {VALID_MONTHS: valid_months}
     run = {"runtime": settings.runtime, "precision": settings.precision}
     keep = settings.embeddings_store is not None
-    if torch.device(settings.device).type == "cuda":
+    on_gpu = torch.device(settings.device).type == "cuda"
+    if on_gpu:
         # Scored on the GPU: only the uint8 layers (and float16 embeddings) come back.
         scored, embeddings = score_series(
             model,
@@ -135,20 +136,21 @@ def process_chunk(task: ChunkTask, settings: ChunkSettings) -> ChunkReport:
             keep_embeddings=keep,
             **run,
         )
-        seconds["embed"] = time.perf_counter() - start
-        layers.update({name: values.reshape(shape) for name, values in scored.items()})
-        start = time.perf_counter()
     else:
         embeddings = embed_series(model, series, present, batch_size=settings.batch_size, **run)
-        seconds["embed"] = time.perf_counter() - start
-        start = time.perf_counter()
-        for plan in settings.tasks:  # [issue 11] each plan scores its own layers
-            for name, values in plan.score(embeddings, settings.confidence).items():
-                layers[name] = values.reshape(shape)
     if keep:
         from pipeline.embeddings import write_chunk_embeddings
 
         write_chunk_embeddings(settings.embeddings_store, chunk, embeddings)
+    seconds["embed"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    if on_gpu:
+        layers.update({name: values.reshape(shape) for name, values in scored.items()})
+    else:
+        for plan in settings.tasks:  # [issue 11] each plan scores its own layers
+            for name, values in plan.score(embeddings, settings.confidence).items():
+                layers[name] = values.reshape(shape)
     seconds["classify"] = time.perf_counter() - start
     report = ChunkReport(
         chunk.id, chunk.pixels, seconds, sorted({r.id for r in cube.used}), cube.skipped

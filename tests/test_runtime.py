@@ -19,6 +19,7 @@ from encoder.inference import device_embed_scores, embed, embed_scores, month_gr
 from encoder.prompts import ClassSpec
 from fixtures.tiny import tiny_encoder
 from pipeline.classify import SimilarityPlan, TaskPlan
+from pipeline.pixel_encoder import embed_series, score_series
 from pipeline.workflow import WorkflowError, parse_workflow
 
 CPU = torch.device("cpu")
@@ -263,3 +264,18 @@ def test_gpu_benchmark_says_there_is_no_gpu():
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("no GPU")
+
+
+def test_score_series_gives_the_layers_of_the_host_path():
+    """What a GPU chunk runs (``score_series``), here on the CPU, against embed-then-score."""
+    model = tiny_encoder(16)
+    x, mask = inputs()
+    series, present = x.numpy(), mask.numpy()
+    embeddings = embed_series(model, series, present)
+    layers, kept = score_series(
+        model, series, present, plans(16), confidence=True, keep_embeddings=True
+    )
+    for plan in plans(16):
+        for name, values in plan.score(embeddings, True).items():
+            np.testing.assert_array_equal(layers[name], values)
+    np.testing.assert_allclose(kept.astype(np.float32), embeddings, atol=1e-3, equal_nan=True)
