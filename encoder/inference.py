@@ -95,14 +95,14 @@ def embed(
     precision = precision or default_precision(device, bf16)
     if not on_gpu:
         batch_size = min(batch_size, CPU_BATCH)
+    if not len(x):  # nothing to run (an ONNX graph cannot reshape an empty batch)
+        return torch.empty(0, model.config.dim)
     parts = []
     with _GPU_LOCK if on_gpu else contextlib.nullcontext(), torch.inference_mode():
         forward = forward_fn(model, x.shape[1], runtime, precision)
         for xb, mb in zip(x.split(batch_size), month_mask.split(batch_size), strict=True):
             xb = xb.to(device, non_blocking=True)
             parts.append(forward(xb, mb.to(device, non_blocking=True)).float().cpu())
-    if not parts:
-        return torch.empty(0, model.config.dim)
     return torch.cat(parts)
 
 

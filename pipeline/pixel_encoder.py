@@ -98,6 +98,18 @@ def score_series(
     device = next(model.parameters()).device
     rows = np.flatnonzero(present.any(axis=1))
     scorers = [plan.scorer(confidence, device) for plan in plans]
+    layers = {
+        name: np.full(series.shape[0], nodata, np.uint8)
+        for plan in plans
+        for name, nodata in plan.layers(confidence).items()
+    }
+    embeddings = (
+        np.full((series.shape[0], model.config.dim), np.nan, np.float16)
+        if keep_embeddings
+        else None
+    )
+    if not len(rows):  # no pixel with a month: every layer stays nodata
+        return layers, embeddings
     found, kept = embed_scores(
         model,
         series[rows],
@@ -108,13 +120,8 @@ def score_series(
         runtime=runtime,
         precision=precision,
     )
-    layers = {}
-    for plan in plans:
-        for name, nodata in plan.layers(confidence).items():
-            layers[name] = np.full(series.shape[0], nodata, np.uint8)
-            layers[name][rows] = found[name]
-    embeddings = None
-    if kept is not None:
-        embeddings = np.full((series.shape[0], model.config.dim), np.nan, np.float16)
+    for name, values in found.items():
+        layers[name][rows] = values
+    if embeddings is not None:
         embeddings[rows] = kept
     return layers, embeddings

@@ -279,3 +279,20 @@ def test_score_series_gives_the_layers_of_the_host_path():
         for name, values in plan.score(embeddings, True).items():
             np.testing.assert_array_equal(layers[name], values)
     np.testing.assert_allclose(kept.astype(np.float32), embeddings, atol=1e-3, equal_nan=True)
+
+
+@pytest.mark.parametrize("run", ["onnx", "torch"])
+def test_no_pixels_embed_to_nothing(run):
+    model = tiny_encoder(16)
+    found = embed(model, torch.zeros(0, 12, 10), torch.zeros(0, 12, dtype=torch.bool), runtime=run)
+    assert found.shape == (0, 16)
+    empty = np.zeros((3, 12), bool)
+    layers, kept = score_series(
+        model,
+        np.zeros((3, 12, 10), np.float32),
+        empty,
+        plans(16),
+        confidence=True,
+        keep_embeddings=True,
+    )
+    assert layers["lc"].tolist() == [0, 0, 0] and np.isnan(kept).all()
