@@ -1,30 +1,50 @@
-"""Encoder throughput: our inference path against the plain nn.TransformerEncoder forward.
+"""Encoder throughput and agreement of every runtime and precision against the plain forward.
 
-Both run over the same weights, on the same batch, in the same process, alternating, best of
-``--repeats``. CPU in float32; on a GPU both run under bf16 autocast.
+Paths, over the same published-size weights in one process: ``plain`` (every token through
+``nn.TransformerEncoder``, the reference), ``fast`` (``model(x, mask)``, torch float32), ``onnx``
+(ONNX Runtime over the export of the fast path) and ``bf16`` (the fast path under CPU bf16
+autocast). Each thread count runs all paths in turn, ``--repeats`` rounds, interleaved; the
+table gives the median px/s with the spread (min-max) and the speed-up over ``plain``.
 
-    python bench/encoder.py                  # published size (512/6/8/256), CPU
-    python bench/encoder.py --device cuda    # bf16 autocast on the GPU
-    python bench/encoder.py --quick          # smoke run
+The agreement table compares each runtime with torch float32 on the real Sentinel-2 patch in
+``../shared/realdata`` and on synthetic scenes: top-1 class agreement for the published class
+sets (class vectors: fp32 embeddings of pixels drawn at random, as many as the set has
+classes, so the classes split the pixels) and the minimum cosine of the embeddings.
+
+    python bench/encoder.py                      # 1 thread and all threads, published size
+    python bench/encoder.py --threads 1 --quick  # smoke run
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import platform
+import json
+import os
+import statistics
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 if __package__ in (None, ""):  # run as a file, bench/ comes first on sys.path: this file would
     sys.path[0] = str(Path(__file__).resolve().parents[1])  # shadow the encoder package
 
+from bench.machine import machine
 from encoder.checkpoint import load_encoder
+from encoder.classes import class_set
+from encoder.inference import forward_fn
 from encoder.model import TimeSenCLIPEncoder
+from encoder.preprocess import BANDS
+from encoder.runtime import onnxruntime
+
+REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
+PATCH = "timeseries/eolearn_TestEOPatch"
+CLASS_SETS = ("land_cover", "land_use", "crop_type", "eunis_habitat")
+# What a runtime must reach against torch float32 (issue: top-1 %, min cosine).
+THRESHOLDS = {"fp32": (99.5, 0.999), "bf16": (98.0, 0.99)}
 
 
 def plain_forward(model: TimeSenCLIPEncoder, x: torch.Tensor) -> torch.Tensor:
@@ -34,81 +54,191 @@ def plain_forward(model: TimeSenCLIPEncoder, x: torch.Tensor) -> torch.Tensor:
     return model.mlp_head(model.transformer(seq)[:, 0])
 
 
-def timed(fn: Callable[[], torch.Tensor], device: torch.device) -> tuple[float, torch.Tensor]:
-    """Wall seconds of one call (GPU work included) and its result."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start, out
+def published_model(checkpoint: str | None = None) -> TimeSenCLIPEncoder:
+    """The checkpoint's encoder, or random weights of the published size (seed 0)."""
+    if checkpoint:
+        return load_encoder(checkpoint).eval()
+    torch.manual_seed(0)
+    model = TimeSenCLIPEncoder().eval()
+    with torch.no_grad():  # zero-initialised positions would make months interchangeable
+        model.time_pos_encoding.normal_(0.0, 0.1)
+    return model
 
 
-def machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+def real_patch_composite(realdata: Path = REALDATA) -> np.ndarray:
+    """The eo-learn patch as a DN composite ``(12, 10, 101, 100)``: monthly medians of its
+    scenes, cloudy pixels (its CLM mask) left out, months without a scene NaN."""
+    folder = realdata / PATCH
+    meta = json.loads((folder / "DERIVED_METADATA.json").read_text())["REFERENCE_SCENES"]
+    scenes = np.load(folder / "REFERENCE_SCENES.npy")  # (scene, y, x, 13 L1C bands)
+    clouds = np.load(folder / "TestEOPatch" / "mask" / "CLM.npy")[..., 0] == 1
+    bands = [meta["band_order"].index(b) for b in BANDS]
+    by_month: dict[int, list[np.ndarray]] = {}
+    for entry in meta["scene_dates"]:
+        dn = np.moveaxis(scenes[entry["reference_scene_index"]][..., bands] * 10000, -1, 0)
+        cloud = clouds[entry["timestamp_index"]]
+        by_month.setdefault(int(entry["timestamp"][5:7]), []).append(np.where(cloud, np.nan, dn))
+    composite = np.full((12, 10, *scenes.shape[1:3]), np.nan, np.float32)
+    for month, stack in by_month.items():
+        composite[month - 1] = np.nanmedian(np.stack(stack), axis=0)
+    return composite
+
+
+def synthetic_composite(size: int = 64, seed: int = 0) -> np.ndarray:
+    """A DN composite ``(12, 10, size, size)`` of the synthetic scenes' four land classes
+    (mid-month spectra x texture), a quarter of the pixel-months missing (clouds)."""
+    from fixtures.synthetic import _clear_dn, _land_cover
+
+    rng = np.random.default_rng(seed)
+    land = _land_cover((size, size))
+    texture = rng.uniform(0.85, 1.15, size=(size, size))
+    months = np.stack([_clear_dn(land, texture, 15 + 30 * m) for m in range(12)])
+    cloudy = rng.random((12, 1, size, size)) < 0.25  # whole pixel-months: all bands
+    return np.where(cloudy, np.nan, months).astype(np.float32)
+
+
+def agreement_inputs(realdata: Path = REALDATA) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Normalised ``(series, present)`` of the real patch (when there) and synthetic scenes,
+    pixels with at least one month."""
+    from pipeline.pixel_encoder import pixel_series
+
+    composites = {"synthetic": synthetic_composite()}
+    if (realdata / PATCH).is_dir():
+        composites = {"real patch": real_patch_composite(realdata), **composites}
+    inputs = {}
+    for name, composite in composites.items():
+        series, present = pixel_series(composite)
+        rows = present.any(1)
+        inputs[name] = series[rows], present[rows]
+    return inputs
+
+
+def class_vectors(reference: np.ndarray, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
+    """Per published class set, as many class vectors as it has classes, drawn two ways:
+    random directions, and reference (fp32) embeddings of random pixels ("prototype": classes
+    that split these pixels, far harder, as random weights embed all pixels nearly alike)."""
+    rng = np.random.default_rng(seed)
+    dim = reference.shape[1]
+    return {
+        "random": {n: rng.normal(size=(len(class_set(n)), dim)) for n in CLASS_SETS},
+        "prototype": {
+            n: reference[rng.choice(len(reference), len(class_set(n)), replace=False)]
+            for n in CLASS_SETS
+        },
+    }
+
+
+def agreement(
+    reference: np.ndarray, other: np.ndarray, classes: dict[str, dict[str, np.ndarray]]
+) -> dict:
+    """Lowest top-1 agreement (%) over the class sets per kind of class vectors, and the lowest
+    cosine, ``other`` vs ``reference`` (both ``(P, D)``)."""
+
+    def unit(a: np.ndarray) -> np.ndarray:
+        return a / np.linalg.norm(a, axis=1, keepdims=True)
+
+    ref, oth = unit(reference.astype(np.float64)), unit(other.astype(np.float64))
+    found = {
+        kind: min(
+            100.0 * np.mean((ref @ unit(w).T).argmax(1) == (oth @ unit(w).T).argmax(1))
+            for w in sets.values()
+        )
+        for kind, sets in classes.items()
+    }
+    return {**found, "cosine": float((ref * oth).sum(1).min())}
+
+
+def paths(model: TimeSenCLIPEncoder, tokens: int) -> dict[str, Callable]:
+    """The timed paths: name -> ``f(x, mask)``."""
+    found: dict[str, Callable] = {
+        "plain": lambda x, mask: plain_forward(model, x),
+        "fast": model,
+    }
+    if onnxruntime() is not None:
+        found["onnx"] = forward_fn(model, tokens, "onnx", "fp32")
+    found["bf16"] = forward_fn(model, tokens, "torch", "bf16")
+    return found
+
+
+def time_paths(
+    model: TimeSenCLIPEncoder, pixels: int, repeats: int, threads: int
+) -> dict[str, list[float]]:
+    """px/s of each path over ``repeats`` interleaved rounds at ``threads`` threads."""
+    torch.set_num_threads(threads)
+    cfg = model.config
+    x = torch.rand(pixels, cfg.months, cfg.bands)
+    mask = torch.ones(pixels, cfg.months, dtype=torch.bool)
+    rates: dict[str, list[float]] = {}
+    with torch.inference_mode():
+        timed = paths(model, cfg.months)  # sessions for this thread count
+        for fn in timed.values():
+            fn(x[:64], mask[:64])  # warm-up (and export, once)
+        for _ in range(repeats):
+            for name, fn in timed.items():
+                start = time.perf_counter()
+                fn(x, mask)
+                rates.setdefault(name, []).append(pixels / (time.perf_counter() - start))
+    return rates
+
+
+def agreement_rows(model: TimeSenCLIPEncoder) -> list[tuple[str, str, dict, tuple]]:
+    """(input, runtime, agreement, threshold) for each runtime against torch float32."""
+    rows = []
+    with torch.inference_mode():
+        for name, (series, present) in agreement_inputs().items():
+            x, mask = torch.from_numpy(series), torch.from_numpy(present)
+            reference = model(x, mask).numpy()
+            classes = class_vectors(reference)
+            for path, fn in paths(model, x.shape[1]).items():
+                if path in ("plain", "fast"):
+                    continue
+                precision = "bf16" if path == "bf16" else "fp32"
+                out = fn(x, mask).float().numpy()
+                rows.append((name, path, agreement(reference, out, classes), THRESHOLDS[precision]))
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pixels", type=int, default=2048, help="pixels per call")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds")
     parser.add_argument(
-        "--batch", type=int, help="pixels per forward (default: 1024 CPU, 32768 GPU)"
+        "--threads", default=f"1,{os.cpu_count()}", help="comma-separated thread counts"
     )
-    parser.add_argument("--repeats", type=int, default=3, help="timed forwards per path")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    parser.add_argument(
-        "--checkpoint", help="real weights to time (default: random published size)"
-    )
-    parser.add_argument("--quick", action="store_true", help="batch 64, one repeat (smoke run)")
+    parser.add_argument("--checkpoint", help="real weights (default: random published size)")
+    parser.add_argument("--quick", action="store_true", help="256 pixels, 2 rounds (smoke run)")
     args = parser.parse_args()
-    device = torch.device(args.device)
-    batch = 64 if args.quick else args.batch or (32768 if device.type == "cuda" else 1024)
-    repeats = 1 if args.quick else args.repeats
-
-    torch.manual_seed(0)
-    if args.checkpoint:
-        model = load_encoder(args.checkpoint, map_location=device)
-    else:
-        model = TimeSenCLIPEncoder().to(device).eval()
-        with torch.no_grad():  # zero-initialised positions would make months interchangeable
-            model.time_pos_encoding.normal_(0.0, 0.1)
+    pixels, repeats = (256, 2) if args.quick else (args.pixels, args.repeats)
+    model = published_model(args.checkpoint)
     cfg = model.config
-    x = torch.rand(batch, cfg.months, cfg.bands, device=device)
-    autocast = torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda")
-
-    with torch.inference_mode(), autocast:
-        plain_forward(model, x[:8])  # warm-up
-        model(x[:8])
-        times: dict[str, list[float]] = {"plain": [], "ours": []}
-        for _ in range(repeats):
-            seconds, plain = timed(lambda: plain_forward(model, x), device)
-            times["plain"].append(seconds)
-            seconds, ours = timed(lambda: model(x), device)
-            times["ours"].append(seconds)
-    diff = (plain.float() - ours.float()).abs().max().item()
-
-    plain_px, ours_px = (batch / min(times[k]) for k in ("plain", "ours"))
-    rows = [
-        ("machine", machine(device)),
-        ("torch", torch.__version__),
-        ("threads", str(torch.get_num_threads())),
-        ("model", f"dim {cfg.dim}, depth {cfg.depth}, heads {cfg.heads}, ff {cfg.ff_dim}"),
-        ("precision", "bf16 autocast" if device.type == "cuda" else "float32"),
-        ("batch", str(batch)),
-        ("pixels/s plain", f"{plain_px:,.0f}"),
-        ("pixels/s ours", f"{ours_px:,.0f}"),
-        ("speed-up", f"{ours_px / plain_px:.2f}x"),
-        ("max abs diff", f"{diff:.2e}"),
-    ]
-    width = max(len(k) for k, _ in rows)
-    print(f"| {'encoder':<{width}} | |\n|{'-' * (width + 2)}|---|")
-    print("\n".join(f"| {k:<{width}} | {v} |" for k, v in rows))
+    ort = onnxruntime()
+    print(f"machine: {machine()}")
+    print(
+        f"torch {torch.__version__}, onnxruntime {ort.__version__ if ort else 'not installed'}; "
+        f"model dim {cfg.dim}, depth {cfg.depth}, heads {cfg.heads}, ff {cfg.ff_dim}; "
+        f"{pixels} px per call, {repeats} rounds interleaved\n"
+    )
+    print("| threads | path | px/s median | spread | vs plain |\n|---|---|---|---|---|")
+    for threads in (int(t) for t in args.threads.split(",")):
+        rates = time_paths(model, pixels, repeats, threads)
+        plain = statistics.median(rates["plain"])
+        for name, values in rates.items():
+            median = statistics.median(values)
+            print(
+                f"| {threads} | {name} | {median:,.0f} | {min(values):,.0f}-{max(values):,.0f} "
+                f"| {median / plain:.2f}x |"
+            )
+    print(
+        "\n| input | runtime | top-1 % random classes | top-1 % prototype classes "
+        "| min cosine | needed (top-1 on random classes) |\n|---|---|---|---|---|---|"
+    )
+    torch.set_num_threads(os.cpu_count() or 1)
+    for name, path, found, (top1, cosine) in agreement_rows(model):
+        ok = found["random"] >= top1 and found["cosine"] >= cosine
+        print(
+            f"| {name} | {path} | {found['random']:.2f} | {found['prototype']:.2f} "
+            f"| {found['cosine']:.6f} | >= {top1} %, >= {cosine}: {'ok' if ok else 'NOT MET'} |"
+        )
 
 
 if __name__ == "__main__":

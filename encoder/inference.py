@@ -1,23 +1,77 @@
-"""Batched inference with the encoder: the one place that sizes batches and picks precision."""
+"""Batched inference with the encoder: the one place that sizes batches and picks the runtime.
+
+``embed`` returns float32 embeddings on the host, on any device and runtime. ``embed_scores``
+is the device-side path for mapping: each batch is embedded and scored where the model is, and
+only the small results (uint8 layers, float16 embeddings when kept) come back, through pinned
+buffers and asynchronous copies, with one synchronisation at the end instead of one per batch.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from encoder.model import TimeSenCLIPEncoder
+from encoder.model import TimeSenCLIPEncoder, position_rows
+from encoder.runtime import onnx_session, run_session, select_runtime
+from encoder.static import StaticEncoder
 
 # At the published size a pixel holds about 250 KB of activations in the forward pass; a CPU gains
 # nothing from batches beyond a few thousand pixels, so larger (GPU-sized) batches are cut there
 # to keep memory near 0.5 GB per thread instead of many GB.
 CPU_BATCH = 2048
+# GPU batches take at most this share of the free memory (activations, at bf16 or float32).
+GPU_MEMORY_SHARE = 0.5
+ACTIVATION_BYTES = 250_000  # per pixel, float32 (see CPU_BATCH)
+# Pixels of one month pattern below which they go with the rest through the masked path: a
+# small unmasked batch costs more in kernel launches than the mask costs.
+MIN_GROUP = 4096
 
 # Threads of one process (a Dask worker's tasks) take turns on the GPU: one GPU-sized batch
 # already fills it, and several at once would only add memory.
 _GPU_LOCK = threading.Lock()
+
+Scorer = Callable[[Tensor], dict[str, Tensor]]
+_EMBEDDINGS = "\0embeddings"  # the kept embeddings among the layers copied back
+
+
+def model_device(model: TimeSenCLIPEncoder) -> torch.device:
+    return next(model.parameters()).device
+
+
+def default_precision(device: torch.device, bf16: bool = True) -> str:
+    """bf16 autocast on a GPU (unless ``bf16`` is False), float32 on a CPU."""
+    return "bf16" if device.type == "cuda" and bf16 else "fp32"
+
+
+def gpu_batch(device: torch.device, precision: str) -> int:
+    """Pixels per batch that fit ``GPU_MEMORY_SHARE`` of the device's free memory."""
+    free, _ = torch.cuda.mem_get_info(device)
+    per_pixel = ACTIVATION_BYTES // (2 if precision == "bf16" else 1)
+    return max(1024, int(free * GPU_MEMORY_SHARE) // per_pixel // 1024 * 1024)
+
+
+def forward_fn(
+    model: TimeSenCLIPEncoder, tokens: int, runtime: str, precision: str
+) -> Callable[[Tensor, Tensor], Tensor]:
+    """``f(x, month_mask) -> (n, D)`` on the model's device in the runtime and precision asked
+    (``encoder.runtime.select_runtime``); call it under ``torch.inference_mode``."""
+    device = model_device(model)
+    if select_runtime(runtime, precision, device) == "onnx":
+        session = onnx_session(model, tokens)
+        return lambda x, mask: run_session(session, x, mask)
+    if precision == "bf16":
+        return lambda x, mask: _autocast(device, model, x, mask)
+    return model
+
+
+def _autocast(device: torch.device, model: TimeSenCLIPEncoder, x: Tensor, mask: Tensor) -> Tensor:
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        return model(x, mask).float()
 
 
 def embed(
@@ -26,27 +80,202 @@ def embed(
     month_mask: Tensor,
     *,
     batch_size: int = 65536,
+    runtime: str = "auto",
+    precision: str | None = None,
     bf16: bool = True,
 ) -> Tensor:
     """``(N, D)`` float32 embeddings of normalised series ``x`` with ``month_mask``, in batches.
 
-    Runs on the model's device under ``torch.inference_mode``; on a GPU in bf16 autocast unless
-    ``bf16`` is False; on a CPU in batches of at most ``CPU_BATCH`` whatever ``batch_size`` says.
+    Runs on the model's device under ``torch.inference_mode`` in ``runtime`` (auto, torch, onnx)
+    and ``precision`` (fp32, bf16; default bf16 autocast on a GPU unless ``bf16`` is False,
+    float32 on a CPU); on a CPU in batches of at most ``CPU_BATCH`` whatever ``batch_size`` says.
     """
-    device = next(model.parameters()).device
+    device = model_device(model)
     on_gpu = device.type == "cuda"
+    precision = precision or default_precision(device, bf16)
     if not on_gpu:
         batch_size = min(batch_size, CPU_BATCH)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if on_gpu and bf16
-        else contextlib.nullcontext()
-    )
+    if not len(x):  # nothing to run (an ONNX graph cannot reshape an empty batch)
+        return torch.empty(0, model.config.dim)
     parts = []
-    with _GPU_LOCK if on_gpu else contextlib.nullcontext(), torch.inference_mode(), autocast:
+    with _GPU_LOCK if on_gpu else contextlib.nullcontext(), torch.inference_mode():
+        forward = forward_fn(model, x.shape[1], runtime, precision)
         for xb, mb in zip(x.split(batch_size), month_mask.split(batch_size), strict=True):
             xb = xb.to(device, non_blocking=True)
-            parts.append(model(xb, mb.to(device, non_blocking=True)).float().cpu())
-    if not parts:
-        return torch.empty(0, model.config.dim)
+            parts.append(forward(xb, mb.to(device, non_blocking=True)).float().cpu())
     return torch.cat(parts)
+
+
+def month_groups(
+    month_mask: np.ndarray, min_group: int = MIN_GROUP
+) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """``(pixel indices, months present)`` per month pattern with at least ``min_group``
+    pixels, largest first, then ``(the other pixels, None)``: those run with the mask."""
+    patterns, inverse, counts = np.unique(
+        month_mask, axis=0, return_inverse=True, return_counts=True
+    )
+    order = np.argsort(inverse.ravel(), kind="stable")
+    groups = zip(patterns, np.split(order, np.cumsum(counts)[:-1]), strict=True)
+    big, rest = [], []
+    for pattern, pixels in groups:
+        (big if len(pixels) >= min_group and pattern.any() else rest).append((pixels, pattern))
+    big.sort(key=lambda g: len(g[0]), reverse=True)
+    if rest:
+        big.append((np.sort(np.concatenate([p for p, _ in rest])), None))
+    return big
+
+
+def embed_pattern(model: TimeSenCLIPEncoder, x: Tensor, keep: Tensor) -> Tensor:
+    """Embeddings of pixels ``x`` (n, T, bands) that all have the same months present, the
+    indices ``keep`` (on x's device): only those tokens go in, with their own positions, and no
+    mask, so SDPA may take its flash or memory-efficient kernel and nothing waits on the host.
+    Equal to ``model(x, mask)`` up to float rounding."""
+    rows, lone = position_rows(
+        model.time_pos_encoding, x.shape[1], model.conventions.single_token_position
+    )
+    pos = lone if len(keep) == 1 else rows[:, keep]
+    tokens = model.embed_spectral(x[:, keep]) + pos
+    return model.encode_tokens(tokens, None)
+
+
+def embed_scores(
+    model: TimeSenCLIPEncoder,
+    x: np.ndarray,
+    month_mask: np.ndarray,
+    scorers: Sequence[Scorer],
+    *,
+    keep_embeddings: bool = False,
+    batch_size: int | None = None,
+    runtime: str = "auto",
+    precision: str | None = None,
+) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """Embed ``x`` (N, T, bands) and score each batch where the model runs.
+
+    Every scorer maps ``(n, D)`` float32 embeddings to named ``(n,)`` uint8 tensors; returns
+    those layers ``(N,)`` and, with ``keep_embeddings``, ``(N, D)`` float16 embeddings. On a
+    GPU, pixels are grouped by month pattern (``month_groups``) so common patterns run unmasked,
+    batches are sized from free memory, and copies overlap compute. On a CPU it is ``embed``
+    followed by the scorers.
+    """
+    device = model_device(model)
+    precision = precision or default_precision(device)
+    if device.type != "cuda":
+        emb = embed(
+            model,
+            torch.from_numpy(x),
+            torch.from_numpy(month_mask),
+            runtime=runtime,
+            precision=precision,
+        )
+        layers: dict[str, np.ndarray] = {}
+        for scorer in scorers:
+            layers.update({k: v.numpy() for k, v in scorer(emb).items()})
+        kept = emb.to(torch.float16).numpy() if keep_embeddings else None
+        return layers, kept
+    select_runtime(runtime, precision, device)  # a GPU runs torch: say so if onnx was asked
+    with _GPU_LOCK:
+        return device_embed_scores(
+            model,
+            x,
+            month_mask,
+            scorers,
+            keep_embeddings,
+            batch_size or gpu_batch(device, precision),
+            precision,
+        )
+
+
+def _batches(
+    groups: list[tuple[np.ndarray, np.ndarray | None]], batch: int
+) -> Iterator[tuple[int, int, np.ndarray | None]]:
+    """``(start, stop, pattern)`` slices of the pixels in group order (pattern None: masked)."""
+    start = 0
+    for pixels, pattern in groups:
+        for s in range(start, start + len(pixels), batch):
+            yield s, min(s + batch, start + len(pixels)), pattern
+        start += len(pixels)
+
+
+def device_embed_scores(
+    model: TimeSenCLIPEncoder,
+    x: np.ndarray,
+    month_mask: np.ndarray,
+    scorers: Sequence[Scorer],
+    keep_embeddings: bool,
+    batch: int,
+    precision: str,
+) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """``embed_scores`` on the model's device in torch: grouped by month pattern, batches of
+    ``batch``, and on a GPU pinned buffers, a copy stream and one synchronisation at the end
+    (on a CPU the same steps, plainly: that is how the tests check them)."""
+    with torch.inference_mode():
+        return _device_embed_scores(
+            model, x, month_mask, scorers, keep_embeddings, batch, precision
+        )
+
+
+def _device_embed_scores(
+    model: TimeSenCLIPEncoder,
+    x: np.ndarray,
+    month_mask: np.ndarray,
+    scorers: Sequence[Scorer],
+    keep_embeddings: bool,
+    batch: int,
+    precision: str,
+) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    device = model_device(model)
+    cuda = device.type == "cuda"
+    groups = month_groups(month_mask)
+    order = np.concatenate([p for p, _ in groups]) if groups else np.zeros(0, np.int64)
+    # Inputs in group order, pinned, so each batch's copy is asynchronous and a plain slice.
+    xs, ms = (_pinned(torch.from_numpy(a[order]), cuda) for a in (x, month_mask))
+    copy = torch.cuda.Stream(device) if cuda else None
+    compute = torch.cuda.current_stream(device) if cuda else None
+    host: dict[str, Tensor] = {}
+    if keep_embeddings:
+        host[_EMBEDDINGS] = _pinned(
+            torch.empty((len(order), model.config.dim), dtype=torch.float16), cuda
+        )
+    autocast = torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16")
+    # The masked rest runs the export-ready forward: no data-dependent branch, so no host sync.
+    static = StaticEncoder(model, x.shape[1])
+    months = {}  # pattern -> its months' indices on the device, copied once
+    for start, stop, pattern in _batches(groups, batch):
+        # The next batch's input is copied on its own stream while this one computes.
+        with torch.cuda.stream(copy) if cuda else contextlib.nullcontext():
+            xb = xs[start:stop].to(device, non_blocking=True)
+            mb = ms[start:stop].to(device, non_blocking=True)
+        if cuda:
+            compute.wait_stream(copy)
+            xb.record_stream(compute)
+            mb.record_stream(compute)
+        with autocast:
+            if pattern is None:
+                emb = static(xb.flatten(2), mb)
+            else:
+                key = pattern.tobytes()
+                if key not in months:
+                    months[key] = torch.from_numpy(np.flatnonzero(pattern)).to(device)
+                emb = embed_pattern(model, xb, months[key])
+        emb = emb.float()
+        outputs = {}
+        for scorer in scorers:
+            outputs.update(scorer(emb))
+        if keep_embeddings:
+            outputs[_EMBEDDINGS] = emb.to(torch.float16)
+        for name, values in outputs.items():
+            if name not in host:
+                host[name] = _pinned(torch.empty(len(order), dtype=values.dtype), cuda)
+            # Queued after the batch on the compute stream: no wait here, and the allocator
+            # reuses the device memory only after the copy.
+            host[name][start:stop].copy_(values, non_blocking=True)
+    if cuda:
+        compute.synchronize()  # the one wait, for all copies back
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    layers = {name: t.numpy()[inverse] for name, t in host.items()}
+    return layers, layers.pop(_EMBEDDINGS, None)
+
+
+def _pinned(t: Tensor, cuda: bool) -> Tensor:
+    return t.pin_memory() if cuda else t

@@ -4,7 +4,9 @@ Both plan types share one interface, so a chunk worker and the final writer hand
 same way: ``layers(confidence)`` names the uint8 rasters a task yields with their nodata values,
 ``score(embeddings, confidence)`` computes them for ``(P, D)`` embeddings, ``style(name, ...)``
 gives the COG keywords of a final layer, ``describe(paths, ...)`` writes its styles and STAC Items
-and ``record()`` is what provenance and fingerprints keep.
+and ``record()`` is what provenance and fingerprints keep. ``scorer(confidence, device)`` is
+``score`` as torch on the device the encoder runs on (``encoder.inference.embed_scores``), so a
+GPU hands back only the uint8 layers.
 """
 
 from __future__ import annotations
@@ -15,13 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from torch import Tensor
+from torch.nn.functional import normalize
 
 from encoder.errors import TimeSenCLIPError
+from encoder.inference import Scorer
 from encoder.prompts import ClassSpec, TextEncoder, class_prompts, template_set
 from encoder.zeroshot import score
 from pipeline.cog import confidence_percent
 from pipeline.outputs import CLASS_NODATA, CONFIDENCE_NODATA, confidence_layer
-from pipeline.similarity import RAMP_NODATA, ScoreRamp, cosine, unique_slugs
+from pipeline.similarity import RAMP_NODATA, RAMP_STEPS, ScoreRamp, cosine, unique_slugs
 from pipeline.style import class_colors
 
 
@@ -60,6 +66,22 @@ class TaskPlan:
         if confidence:
             layers[self.confidence_layer] = percent
         return layers
+
+    def scorer(self, confidence: bool, device: torch.device) -> Scorer:
+        """``score`` in torch on ``device``: top class of softmax(100 x cosine), as ``classify``."""
+        weights = _unit_weights(self.weights, device)
+
+        def scores(embeddings: Tensor) -> dict[str, Tensor]:
+            valid = ~embeddings.isnan().any(1)
+            probs = (_cosines(embeddings, weights) * 100.0).softmax(-1)
+            top, label = probs.max(-1)
+            layers = {self.name: torch.where(valid, label + 1, CLASS_NODATA).to(torch.uint8)}
+            if confidence:
+                percent = torch.where(valid, (top.clamp(0, 1) * 100).round(), CONFIDENCE_NODATA)
+                layers[self.confidence_layer] = percent.to(torch.uint8)
+            return layers
+
+        return scores
 
     def style(self, name: str, class_resampling: str) -> dict:
         """COG keywords of a final layer; class maps overview with ``class_resampling``."""
@@ -117,6 +139,19 @@ class SimilarityPlan:
         ramp = ScoreRamp.similarity()
         return {name: ramp.encode(cosines[:, i]) for i, name in enumerate(self.layer_names())}
 
+    def scorer(self, confidence: bool, device: torch.device) -> Scorer:
+        """``score`` in torch on ``device``: each cosine on the similarity ramp."""
+        weights = _unit_weights(self.weights, device)
+        ramp = ScoreRamp.similarity()
+
+        def scores(embeddings: Tensor) -> dict[str, Tensor]:
+            cosines = _cosines(embeddings, weights)
+            steps = ((cosines - ramp.low) / ramp.scale).clamp(0, RAMP_STEPS).round()
+            pixels = torch.where(cosines.isfinite(), steps, RAMP_NODATA).to(torch.uint8)
+            return {name: pixels[:, i] for i, name in enumerate(self.layer_names())}
+
+        return scores
+
     def text_of(self, name: str) -> str:
         return self.texts[self.layer_names().index(name)]
 
@@ -153,6 +188,15 @@ class SimilarityPlan:
 
 
 Plan = TaskPlan | SimilarityPlan
+
+
+def _unit_weights(weights: np.ndarray, device: torch.device) -> Tensor:
+    return normalize(torch.from_numpy(np.asarray(weights, np.float32)).to(device), dim=-1)
+
+
+def _cosines(embeddings: Tensor, unit_weights: Tensor) -> Tensor:
+    """``(P, K)`` cosines; NaN rows stay NaN."""
+    return normalize(embeddings, dim=-1) @ unit_weights.T
 
 
 def plan_task(

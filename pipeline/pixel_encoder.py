@@ -5,12 +5,14 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from encoder import ConventionOverrides, Conventions, TimeSenCLIPEncoder, load_encoder, normalize
-from encoder.inference import embed
+from encoder.inference import embed, embed_scores
+from pipeline.classify import Plan
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +59,13 @@ def embed_series(
     present: np.ndarray,
     *,
     batch_size: int = 65536,
+    runtime: str = "auto",
+    precision: str | None = None,
 ) -> np.ndarray:
     """Embed ``(P, 12, 10)`` normalised series into ``(P, D)`` float32; NaN rows where no month.
 
     Only pixels with at least one month go through the encoder (see ``encoder.inference.embed``
-    for batch sizes and precision).
+    for batch sizes, runtimes and precisions).
     """
     out = np.full((series.shape[0], model.config.dim), np.nan, dtype=np.float32)
     rows = np.flatnonzero(present.any(axis=1))
@@ -70,5 +74,54 @@ def embed_series(
         torch.from_numpy(series[rows]),
         torch.from_numpy(present[rows]),
         batch_size=batch_size,
+        runtime=runtime,
+        precision=precision,
     ).numpy()
     return out
+
+
+def score_series(
+    model: TimeSenCLIPEncoder,
+    series: np.ndarray,
+    present: np.ndarray,
+    plans: Sequence[Plan],
+    *,
+    confidence: bool,
+    keep_embeddings: bool,
+    batch_size: int | None = None,
+    runtime: str = "auto",
+    precision: str | None = None,
+) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """Each plan's ``(P,)`` uint8 layers for ``(P, T, 10)`` series, scored where the model runs
+    (``encoder.inference.embed_scores``), and the float16 embeddings with ``keep_embeddings``
+    (NaN rows where no month). Pixels with no month get each layer's nodata value."""
+    device = next(model.parameters()).device
+    rows = np.flatnonzero(present.any(axis=1))
+    scorers = [plan.scorer(confidence, device) for plan in plans]
+    layers = {
+        name: np.full(series.shape[0], nodata, np.uint8)
+        for plan in plans
+        for name, nodata in plan.layers(confidence).items()
+    }
+    embeddings = (
+        np.full((series.shape[0], model.config.dim), np.nan, np.float16)
+        if keep_embeddings
+        else None
+    )
+    if not len(rows):  # no pixel with a month: every layer stays nodata
+        return layers, embeddings
+    found, kept = embed_scores(
+        model,
+        series[rows],
+        present[rows],
+        scorers,
+        keep_embeddings=keep_embeddings,
+        batch_size=batch_size,
+        runtime=runtime,
+        precision=precision,
+    )
+    for name, values in found.items():
+        layers[name][rows] = values
+    if embeddings is not None:
+        embeddings[rows] = kept
+    return layers, embeddings

@@ -125,6 +125,8 @@ def run_workflow(
             checkpoint=source,
             device=str(resolve_device(workflow.model.device)),
             batch_size=workflow.model.batch_size,
+            runtime=workflow.model.runtime,
+            precision=workflow.model.precision,
             tasks=tuple(tasks),
             confidence=workflow.outputs.confidence,
             conventions=convention_overrides(workflow),
@@ -308,8 +310,9 @@ def tile_fingerprint(
 ) -> str:
     """A hash of everything that changes a tile's pixels; it names the folder of tile pieces.
 
-    Device type is in it because a GPU runs bf16 and a CPU float32; embeddings are because a
-    tile finished without them left nothing in the store.
+    Device type is in it because a GPU runs bf16 and a CPU float32 by default, runtime and
+    precision because they round differently; embeddings are because a tile finished without
+    them left nothing in the store.
     """
     return _digest(
         checkpoint_hash,
@@ -319,7 +322,14 @@ def tile_fingerprint(
         workflow.stac.model_dump(mode="json", exclude={"concurrency", "retries"}),
         region.area,
         workflow.model.model_dump(
-            mode="json", include={"band_order", "constants_order", "single_token_position"}
+            mode="json",
+            include={
+                "band_order",
+                "constants_order",
+                "single_token_position",
+                "runtime",
+                "precision",
+            },
         ),
         device.split(":")[0],
         workflow.outputs.confidence,

@@ -24,7 +24,7 @@ from pipeline.classify import Plan  # [issue 11] class or similarity plans
 from pipeline.cog import write_cog
 from pipeline.cube import CubeOptions, composite_chunk
 from pipeline.outputs import OUTSIDE_REGION, VALID_MONTHS
-from pipeline.pixel_encoder import cached_encoder, embed_series, pixel_series
+from pipeline.pixel_encoder import cached_encoder, embed_series, pixel_series, score_series
 from pipeline.plan import ChunkTask, TilePlan, done_path, piece_path
 from pipeline.reader import GDAL_OPTIONS, configure_gdal
 
@@ -43,6 +43,8 @@ class ChunkSettings:
     tasks: tuple[Plan, ...]
     confidence: bool
     conventions: ConventionOverrides | None = None  # the workflow's over the checkpoint's
+    runtime: str = "auto"  # encoder.runtime: auto, torch or onnx
+    precision: str | None = None  # fp32 or bf16; None: the device's default
     gdal: tuple[tuple[str, str], ...] = tuple(GDAL_OPTIONS.items())
     embeddings_store: Path | None = None
     tile_overviews: bool = False  # True when the tiles are the final outputs
@@ -118,19 +120,37 @@ def process_chunk(task: ChunkTask, settings: ChunkSettings) -> ChunkReport:
     start = time.perf_counter()
     model = cached_encoder(settings.checkpoint, settings.device, settings.conventions)
     series, present = pixel_series(composite, model.conventions)
-    embeddings = embed_series(model, series, present, batch_size=settings.batch_size)
-    seconds["embed"] = time.perf_counter() - start
-    if settings.embeddings_store is not None:
+    shape = (chunk.height, chunk.width)
+    layers = {VALID_MONTHS: valid_months}
+    run = {"runtime": settings.runtime, "precision": settings.precision}
+    keep = settings.embeddings_store is not None
+    on_gpu = torch.device(settings.device).type == "cuda"
+    if on_gpu:
+        # Scored on the GPU: only the uint8 layers (and float16 embeddings) come back.
+        scored, embeddings = score_series(
+            model,
+            series,
+            present,
+            settings.tasks,
+            confidence=settings.confidence,
+            keep_embeddings=keep,
+            **run,
+        )
+    else:
+        embeddings = embed_series(model, series, present, batch_size=settings.batch_size, **run)
+    if keep:
         from pipeline.embeddings import write_chunk_embeddings
 
         write_chunk_embeddings(settings.embeddings_store, chunk, embeddings)
+    seconds["embed"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    shape = (chunk.height, chunk.width)
-    layers = {VALID_MONTHS: valid_months}
-    for plan in settings.tasks:  # [issue 11] each plan scores its own layers
-        for name, values in plan.score(embeddings, settings.confidence).items():
-            layers[name] = values.reshape(shape)
+    if on_gpu:
+        layers.update({name: values.reshape(shape) for name, values in scored.items()})
+    else:
+        for plan in settings.tasks:  # [issue 11] each plan scores its own layers
+            for name, values in plan.score(embeddings, settings.confidence).items():
+                layers[name] = values.reshape(shape)
     seconds["classify"] = time.perf_counter() - start
     report = ChunkReport(
         chunk.id, chunk.pixels, seconds, sorted({r.id for r in cube.used}), cube.skipped

@@ -44,11 +44,11 @@ def test_embeddings_match_the_model_and_mark_empty_pixels():
 def test_batches_change_nothing_and_cpu_batches_are_capped(monkeypatch):
     model = tiny_encoder(16)
     series, present = pixel_series(composite())
-    whole = embed_series(model, series, present, batch_size=1_000_000)
+    whole = embed_series(model, series, present, batch_size=1_000_000, runtime="torch")
     calls = []
     forward = model.forward
     monkeypatch.setattr(model, "forward", lambda x, m: calls.append(len(x)) or forward(x, m))
     monkeypatch.setattr(inference, "CPU_BATCH", 4)
-    capped = embed_series(model, series, present, batch_size=1_000_000)
+    capped = embed_series(model, series, present, batch_size=1_000_000, runtime="torch")
     np.testing.assert_allclose(capped, whole, atol=1e-6)
     assert calls == [4, 4, 3]  # 11 pixels with a month, never more than CPU_BATCH at once
