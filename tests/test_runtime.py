@@ -20,7 +20,7 @@ from encoder.prompts import ClassSpec
 from fixtures.tiny import tiny_encoder
 from pipeline.classify import SimilarityPlan, TaskPlan
 from pipeline.pixel_encoder import embed_series, score_series
-from pipeline.workflow import WorkflowError, parse_workflow
+from pipeline.workflow_file import WorkflowError, parse_workflow
 
 CPU = torch.device("cpu")
 RUNS = [("onnx", "fp32"), ("torch", "bf16")]  # each against torch float32
@@ -154,7 +154,7 @@ def test_auto_falls_back_to_torch_without_onnxruntime(monkeypatch):
 
 
 def test_runtime_choices():
-    assert runtime.select_runtime("auto", "fp32", CPU) == "onnx"
+    assert runtime.select_runtime("auto", "fp32", CPU) == "torch"  # bench/encoder.py says why
     assert runtime.select_runtime("auto", "bf16", CPU) == "torch"  # never lowers precision
     assert runtime.select_runtime("auto", "bf16", torch.device("cuda")) == "torch"
     with pytest.raises(TimeSenCLIPError, match="float32 on a CPU only"):
