@@ -162,8 +162,9 @@ def odc_stac(items: list[dict], grid, concurrency: int) -> dict:
     refs = cube._in_order(_refs(items))
     geobox = GeoBox.from_bbox(grid.bounds, grid.crs, resolution=grid.resolution)
     keys = [EARTH_SEARCH_ASSETS[band] for band in ASSETS]
+    by_id = {item["id"]: item for item in items}
     data = odc.stac.load(
-        [pystac.Item.from_dict(item) for item in items],
+        [pystac.Item.from_dict(by_id[r.id]) for r in refs],  # in time order, as ours
         bands=keys,
         geobox=geobox,
         groupby="id",
@@ -172,9 +173,7 @@ def odc_stac(items: list[dict], grid, concurrency: int) -> dict:
         nodata=float("nan"),
         pool=concurrency,
     )
-    by_id = {str(v): i for i, v in enumerate(data["id"].values)} if "id" in data.coords else None
-    order = [by_id[r.id] for r in refs] if by_id else list(range(len(refs)))
-    layers = {band: data[key].values[order] for band, key in zip(ASSETS, keys, strict=True)}
+    layers = {band: data[key].values for band, key in zip(ASSETS, keys, strict=True)}
     options = cube.CubeOptions()
     composite = np.full((12, 10, *grid.shape), np.nan, np.float32)
     valid = np.zeros(grid.shape, np.uint8)

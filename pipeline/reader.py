@@ -1,11 +1,13 @@
 """Read scenes' assets onto a grid: rasterio directly, many reads in flight, datasets reused.
 
-Each band of each scene is read exactly as stackstac 0.5.1 reads it (so composites stay
-bit-identical): the file is opened once, warped through a ``WarpedVRT`` onto the target grid
-unless it already is that grid, read masked as float32 and filled with NaN. Differences from a
-stackstac graph: no Dask inside a task, reads of one call run concurrently on a thread pool
-(latency is hidden behind other reads), and open datasets are pooled per process, so a file read
-by neighbouring chunks is opened once and its header and cached blocks are reused.
+Each band of each scene gives exactly what stackstac 0.5.1 gives (so composites stay
+bit-identical): a file already on the target grid's CRS and pixel edges, at the grid's resolution
+or an integer multiple of it, is read plainly (``ds.read`` of the window, upsampled by nearest on
+read); any other file is warped through a ``WarpedVRT`` onto the grid. Either way it is read
+masked as float32 and filled with NaN. Differences from a stackstac graph: no Dask inside a task,
+reads of one call run concurrently on a thread pool (latency is hidden behind other reads), and
+open datasets are pooled per process, so a file read by neighbouring chunks is opened once and its
+header and cached blocks are reused.
 
 GDAL's settings for cloud reads live in ``GDAL_OPTIONS`` and reach every worker through the
 chunk settings (``configure_gdal``).
