@@ -34,13 +34,17 @@ from pipeline.grid import Grid
 from pipeline.items import ASSETS, BadAssetError, ItemRef
 
 # Cloud-read settings: no directory listing per open, no HEAD before a GET, one header read of
-# 32 KB, consecutive ranges merged, HTTP/2 multiplexing, and GDAL's own retry of 429/5xx.
+# 32 KB, consecutive ranges merged and the tiles of one read fetched in parallel, HTTP/2
+# multiplexing, a 64 MiB process-wide cache of fetched ranges (headers of files that neighbouring
+# chunks read again), and GDAL's own retry of 429/5xx.
 GDAL_OPTIONS: dict[str, str] = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
     "CPL_VSIL_CURL_USE_HEAD": "NO",
     "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.TIF,.tiff,.jp2",
     "GDAL_INGESTED_BYTES_AT_OPEN": "32768",
     "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+    "GDAL_HTTP_MULTIRANGE": "PARALLEL",
+    "CPL_VSIL_CURL_CACHE_SIZE": str(64 * 2**20),
     "GDAL_HTTP_MULTIPLEX": "YES",
     "GDAL_HTTP_VERSION": "2",
     "GDAL_HTTP_MAX_RETRY": "5",
