@@ -1,31 +1,35 @@
-"""Cube throughput and peak memory: build_cube (stackstac + dask) against a plain rasterio read.
+"""Per-chunk cost of a chunk's composites: our reader against odc-stac, with and without latency.
 
-Writes a year of synthetic 10-band + SCL scenes (two per month, ``--size`` px square), then
-composites them twice per scene count, each run in its own child process so that its peak RSS
-(``os.wait4`` rusage) is its own:
+Writes ``--base`` synthetic scenes (10 bands + SCL, 20 m bands and SCL at native 20 m), rewritten
+as COGs tiled like Earth Search's Sentinel-2 COGs (1024-px DEFLATE tiles, four overview levels,
+header first), and serves them over loopback HTTP (``fixtures.file_server``). A run of N scenes
+repeats the base scenes under new names (hard links, dates shifted by hours, same month), so
+GDAL caches nothing across them. One chunk of ``--chunk`` px is composited per measure:
 
-- ``build_cube``: the pipeline's lazy cube, computed with dask's threaded scheduler;
-- ``rasterio``: every band file read whole into one (scenes, band, y, x) array, masked, offset
-  and reduced with ``numpy.nanmedian`` per month.
+- ``ours``: ``pipeline.cube.composite_chunk`` (``pipeline.reader``: rasterio, reads in flight
+  across blocks of months, aligned grids read plainly);
+- ``ours read``: only the reads (``read_scenes`` of every scene in one call), to size the
+  chunk's overhead besides reading pixels (``ours`` minus reads minus the median);
+- ``odc-stac``: ``odc.stac.load`` of the chunk's geobox (no Dask, ``pool`` threads, cloud
+  defaults), then the same masking and median as ours.
 
-The 4x run repeats each scene's files under four names (dates shifted 1-3 days, same month), so
-it reads four times the data. Both methods must give identical composites (checked by digest).
+Every measure runs in its own child process and reports its own peak memory (VmHWM); configs
+are interleaved and repeated, and medians are printed. Ours must equal a reference composite
+(each file read whole with rasterio, 20 m upsampled by ``np.repeat``, ``numpy.nanmedian``).
 
-    python bench/cube.py                      # 384 x 384 px, 24 vs 96 scenes, 512 px chunks
-    python bench/cube.py --size 512           # the size of one default chunk (about 3 minutes)
+    python bench/cube.py --latency 20                 # 24 and 300 scenes, 3 repeats
+    python bench/cube.py --latency 20 --scenes 24 --repeats 1
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime
 import hashlib
 import json
 import os
 import platform
-import resource
-import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,129 +45,271 @@ if __package__ in (None, ""):  # run as a file, bench/ comes first on sys.path, 
 from bench.machine import machine
 
 MEASURE = "--measure"
+METHODS = ("ours", "ours read", "odc-stac", "reference")
+TILE = 1024
 
 
-def write_items(root: Path, size: int, factors: tuple[int, ...]) -> dict[int, Path]:
-    """A year of synthetic scenes, and per factor an items file holding each scene that often.
+def write_scenes(root: Path, size: int, base: int) -> list[dict]:
+    """``base`` scenes of ``size`` px as Sentinel-2-like COGs; their Earth Search item dicts."""
+    import rasterio
+    from rasterio.shutil import copy as rio_copy
 
-    Copies get new ids, dates 1-3 days later (same month) and their own files.
-    """
     from fixtures.synthetic import write_synthetic_collection
 
+    dates = [datetime.date(2023, 1 + i * 12 // base, 5 + 15 * (i % 2)) for i in range(base)]
     written = write_synthetic_collection(
-        root / "scenes", shape=(size, size), boa_offset_applied=None
+        root / "draft", shape=(size, size), dates=dates, boa_offset_applied=None
     )
-    paths = {}
-    for factor in factors:
-        items = list(written.items)
-        for copy_index in range(1, factor):
-            items += [_copied_item(item, root, copy_index) for item in written.items]
-        paths[factor] = root / f"items_x{factor}.json"
-        paths[factor].write_text(json.dumps(items))
-    return paths
+    for item in written.items:
+        for asset in item["assets"].values():
+            draft = Path(asset["href"])
+            target = root / "scenes" / item["id"] / draft.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with rasterio.open(draft) as src:  # 16-px tiles: rewrite as real S2 COGs are
+                rio_copy(
+                    src,
+                    target,
+                    driver="COG",
+                    blocksize=TILE,
+                    compress="DEFLATE",
+                    predictor=2,
+                    overview_count=4,
+                    overview_resampling="nearest",
+                )
+            draft.unlink()
+            asset["href"] = str(target)
+    return written.items
 
 
-def _copied_item(item: dict, root: Path, copy_index: int) -> dict:
-    item = copy.deepcopy(item)
-    when = datetime.datetime.fromisoformat(item["properties"]["datetime"])
-    when += datetime.timedelta(days=copy_index)
-    item["properties"]["datetime"] = when.strftime("%Y-%m-%dT%H:%M:%SZ")
-    item["id"] = f"{item['id']}_copy{copy_index}"
-    folder = root / f"copy{copy_index}" / item["id"]
-    folder.mkdir(parents=True, exist_ok=True)
-    for asset in item["assets"].values():
-        target = folder / Path(asset["href"]).name
-        shutil.copyfile(asset["href"], target)
-        asset["href"] = str(target)
-    return item
+def scene_set(items: list[dict], root: Path, count: int) -> list[dict]:
+    """``count`` items cycling over ``items``; repeats get their own ids, files and hours."""
+    out = []
+    for n in range(count):
+        item = json.loads(json.dumps(items[n % len(items)]))
+        copy_index = n // len(items)
+        if copy_index:
+            when = datetime.datetime.fromisoformat(item["properties"]["datetime"])
+            when += datetime.timedelta(hours=copy_index)
+            item["properties"]["datetime"] = when.strftime("%Y-%m-%dT%H:%M:%SZ")
+            item["id"] = f"{item['id']}_r{copy_index}"
+            folder = root / "repeats" / item["id"]
+            folder.mkdir(parents=True, exist_ok=True)
+            for asset in item["assets"].values():
+                target = folder / Path(asset["href"]).name
+                if not target.exists():
+                    os.link(asset["href"], target)
+                asset["href"] = str(target)
+        out.append(item)
+    return out
 
 
-def cube_composite(items: list[dict], size: int, chunk: int) -> np.ndarray:
-    from fixtures.synthetic import default_dates
-    from pipeline.cube import build_cube
+def chunk_grid(size: int, chunk: int):
+    """The chunk: ``chunk`` px square at (chunk, chunk) of the scene grid, inside one tile."""
+    from pipeline.grid import Grid
 
     xmin, ymax = 500000.0, 4800000.0
-    bounds = (xmin, ymax - 10.0 * size, xmin + 10.0 * size, ymax)
-    year = default_dates()[0].year
-    cube = build_cube(items, epsg=32631, bounds=bounds, year=year, chunk_size=chunk)
-    return cube["composite"].values
+    return Grid(32631, (xmin, ymax - 10.0 * size, xmin + 10.0 * size, ymax), 10.0).window(
+        chunk, chunk, chunk, chunk
+    )
 
 
-def rasterio_composite(items: list[dict], size: int, chunk: int) -> np.ndarray:
-    """The baseline: every file read whole with rasterio, numpy.nanmedian per month."""
+def _refs(items: list[dict]):
+    from pipeline.items import item_ref
+
+    return [item_ref(item) for item in items]
+
+
+def ours(items: list[dict], grid, concurrency: int) -> dict:
+    import pipeline.cube as cube
+
+    reduce, spent = cube._reduce, []
+
+    def timed_reduce(*args):
+        start = time.perf_counter()
+        try:
+            return reduce(*args)
+        finally:
+            spent.append(time.perf_counter() - start)
+
+    cube._reduce = timed_reduce
+    result = cube.composite_chunk(
+        _refs(items), grid, cube.CubeOptions(read_concurrency=concurrency)
+    )
+    return {"arrays": (result.composite, result.valid_months), "reduce_s": sum(spent)}
+
+
+def ours_read(items: list[dict], grid, concurrency: int) -> dict:
+    from pipeline.cube import CubeOptions
+    from pipeline.reader import read_scenes
+
+    options = CubeOptions(read_concurrency=concurrency)
+    read_scenes(_refs(items), grid, resampling_of=options.resampling_of, concurrency=concurrency)
+    return {}
+
+
+def odc_stac(items: list[dict], grid, concurrency: int) -> dict:
+    """odc-stac's load of the chunk, then our masking and median on what it read."""
+    import odc.stac
+    import pystac
+    from odc.geo.geobox import GeoBox
+
+    import pipeline.cube as cube
+    from pipeline.items import ASSETS
+    from pipeline.reader import SceneRead
+    from pipeline.stac import EARTH_SEARCH_ASSETS
+
+    odc.stac.configure_rio(cloud_defaults=True)
+    refs = cube._in_order(_refs(items))
+    geobox = GeoBox.from_bbox(grid.bounds, grid.crs, resolution=grid.resolution)
+    keys = [EARTH_SEARCH_ASSETS[band] for band in ASSETS]
+    by_id = {item["id"]: item for item in items}
+    data = odc.stac.load(
+        [pystac.Item.from_dict(by_id[r.id]) for r in refs],  # in time order, as ours
+        bands=keys,
+        geobox=geobox,
+        groupby="id",
+        resampling="nearest",
+        dtype="float32",
+        nodata=float("nan"),
+        pool=concurrency,
+    )
+    layers = {band: data[key].values for band, key in zip(ASSETS, keys, strict=True)}
+    options = cube.CubeOptions()
+    composite = np.full((12, 10, *grid.shape), np.nan, np.float32)
+    valid = np.zeros(grid.shape, np.uint8)
+    for i, block, group in cube._groups(refs, options):
+        index = [refs.index(r) for r in group]
+        read = SceneRead({band: values[index] for band, values in layers.items()}, group)
+        tokens, has_data = cube._reduce(read, options, block)
+        composite[i : i + 1] = tokens
+        valid += has_data.sum(axis=0, dtype=np.uint8)
+    return {"arrays": (composite, valid)}
+
+
+def reference(items: list[dict], grid, concurrency: int) -> dict:
+    """Each local file read whole, 20 m upsampled by repetition, ``numpy.nanmedian`` per month."""
     import rasterio
-    from rasterio.enums import Resampling
+    from rasterio.windows import Window
 
     from encoder.preprocess import BANDS
     from pipeline.harmonize import harmonization
     from pipeline.sentinel2 import DEFAULT_CLOUD_MASK
     from pipeline.stac import EARTH_SEARCH_ASSETS
 
-    def read(href: str) -> np.ndarray:  # 20 m files upsampled x2 by nearest on read
+    row = round((4800000.0 - grid.bounds[3]) / 10)
+    col = round((grid.bounds[0] - 500000.0) / 10)
+    height, width = grid.shape
+
+    def read(href: str) -> np.ndarray:
         with rasterio.open(href) as src:
-            return src.read(1, out_shape=(size, size), resampling=Resampling.nearest)
+            k = round(src.res[0] / 10)
+            window = Window(col // k, row // k, -(-width // k) + 1, -(-height // k) + 1)
+            data = src.read(1, window=window, boundless=False)
+        data = np.repeat(np.repeat(data, k, 0), k, 1)
+        return data[row % k : row % k + height, col % k : col % k + width]
 
-    values = np.empty((len(items), len(BANDS), size, size), np.float32)
-    scl = np.empty((len(items), size, size), np.uint8)
-    for t, item in enumerate(items):
-        for b, band in enumerate(BANDS):
-            values[t, b] = read(item["assets"][EARTH_SEARCH_ASSETS[band]]["href"])
-        scl[t] = read(item["assets"][EARTH_SEARCH_ASSETS["SCL"]]["href"])
-    offsets = np.array([harmonization(item).offset for item in items], np.float32)
     months = np.array([int(item["properties"]["datetime"][5:7]) for item in items])
-    dropped = np.isin(scl, DEFAULT_CLOUD_MASK) | (values == 0).any(axis=1)
-    values -= offsets[:, None, None, None]
-    values[np.broadcast_to(dropped[:, None], values.shape)] = np.nan
-    composite = np.full((12, len(BANDS), size, size), np.nan, np.float32)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels
-        for month in range(1, 13):
-            if (months == month).any():
-                composite[month - 1] = np.nanmedian(values[months == month], axis=0)
-    return composite
+    composite = np.full((12, len(BANDS), height, width), np.nan, np.float32)
+    valid = np.zeros((height, width), np.uint8)
+    for month in range(1, 13):
+        month_items = [item for item, m in zip(items, months, strict=True) if m == month]
+        if not month_items:
+            continue
+        href = {key: [it["assets"][key]["href"] for it in month_items] for key in ("scl",)}
+        scl = np.stack([read(h) for h in href["scl"]])
+        values = np.stack(
+            [
+                np.stack([read(it["assets"][EARTH_SEARCH_ASSETS[b]]["href"]) for b in BANDS])
+                for it in month_items
+            ]
+        ).astype(np.float32)
+        offsets = np.array([harmonization(it).offset for it in month_items], np.float32)
+        dropped = np.isin(scl, DEFAULT_CLOUD_MASK) | (scl == 0) | (values == 0).any(axis=1)
+        values -= offsets[:, None, None, None]
+        values[np.broadcast_to(dropped[:, None], values.shape)] = np.nan
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels
+            composite[month - 1] = np.nanmedian(values, axis=0)
+        valid += (~dropped).any(axis=0)
+    return {"arrays": (composite, valid)}
 
 
-METHODS = {"build_cube": cube_composite, "rasterio": rasterio_composite}
+MEASURES = {"ours": ours, "ours read": ours_read, "odc-stac": odc_stac, "reference": reference}
 
 
-def measure(method: str, items_path: Path, size: int, chunk: int) -> None:
-    """Child process: import everything, then time one composite and print a JSON line."""
+def _peak_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def measure(
+    method: str, items_path: Path, url: str, size: int, chunk: int, concurrency: int
+) -> None:
+    """Child process: time one chunk read from ``url``; print a JSON line with its own peak."""
+    import dask
+    import dask.highlevelgraph
+
     import pipeline.cube  # noqa: F401  (imports are not part of the measure)
+    from pipeline.reader import GDAL_OPTIONS, configure_gdal
 
+    configure_gdal(GDAL_OPTIONS)  # as a worker does from its chunk settings
+    graphs = []
+    init = dask.highlevelgraph.HighLevelGraph.__init__
+
+    def counted(self, *args, **kwargs):
+        graphs.append(1)
+        init(self, *args, **kwargs)
+
+    dask.highlevelgraph.HighLevelGraph.__init__ = counted  # a task must build no Dask graph
     items = json.loads(items_path.read_text())
-    imported_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    root = items_path.parent
+    if method != "reference":
+        for item in items:
+            for asset in item["assets"].values():
+                asset["href"] = f"{url}/{Path(asset['href']).relative_to(root).as_posix()}"
+    grid = chunk_grid(size, chunk)
     start = time.perf_counter()
-    composite = METHODS[method](items, size, chunk)
+    out = MEASURES[method](items, grid, concurrency)
     seconds = time.perf_counter() - start
-    digest = hashlib.sha256(np.nan_to_num(composite, nan=-1.0).tobytes()).hexdigest()
-    print(json.dumps({"seconds": seconds, "imported_kib": imported_kib, "digest": digest}))
+    arrays = out.pop("arrays", ())
+    digest = hashlib.sha256(b"".join(np.nan_to_num(a, nan=-1.0).tobytes() for a in arrays))
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "peak_kib": _peak_kib(),
+                "digest": digest.hexdigest()[:12] if arrays else "",
+                "assets": 11 * len(items),
+                "dask_graphs": len(graphs),
+                **out,
+            }
+        )
+    )
 
 
-def run_child(method: str, items_path: Path, size: int, chunk: int) -> dict:
-    """Run one measure in a child process; add its own peak RSS from os.wait4."""
-    command = [sys.executable, __file__, MEASURE, method, str(items_path)]
-    command += ["--size", str(size), "--chunk", str(chunk)]
-    with tempfile.TemporaryFile() as out:
-        child = subprocess.Popen(command, stdout=out)
-        _, status, usage = os.wait4(child.pid, 0)
-        child.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        text = out.read().decode()
-    if child.returncode != 0:
-        raise SystemExit(f"{method} child failed with status {child.returncode}")
-    return {**json.loads(text.strip().splitlines()[-1]), "peak_kib": usage.ru_maxrss}
+def run_child(args: list[str], timeout: float) -> dict:
+    command = [sys.executable, __file__, MEASURE, *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"child {args[:1]} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def versions() -> str:
-    import dask
+    import odc.stac
     import rasterio
-    import stackstac
 
     return (
-        f"python {platform.python_version()}, numpy {np.__version__}, dask {dask.__version__}, "
-        f"stackstac {stackstac.__version__}, rasterio {rasterio.__version__}, "
-        f"GDAL {rasterio.__gdal_version__}"
+        f"python {platform.python_version()}, numpy {np.__version__}, "
+        f"rasterio {rasterio.__version__}, GDAL {rasterio.__gdal_version__}, "
+        f"odc-stac {odc.stac.__version__}"
     )
+
+
+def _spread(values: list[float]) -> str:
+    return f"{min(values):.2f}-{max(values):.2f}"
 
 
 def main() -> None:
@@ -171,42 +317,96 @@ def main() -> None:
         parser = argparse.ArgumentParser(prog=f"cube.py {MEASURE}")
         parser.add_argument("method", choices=METHODS)
         parser.add_argument("items", type=Path)
-        parser.add_argument("--size", type=int, required=True)
-        parser.add_argument("--chunk", type=int, required=True)
-        args = parser.parse_args(sys.argv[2:])
-        measure(args.method, args.items, args.size, args.chunk)
+        parser.add_argument("url")
+        for name in ("size", "chunk", "concurrency"):
+            parser.add_argument(f"--{name}", type=int, required=True)
+        a = parser.parse_args(sys.argv[2:])
+        measure(a.method, a.items, a.url, a.size, a.chunk, a.concurrency)
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=384, help="scene width and height in px")
-    parser.add_argument("--chunk", type=int, default=512, help="build_cube chunk_size in px")
-    parser.add_argument("--factor", type=int, default=4, help="scene multiple of the large run")
+    parser.add_argument("--size", type=int, default=1024, help="scene width and height in px")
+    parser.add_argument("--chunk", type=int, default=512, help="chunk width and height in px")
+    parser.add_argument("--base", type=int, default=12, help="distinct scenes written")
+    parser.add_argument("--scenes", type=int, nargs="+", default=[24, 300])
+    parser.add_argument("--latency", type=float, default=20.0, help="ms per request")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=16, help="cube.read_concurrency")
+    parser.add_argument("--timeout", type=float, default=600, help="s per child")
     args = parser.parse_args()
 
+    from fixtures.file_server import serve_files
+
     begin = time.perf_counter()
+    rows = []
     with tempfile.TemporaryDirectory(prefix="bench_cube_") as tmp:
         root = Path(tmp)
         start = time.perf_counter()
-        runs = write_items(root, args.size, (1, args.factor))
-        print(f"wrote synthetic scenes in {time.perf_counter() - start:.0f} s")
-        rows = []
-        for items_path in runs.values():
-            scenes = len(json.loads(items_path.read_text()))
-            results = {m: run_child(m, items_path, args.size, args.chunk) for m in METHODS}
-            same = len({r["digest"] for r in results.values()}) == 1
-            for method, result in results.items():
-                rows.append((method, scenes, result, same))
+        base = write_scenes(root, args.size, args.base)
+        print(f"wrote {args.base} scenes in {time.perf_counter() - start:.0f} s", flush=True)
+        # The servers run here, so their work is not in a child's time or memory.
+        with serve_files(root) as plain, serve_files(root, latency_ms=args.latency) as slow:
+            servers = {0.0: plain, args.latency: slow}
+            for count in args.scenes:
+                items_path = root / f"items_{count}.json"
+                items_path.write_text(json.dumps(scene_set(base, root, count)))
+                common = ["--size", str(args.size), "--chunk", str(args.chunk)]
+                common += ["--concurrency", str(args.concurrency)]
+
+                def child(method: str, latency: float, items_path=items_path, common=common):
+                    server = servers[latency]
+                    before = sum(server.counts.values())
+                    out = run_child([method, str(items_path), server.url, *common], args.timeout)
+                    requests = sum(server.counts.values()) - before
+                    return {**out, "requests_per_asset": requests / out["assets"]}
+
+                ref = child("reference", 0.0)["digest"]
+                configs = [(m, lat) for m in ("ours", "odc-stac") for lat in (0.0, args.latency)]
+                configs.append(("ours read", 0.0))
+                results: dict = {c: [] for c in configs}
+                for repeat in range(args.repeats):  # interleaved: each repeat runs every config
+                    for method, lat in configs:
+                        out = child(method, lat)
+                        results[(method, lat)].append(out)
+                        print(f"{count} {method} {lat:g} ms #{repeat}: {out}", flush=True)
+                rows.append((count, ref, results))
 
     print(f"\nmachine: {machine()}\nversions: {versions()}")
-    print(f"scenes {args.size} x {args.size} px, build_cube chunk_size {args.chunk}\n")
-    header = ("method", "scenes", "seconds", "scene-Mpx/s", "peak RSS MiB", "after imports")
-    print("| " + " | ".join(header) + " | identical |")
-    print("|" + "---|" * (len(header) + 1))
-    for method, scenes, result, same in rows:
-        megapixels = scenes * args.size**2 / 1e6
+    print(
+        f"scenes {args.size} px, COG tiles {TILE} px DEFLATE + 4 overviews, chunk {args.chunk} px,"
+        f" read_concurrency {args.concurrency}, {args.repeats} repeats (median, min-max)\n"
+    )
+    print(
+        "| scenes | method | latency ms | s per chunk | spread | vs no latency | peak MiB "
+        "| requests/asset | = reference |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for count, ref, results in rows:
+        for (method, lat), outs in results.items():
+            seconds = [o["seconds"] for o in outs]
+            base_s = statistics.median(o["seconds"] for o in results[(method, 0.0)])
+            same = {o["digest"] for o in outs}
+            check = "" if not outs[0]["digest"] else ("yes" if same == {ref} else "NO")
+            print(
+                f"| {count} | {method} | {lat:g} | {statistics.median(seconds):.2f} | "
+                f"{_spread(seconds)} | {statistics.median(seconds) / base_s:.2f}x | "
+                f"{statistics.median(o['peak_kib'] for o in outs) / 1024:.0f} | "
+                f"{statistics.median(o['requests_per_asset'] for o in outs):.2f} | {check} |"
+            )
+    print("\n| scenes | ours s | reads alone s | median s | overhead s | of reads | dask graphs |")
+    print("|---|---|---|---|---|---|---|")
+    for count, _, results in rows:
+        total = statistics.median(o["seconds"] for o in results[("ours", 0.0)])
+        reads = statistics.median(o["seconds"] for o in results[("ours read", 0.0)])
+        reduce = statistics.median(o["reduce_s"] for o in results[("ours", 0.0)])
+        overhead = max(0.0, total - reads - reduce)
+        graphs = max(
+            o["dask_graphs"]
+            for o in results[("ours", 0.0)] + results[("ours", args.latency)]
+            if "dask_graphs" in o
+        )
         print(
-            f"| {method} | {scenes} | {result['seconds']:.1f} | "
-            f"{megapixels / result['seconds']:.1f} | {result['peak_kib'] / 1024:.0f} | "
-            f"{result['imported_kib'] / 1024:.0f} | {'yes' if same else 'NO'} |"
+            f"| {count} | {total:.2f} | {reads:.2f} | {reduce:.2f} | {overhead:.2f} | "
+            f"{100 * overhead / reads:.0f} % | {graphs} |"
         )
     print(f"\ntotal {time.perf_counter() - begin:.0f} s")
 

@@ -1,11 +1,13 @@
 """Read scenes' assets onto a grid: rasterio directly, many reads in flight, datasets reused.
 
-Each band of each scene is read exactly as stackstac 0.5.1 reads it (so composites stay
-bit-identical): the file is opened once, warped through a ``WarpedVRT`` onto the target grid
-unless it already is that grid, read masked as float32 and filled with NaN. Differences from a
-stackstac graph: no Dask inside a task, reads of one call run concurrently on a thread pool
-(latency is hidden behind other reads), and open datasets are pooled per process, so a file read
-by neighbouring chunks is opened once and its header and cached blocks are reused.
+Each band of each scene gives exactly what stackstac 0.5.1 gives (so composites stay
+bit-identical): a file already on the target grid's CRS and pixel edges, at the grid's resolution
+or an integer multiple of it, is read plainly (``ds.read`` of the window, upsampled by nearest on
+read); any other file is warped through a ``WarpedVRT`` onto the grid. Either way it is read
+masked as float32 and filled with NaN. Differences from a stackstac graph: no Dask inside a task,
+reads of one call run concurrently on a thread pool (latency is hidden behind other reads), and
+open datasets are pooled per process, so a file read by neighbouring chunks is opened once and its
+header and cached blocks are reused.
 
 GDAL's settings for cloud reads live in ``GDAL_OPTIONS`` and reach every worker through the
 chunk settings (``configure_gdal``).
@@ -32,13 +34,17 @@ from pipeline.grid import Grid
 from pipeline.items import ASSETS, BadAssetError, ItemRef
 
 # Cloud-read settings: no directory listing per open, no HEAD before a GET, one header read of
-# 32 KB, consecutive ranges merged, HTTP/2 multiplexing, and GDAL's own retry of 429/5xx.
+# 32 KB, consecutive ranges merged and the tiles of one read fetched in parallel, HTTP/2
+# multiplexing, a 64 MiB process-wide cache of fetched ranges (headers of files that neighbouring
+# chunks read again), and GDAL's own retry of 429/5xx.
 GDAL_OPTIONS: dict[str, str] = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
     "CPL_VSIL_CURL_USE_HEAD": "NO",
     "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.TIF,.tiff,.jp2",
     "GDAL_INGESTED_BYTES_AT_OPEN": "32768",
     "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+    "GDAL_HTTP_MULTIRANGE": "PARALLEL",
+    "CPL_VSIL_CURL_CACHE_SIZE": str(64 * 2**20),
     "GDAL_HTTP_MULTIPLEX": "YES",
     "GDAL_HTTP_VERSION": "2",
     "GDAL_HTTP_MAX_RETRY": "5",
@@ -105,21 +111,84 @@ def read_band(
 ) -> np.ndarray:
     """One single-band asset on ``grid`` (the ``window`` of it, or all) as float32, NaN = nodata."""
     height, width = grid.shape
-    target = {"crs": grid.epsg, "transform": grid.transform, "height": height, "width": width}
+    window = window or Window(0, 0, width, height)
     with pool.dataset(href) as ds:
         if ds.count != 1:
             raise BadAssetError(f"{href} has {ds.count} bands; a Sentinel-2 asset has one")
-        here = {"crs": ds.crs.to_epsg(), "transform": ds.transform, "height": ds.height}
-        if {**here, "width": ds.width} == target:
-            data = ds.read(window=window, out_dtype=np.float32, masked=True)
-        else:
-            with WarpedVRT(
-                ds, sharing=False, resampling=resampling, add_alpha=ds.nodata is None, **target
-            ) as vrt:
-                data = vrt.read(window=window, out_dtype=np.float32, masked=True)
+        factor = _aligned_factor(ds, grid, resampling)
+        if factor:
+            return _plain_read(ds, grid, window, factor)
+        target = {"crs": grid.epsg, "transform": grid.transform, "height": height}
+        with _VRT_LOCK:  # see _VRT_LOCK
+            vrt = WarpedVRT(
+                ds,
+                sharing=False,
+                resampling=resampling,
+                add_alpha=ds.nodata is None,
+                width=width,
+                **target,
+            )
+        with vrt:
+            data = vrt.read(window=window, out_dtype=np.float32, masked=True)
     # With no nodata in the file, the VRT's alpha band says where data is.
     data = np.ma.masked_array(data[0], mask=data[1] == 0) if data.shape[0] == 2 else data[0]
     return np.ma.filled(data, fill_value=np.float32(np.nan))
+
+
+# Building a WarpedVRT sets up its transformer (PROJ) with the GIL held; a thread inside GDAL
+# that reports an error or debug message through rasterio's handler then waits for the GIL while
+# holding GDAL's lock, and the builder waits for that lock: both hang. One builder at a time,
+# and none at all for grids read plainly, keeps the reads of a chunk clear of it.
+_VRT_LOCK = threading.Lock()
+
+
+def _aligned_factor(ds: rasterio.DatasetReader, grid: Grid, resampling: Resampling) -> int:
+    """k when ``ds`` is ``grid``'s CRS with k x k target pixels per source pixel, edges on the
+    grid's, and nearest (or k = 1) resampling: a plain read then gives what a WarpedVRT gives.
+    0 otherwise."""
+    t, res = ds.transform, grid.resolution
+    factor = round(t.a / res)
+    aligned = (
+        ds.crs is not None
+        and ds.crs.to_epsg() == grid.epsg
+        and factor >= 1
+        and t.b == 0
+        and t.d == 0
+        and t.a == factor * res
+        and t.e == -factor * res
+        and ((t.c - grid.bounds[0]) / res).is_integer()
+        and ((grid.bounds[3] - t.f) / res).is_integer()
+    )
+    return factor if aligned and (factor == 1 or resampling == Resampling.nearest) else 0
+
+
+def _plain_read(ds: rasterio.DatasetReader, grid: Grid, window: Window, k: int) -> np.ndarray:
+    """``window`` of ``grid`` read straight from ``ds`` (``k`` x ``k`` target pixels per source
+    pixel, upsampled by nearest on read); NaN outside the file and where it holds nodata."""
+    out = np.full((window.height, window.width), np.nan, np.float32)
+    # The window's edges in target pixels counted from the file's top-left corner.
+    col = window.col_off + round((grid.bounds[0] - ds.transform.c) / grid.resolution)
+    row = window.row_off + round((ds.transform.f - grid.bounds[3]) / grid.resolution)
+    c0, c1 = max(col, 0), min(col + window.width, ds.width * k)
+    r0, r1 = max(row, 0), min(row + window.height, ds.height * k)
+    if c0 >= c1 or r0 >= r1:
+        return out
+    # Whole source pixels covering it, read at k x k and trimmed to the target pixels.
+    s_c0, s_r0 = c0 // k, r0 // k
+    s_c1, s_r1 = -(-c1 // k), -(-r1 // k)
+    data = ds.read(
+        1,
+        window=Window(s_c0, s_r0, s_c1 - s_c0, s_r1 - s_r0),
+        out_shape=((s_r1 - s_r0) * k, (s_c1 - s_c0) * k),
+        resampling=Resampling.nearest,
+        out_dtype=np.float32,
+        masked=True,
+    )
+    piece = np.ma.filled(data, fill_value=np.float32(np.nan))
+    out[r0 - row : r1 - row, c0 - col : c1 - col] = piece[
+        r0 - s_r0 * k : r1 - s_r0 * k, c0 - s_c0 * k : c1 - s_c0 * k
+    ]
+    return out
 
 
 def _signed(href: str) -> str:
