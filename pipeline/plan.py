@@ -19,7 +19,7 @@ import numpy as np
 
 from pipeline.chunks import Chunk, tile_chunks
 from pipeline.grid import reproject_bounds
-from pipeline.items import ItemRef, usable_refs
+from pipeline.items import ItemRef, check_hrefs, usable_refs
 from pipeline.stac import EmptySearchError, RetryPolicy, StacError, StacSource, search_boxes
 from pipeline.tiles import Tile, region_mask
 from pipeline.workflow import Region, Workflow
@@ -159,6 +159,7 @@ def make_plan(
     refs, skipped = usable_refs(
         catalog.items, workflow.year, workflow.stac.on_bad_asset, base=catalog.base
     )
+    check_hrefs(refs, workflow.stac.reading_folders())
     position = {ref.id: k for k, ref in enumerate(refs)}
     index = [position.get(str(item.get("id"))) for item in catalog.items]
     found = iter(catalog.found)
