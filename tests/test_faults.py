@@ -25,7 +25,7 @@ from fixtures.synthetic import write_synthetic_collection
 from pipeline.grid import Grid
 from pipeline.items import BadAssetError, HrefNotAllowedError, check_hrefs, item_ref
 from pipeline.read_retry import ReadRetry
-from pipeline.reader import read_scenes
+from pipeline.reader import GDAL_OPTIONS, read_scenes
 from pipeline.run import run_workflow
 from pipeline.workflow import load_workflow
 
@@ -115,14 +115,21 @@ def scenes(tmp_path_factory):
     return root, synthetic.items, Grid(synthetic.epsg, synthetic.bounds, 10.0)
 
 
+@pytest.fixture
+def gdal_env(monkeypatch):
+    """The run's GDAL settings for cloud reads (workers get them from the chunk settings)."""
+    for key, value in GDAL_OPTIONS.items():
+        monkeypatch.setenv(key, value)
+    return monkeypatch
+
+
 def read(refs, grid, **options):
     return read_scenes(refs, grid, resampling_of=lambda band: Resampling.nearest, **options)
 
 
-def test_cut_bodies_are_read_again_with_the_cache_cleared(scenes, monkeypatch):
+def test_cut_bodies_are_read_again_with_the_cache_cleared(scenes, gdal_env):
     """GDAL does not retry a truncated body itself; the retry must not reread cached bad bytes."""
     root, items, grid = scenes
-    monkeypatch.setenv("GDAL_DISABLE_READDIR_ON_OPEN", "EMPTY_DIR")
     want = read([item_ref(i) for i in items], grid)
     with serve_files(root, fault_rate=0.4, faults=["truncate"], seed=2) as files:
         refs = [item_ref(on_server(i, files)) for i in items]
@@ -132,9 +139,9 @@ def test_cut_bodies_are_read_again_with_the_cache_cleared(scenes, monkeypatch):
         np.testing.assert_array_equal(got.layers[band], values)
 
 
-def test_a_404_is_permanent_and_not_retried(scenes, monkeypatch):
+def test_a_404_is_permanent_and_not_retried(scenes, gdal_env):
     root, items, grid = scenes
-    monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "0")
+    gdal_env.setenv("GDAL_HTTP_MAX_RETRY", "0")
     with serve_files(root) as files:
         item = on_server(items[0], files)
         item["assets"]["red"]["href"] = f"{files.url}/missing/B04.tif"
@@ -144,10 +151,10 @@ def test_a_404_is_permanent_and_not_retried(scenes, monkeypatch):
     assert files.counts["/missing/B04.tif"] == 1  # read once: a 404 does not pass by waiting
 
 
-def test_raise_names_item_asset_href_and_http_status(scenes, monkeypatch):
+def test_raise_names_item_asset_href_and_http_status(scenes, gdal_env):
     """A 503 that outlasts every retry: the message says 503, not "not a supported format"."""
     root, items, grid = scenes
-    monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "0")
+    gdal_env.setenv("GDAL_HTTP_MAX_RETRY", "0")
     with serve_files(root, fault_rate=1.0, faults=["503"], fault_only="B04") as files:
         ref = item_ref(on_server(items[0], files))
         with pytest.raises(BadAssetError) as error:
@@ -242,7 +249,7 @@ def test_hrefs_are_limited_to_urls_and_allowed_folders(scenes, tmp_path):
     ref = item_ref(items[0])
     check_hrefs([ref], [root])
     urls = ("https://a.b/x.tif", "s3://bucket/x.tif", "gs://bucket/x.tif", "http://h/x.tif")
-    check_hrefs([dataclasses.replace(ref, hrefs=urls * 3)], [])
+    check_hrefs([dataclasses.replace(ref, hrefs=(urls * 3)[: len(ref.keys)])], [])
     outside = tmp_path / "elsewhere" / "B02.tif"
     for href in (str(outside), f"file://{outside}", "/vsicurl/http://h/x.tif", "ftp://h/x.tif"):
         bad = dataclasses.replace(ref, hrefs=(href, *ref.hrefs[1:]))
