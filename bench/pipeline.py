@@ -76,7 +76,11 @@ def prepare(root: Path, side: int, scales: list[int], full_model: bool) -> dict:
             "name": f"bench-{scale}x",
             "year": 2023,
             "regions": [{"name": "area", "bbox": list(bbox)}],
-            "stac": {"url": "", "collection": "sentinel-2-l2a"},
+            "stac": {
+                "url": "",
+                "collection": "sentinel-2-l2a",
+                "allowed_paths": [str(root / "scenes")],
+            },
             "cube": {"tile_size": 256, "chunk_size": 128},
             "model": {
                 "checkpoint": str(checkpoint),

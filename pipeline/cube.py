@@ -31,8 +31,9 @@ from rasterio.windows import Window
 
 from encoder.errors import TimeSenCLIPError
 from encoder.preprocess import BANDS
-from pipeline.grid import Grid
+from pipeline.grid import Grid, reproject_bounds
 from pipeline.items import ON_BAD_ASSET, SCL, BadAssetError, ItemRef, usable_refs
+from pipeline.read_retry import ReadRetry
 from pipeline.reader import SceneRead, read_scenes
 from pipeline.sentinel2 import BANDS_20M, DEFAULT_CLOUD_MASK, REFERENCE_ZERO_CLASSES
 from pipeline.temporal import BLOCKS, block_medians, nanmedian_time, reference_composite
@@ -57,6 +58,8 @@ class CubeOptions:
     read_concurrency: int = 16
     temporal: str = "monthly"  # tokens: 12 months, 4 seasons (Jan-Mar, ...) or 1 year
     sign_hrefs: bool = False  # Planetary Computer: signed where read, so no signature expires
+    read_retries: int = ReadRetry.retries  # more attempts after a transient read failure
+    read_backoff: float = ReadRetry.backoff  # seconds before the first retry, doubled each time
 
     def resampling_of(self, band: str) -> Resampling:
         """SCL must keep its classes and the 10 m bands their pixels: only 20 m bands resample."""
@@ -230,16 +233,33 @@ def _read(
         on_bad_asset=options.on_bad_asset,
         concurrency=options.read_concurrency,
         sign_hrefs=options.sign_hrefs,
+        retry=ReadRetry(options.read_retries, options.read_backoff),
     )
+    by_id = {r.id: r for r in refs}
     for skip in read.skipped:
+        skip["pixels"] = _pixels_met(by_id[skip["id"]], grid, window)
         log.warning(
-            "cannot read asset %r of item %s at %s (%s): the item is left out",
+            "cannot read asset %r of item %s at %s (%s): the item is left out of %d pixels",
             skip["asset"],
             skip["id"],
             skip["href"],
             skip["reason"],
+            skip["pixels"],
         )
     return read
+
+
+def _pixels_met(ref: ItemRef, grid: Grid, window: Window | None) -> int:
+    """Pixels of ``grid`` (its ``window``) inside the scene's footprint: those it would fill."""
+    xmin, ymin, xmax, ymax = grid.bounds
+    res = grid.resolution
+    if window is not None:
+        xmin, ymax = xmin + window.col_off * res, ymax - window.row_off * res
+        xmax, ymin = xmin + window.width * res, ymax - window.height * res
+    fx0, fy0, fx1, fy1 = reproject_bounds(ref.footprint, ref.footprint_epsg, grid.epsg)
+    cols = max(0, round((min(xmax, fx1) - max(xmin, fx0)) / res))
+    rows = max(0, round((min(ymax, fy1) - max(ymin, fy0)) / res))
+    return cols * rows
 
 
 def _reduce(

@@ -7,9 +7,11 @@ frozen ``ItemRef`` objects and never see an item dict, so no task can mutate wha
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 from pystac.utils import is_absolute_href, make_absolute_href, str_to_datetime
 
@@ -30,6 +32,38 @@ class BadAssetError(TimeSenCLIPError):
     """An item's asset is missing from its STAC metadata or cannot be read."""
 
 
+class HrefNotAllowedError(TimeSenCLIPError):
+    """An item points to a local file outside the folders the workflow allows."""
+
+
+@dataclass(frozen=True)
+class AssetGrid:
+    """What an asset's STAC metadata says of its file (projection extension); None: unsaid."""
+
+    epsg: int | None = None
+    transform: tuple[float, ...] | None = None
+    shape: tuple[int, int] | None = None
+
+    def check(self, crs_epsg: int | None, transform: Sequence[float], shape: tuple[int, int]):
+        """Raise ``BadAssetError`` saying how a file's CRS, transform or size differ."""
+        problems = []
+        if self.epsg is not None and crs_epsg != self.epsg:
+            problems.append(f"CRS EPSG:{crs_epsg}, not EPSG:{self.epsg}")
+        if self.transform is not None and not all(
+            math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-6)
+            for a, b in zip(transform[:6], self.transform, strict=True)
+        ):
+            problems.append(f"transform {list(transform[:6])}, not {list(self.transform)}")
+        if self.shape is not None and tuple(shape) != self.shape:
+            problems.append(f"size {shape[0]}x{shape[1]} px, not {self.shape[0]}x{self.shape[1]}")
+        if problems:
+            raise BadAssetError(
+                "the file has " + "; ".join(problems) + " as its STAC metadata (proj:epsg or "
+                "proj:code, proj:transform, proj:shape) says: the item and the file disagree, so "
+                "it cannot be placed on the map. Fix the item or the file"
+            )
+
+
 @dataclass(frozen=True)
 class ItemRef:
     """One Sentinel-2 scene as a read needs it: hrefs of ``ASSETS`` in order, offset, footprint.
@@ -48,6 +82,7 @@ class ItemRef:
     footprint: Bounds
     lonlat_bbox: Bounds
     bytes: int | None = None  # sum of the assets' file:size where every asset gives one
+    grids: tuple[AssetGrid, ...] = ()  # per asset, what its STAC metadata says of its file
 
     @property
     def year(self) -> int:
@@ -107,7 +142,48 @@ def item_ref(item: Mapping, base: Path | None = None) -> ItemRef:
         footprint=footprint,
         lonlat_bbox=_lonlat_bbox(item, epsg, footprint),
         bytes=sum(sizes) if all(isinstance(s, int) for s in sizes) else None,
+        grids=tuple(_asset_grid(assets[keys[name]], props) for name in ASSETS),
     )
+
+
+def _asset_grid(asset: Mapping, props: Mapping) -> AssetGrid:
+    """The asset's own projection fields over the item's (the projection extension's rule)."""
+    transform = asset.get("proj:transform", props.get("proj:transform"))
+    shape = asset.get("proj:shape", props.get("proj:shape"))
+    return AssetGrid(
+        _epsg(asset) or _epsg(props),
+        None if transform is None else tuple(float(v) for v in transform[:6]),
+        None if shape is None else (int(shape[0]), int(shape[1])),
+    )
+
+
+def check_hrefs(refs: Iterable[ItemRef], allowed: Sequence[Path]) -> None:
+    """Refuse any href that is neither an http(s), s3 or gs URL nor a file in ``allowed``.
+
+    Items come from outside (a STAC API, a file): without this, an item could have any raster on
+    this machine read into the maps.
+    """
+    folders = [Path(folder).resolve() for folder in allowed]
+    for ref in refs:
+        for key, href in zip(ref.keys, ref.hrefs, strict=True):
+            url = urlparse(href)
+            if url.scheme.lower() in ("http", "https", "s3", "gs"):
+                continue
+            if url.scheme.lower() == "file":
+                path = Path(unquote(url.path))
+            elif url.scheme or href.startswith("/vsi"):  # ftp:, GDAL's /vsi... paths
+                path = None
+            else:
+                path = Path(href)
+            if path is not None and any(path.resolve().is_relative_to(f) for f in folders):
+                continue
+            where = ", ".join(str(f) for f in folders) or "none"
+            raise HrefNotAllowedError(
+                f"item {ref.id}, asset {key!r}: href {href} is not an http(s)://, s3:// or gs:// "
+                f"URL, nor a file in a folder this workflow allows (stac.allowed_paths: {where}). "
+                "If this file is meant to be read, add its folder to stac.allowed_paths in the "
+                "workflow; else fix the items."
+            )
 
 
 def usable_refs(

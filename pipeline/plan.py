@@ -19,7 +19,7 @@ import numpy as np
 
 from pipeline.chunks import Chunk, tile_chunks
 from pipeline.grid import transformer
-from pipeline.items import ItemRef, usable_ref
+from pipeline.items import ItemRef, check_hrefs, usable_ref
 from pipeline.stac import EmptySearchError, RetryPolicy, StacError, StacSource, search_boxes
 from pipeline.tiles import Tile, region_mask
 from pipeline.workflow import Region, Workflow
@@ -169,6 +169,7 @@ def make_plan(
         index.append(None if ref is None else len(refs))
         if ref is not None:
             refs.append(ref)
+    check_hrefs(refs, workflow.stac.reading_folders())
     found = iter(catalog.found)
     plans = []
     for region, folder, scratch, fingerprint in regions:

@@ -31,7 +31,14 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from pipeline.grid import Grid
-from pipeline.items import ASSETS, BadAssetError, ItemRef
+from pipeline.items import ASSETS, AssetGrid, BadAssetError, ItemRef
+from pipeline.read_retry import (
+    DEFAULT_RETRY,
+    ReadRetry,
+    error_text,
+    is_transient,
+    read_with_retries,
+)
 
 # Cloud-read settings: no directory listing per open, no HEAD before a GET, one header read of
 # 32 KB, consecutive ranges merged and the tiles of one read fetched in parallel, HTTP/2
@@ -108,13 +115,19 @@ def read_band(
     window: Window | None,
     resampling: Resampling,
     pool: DatasetPool = POOL,
+    expect: AssetGrid | None = None,
 ) -> np.ndarray:
-    """One single-band asset on ``grid`` (the ``window`` of it, or all) as float32, NaN = nodata."""
+    """One single-band asset on ``grid`` (the ``window`` of it, or all) as float32, NaN = nodata.
+
+    ``expect``: what the STAC metadata says of the file; a file that disagrees is refused.
+    """
     height, width = grid.shape
     window = window or Window(0, 0, width, height)
     with pool.dataset(href) as ds:
         if ds.count != 1:
             raise BadAssetError(f"{href} has {ds.count} bands; a Sentinel-2 asset has one")
+        if expect is not None:
+            expect.check(ds.crs.to_epsg() if ds.crs else None, ds.transform, ds.shape)
         factor = _aligned_factor(ds, grid, resampling)
         if factor:
             return _plain_read(ds, grid, window, factor)
@@ -216,11 +229,13 @@ def read_scenes(
     on_bad_asset: str = "raise",
     concurrency: int = 16,
     sign_hrefs: bool = False,
+    retry: ReadRetry = DEFAULT_RETRY,
 ) -> SceneRead:
     """Every asset of every scene in ``refs`` on ``grid``, read ``concurrency`` at a time.
 
     Under ``on_bad_asset="raise"`` a failed read raises ``BadAssetError`` naming the item,
-    asset and href; under ``"skip"`` the scene is left out and recorded in ``skipped``.
+    asset, href and error; under ``"skip"`` the scene is left out and recorded in ``skipped``.
+    Transient failures are retried first (``pipeline.read_retry``).
     """
     shape = grid.shape if window is None else (window.height, window.width)
     layers = {name: np.empty((len(refs), *shape), np.float32) for name in ASSETS}
@@ -230,11 +245,24 @@ def read_scenes(
         i, b = job
         ref, band = refs[i], ASSETS[b]
         href = _signed(ref.hrefs[b]) if sign_hrefs else ref.hrefs[b]
+        expect = ref.grids[b] if ref.grids else None
         try:
-            layers[band][i] = read_band(href, grid, window, resampling_of(band))
+            layers[band][i] = read_with_retries(
+                lambda: read_band(href, grid, window, resampling_of(band), expect=expect),
+                ref.hrefs[b],
+                ref.label(band),
+                retry,
+            )
         except (RasterioError, OSError, BadAssetError) as error:
             failures.setdefault(
-                i, {"id": ref.id, "asset": ref.keys[b], "href": ref.hrefs[b], "reason": str(error)}
+                i,
+                {
+                    "id": ref.id,
+                    "asset": ref.keys[b],
+                    "href": ref.hrefs[b],
+                    "reason": error_text(error),
+                    "transient": is_transient(error, ref.hrefs[b]),
+                },
             )
 
     jobs = [(i, b) for i in range(len(refs)) for b in range(len(ASSETS))]
@@ -245,9 +273,15 @@ def read_scenes(
         first = failures[min(failures)]
         ref = refs[min(failures)]
         band = ASSETS[ref.keys.index(first["asset"])]
+        advice = (
+            f"The server kept failing after {retry.retries + 1} attempts: run the same command "
+            "again later to resume, or raise cube.read_retries"
+            if first["transient"]
+            else "Check that the file or URL is reachable and is the asset the item describes"
+        )
         raise BadAssetError(
-            f"cannot read {ref.label(band)} at {first['href']}: {first['reason']}. Check that "
-            "the file or URL is reachable, or set stac.on_bad_asset: skip to leave the item out."
+            f"cannot read {ref.label(band)} at {first['href']}: {first['reason']}. {advice}; "
+            "or set stac.on_bad_asset: skip to leave the item out."
         )
     keep = [i for i in range(len(refs)) if i not in failures]
     if failures:

@@ -41,7 +41,7 @@ from pipeline.plan import (
 )
 from pipeline.provenance import record_outputs, verify_outputs, write_provenance
 from pipeline.reader import GDAL_OPTIONS
-from pipeline.stac_output import write_collection
+from pipeline.stac_output import note_skips, write_collection
 from pipeline.tiles import Tile, zone_groups
 from pipeline.vrt import write_vrt
 from pipeline.worker_tasks import (
@@ -67,9 +67,12 @@ class RunSummary:
     tiles_skipped: int = 0
     seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     outputs: list[Path] = field(default_factory=list)
+    skipped_assets: int = 0  # asset reads left out (on_bad_asset: skip), over all tiles
+    transient_skips: int = 0  # of those, failures a rerun retries
+    tiles_to_retry: int = 0
 
     def report(self) -> str:
-        """The closing summary: pixels, time per stage, outputs."""
+        """The closing summary: pixels, time per stage, skips, outputs."""
         total = self.seconds.get("total", 0.0)
         rate = self.pixels / total if total else 0.0
         stages = ", ".join(f"{s} {self.seconds[s]:.1f} s" for s in STAGES if s in self.seconds)
@@ -77,6 +80,17 @@ class RunSummary:
             f"mapped {self.pixels:,} pixels in {total:.1f} s ({rate:,.0f} px/s); "
             f"{self.tiles} tile(s) processed, {self.tiles_skipped} already done",
             f"time per stage (summed over workers): {stages}",
+        ]
+        if self.skipped_assets:
+            lines.append(
+                f"{self.skipped_assets} scene(s) left out of chunks for unreadable assets "
+                f"(provenance.json lists them), {self.transient_skips} for failures that may "
+                f"pass: run the same command again to redo those {self.tiles_to_retry} tile(s)"
+                if self.transient_skips
+                else f"{self.skipped_assets} scene(s) left out of chunks for unreadable assets "
+                "(provenance.json lists them)"
+            )
+        lines += [
             "outputs:",
             *(f"  {path}" for path in dict.fromkeys(self.outputs)),
         ]
@@ -119,6 +133,8 @@ def run_workflow(
                 resampling=cube.resampling,
                 on_bad_asset=workflow.stac.on_bad_asset,
                 read_concurrency=cube.read_concurrency,
+                read_retries=cube.read_retries,
+                read_backoff=cube.read_backoff,
                 temporal=cube.temporal,
                 sign_hrefs=stac_source(workflow).resolved_provider == "planetary-computer",
             ),
@@ -202,14 +218,28 @@ def run_region(
     start = time.perf_counter()
     finish = finish_tiled if layout == "tiles" else finish_mosaics
     outputs = finish(client, workflow, region, settings.tasks)
+    skipped = [s for r in reports.values() for s in r.skipped]
+    note_skips(outputs, skipped)
+    retry = [tile for tile, r in reports.items() if r.to_retry]
+    summary.skipped_assets += len(skipped)
+    summary.transient_skips += sum(bool(s.get("transient")) for s in skipped)
+    summary.tiles_to_retry += len(retry)
     summary.outputs += outputs
     if settings.embeddings_store:  # provenance vouches for the store too
         outputs.append(settings.embeddings_store)
     summary.outputs.append(
         write_region_metadata(workflow, plan, region, settings.tasks, reports, provenance, outputs)
     )
-    # The region is complete (provenance.json says so): its tile pieces are no longer needed.
-    shutil.rmtree(region.folder / ".tiles", ignore_errors=True)
+    if retry:
+        log.warning(
+            "region %s: tile(s) %s left scenes out for failures that may pass: run the same "
+            "command again to redo them",
+            region.region.name,
+            ", ".join(retry),
+        )
+    else:
+        # The region is complete (provenance.json says so): its tile pieces are no longer needed.
+        shutil.rmtree(region.folder / ".tiles", ignore_errors=True)
     summary.seconds["write"] += time.perf_counter() - start
 
 
@@ -318,8 +348,10 @@ def tile_fingerprint(
         checkpoint_hash,
         workflow.year,
         # Read tuning changes no pixel: leave it out, so tuning it does not redo finished work.
-        workflow.cube.model_dump(mode="json", exclude={"read_concurrency", "gdal"}),
-        workflow.stac.model_dump(mode="json", exclude={"concurrency", "retries"}),
+        workflow.cube.model_dump(
+            mode="json", exclude={"read_concurrency", "read_retries", "read_backoff", "gdal"}
+        ),
+        workflow.stac.model_dump(mode="json", exclude={"concurrency", "retries", "allowed_paths"}),
         region.area,
         workflow.model.model_dump(
             mode="json",
@@ -355,7 +387,7 @@ def region_is_complete(region_dir: Path, fingerprint: str) -> bool:
         record = json.loads(provenance.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         return False  # damaged after the run wrote it
-    if record.get("fingerprint") != fingerprint:
+    if record.get("fingerprint") != fingerprint or record.get("tiles_to_retry"):
         return False
     if "outputs" in record:
         problems = verify_outputs(region_dir, record["outputs"])
@@ -692,6 +724,8 @@ def write_region_metadata(
             for p in region.tiles
         ],
         "tiles_without_items": [t.id for t in region.empty],
+        # Tiles with scenes left out for failures that may pass: the next run redoes them.
+        "tiles_to_retry": [p.tile.id for p in region.tiles if reports[p.tile.id].to_retry],
         "outputs": record_outputs(region.folder, outputs),  # what resume verifies
     }
     return write_provenance(region.folder / PROVENANCE, record)

@@ -150,6 +150,23 @@ def write_item(item: pystac.Item, path: Path | str) -> Path:
     return write_text_atomic(path, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
 
 
+def note_skips(paths: Sequence[Path], skipped: Sequence[Mapping[str, Any]]) -> None:
+    """Say in every STAC Item among ``paths`` how many asset reads the maps were made without,
+    of which items, and whether a rerun will retry them (``timesenclip:*`` properties)."""
+    note = {
+        "timesenclip:skipped_assets": len(skipped),
+        "timesenclip:skipped_items": sorted({str(s["id"]) for s in skipped}),
+        "timesenclip:skips_to_retry": sum(bool(s.get("transient")) for s in skipped),
+    }
+    for path in paths:
+        if path.suffix != ".json" or not path.is_file():
+            continue
+        record = json.loads(path.read_text())
+        if record.get("type") == "Feature":
+            record["properties"].update(note)
+            write_text_atomic(path, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+
+
 def _add_asset(
     item: pystac.Item, key: str, path: Path | str, folder: Path, roles: list[str], title: str
 ) -> pystac.Asset:

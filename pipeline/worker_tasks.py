@@ -79,6 +79,11 @@ class TileReport:
     skipped: list[dict]
     seconds: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def to_retry(self) -> bool:
+        """Whether a scene was left out for a failure that may pass (the tile is not done)."""
+        return any(s.get("transient") for s in self.skipped)
+
     @classmethod
     def read(cls, folder: Path) -> TileReport:
         return cls(**json.loads(done_path(folder).read_text()))
@@ -165,7 +170,9 @@ def finish_tile(plan: TilePlan, settings: ChunkSettings, *reports: ChunkReport) 
     """Join the tile's chunk pieces into one raster per layer, then mark the tile done.
 
     ``reports`` are the tile's chunk results: passing them makes the scheduler run this task
-    only after every chunk, and recompute lost chunks first.
+    only after every chunk, and recompute lost chunks first. A tile with a scene left out for a
+    transient failure is not marked done and the pieces of those chunks are removed, so the next
+    run redoes those chunks (and only those).
     """
     if plan.done:
         return TileReport.read(plan.folder)
@@ -173,13 +180,13 @@ def finish_tile(plan: TilePlan, settings: ChunkSettings, *reports: ChunkReport) 
     tile = plan.tile
     layers = settings.layers()
     canvas = {name: np.full(tile.shape, nodata or 0, np.uint8) for name, nodata in layers.items()}
-    pieces = []
+    pieces = {}
     for chunk in tile_chunks(tile, settings.chunk_size):
         piece = piece_path(plan.folder, chunk)
         with np.load(piece) as data:
             for name in layers:
                 canvas[name][chunk.window] = data[name]
-        pieces.append(piece)
+        pieces[chunk.id] = piece
     styles = layer_styles(settings.tasks, settings.confidence, settings.overview_resampling)
     for name, array in canvas.items():
         write_cog(
@@ -196,9 +203,13 @@ def finish_tile(plan: TilePlan, settings: ChunkSettings, *reports: ChunkReport) 
     skipped = [s for r in reports for s in r.skipped]
     seconds = {"write": time.perf_counter() - start}
     report = TileReport(tile.id, used, skipped, seconds)
-    # Written last: a tile counts as finished only once all its files are in place.
-    write_text_atomic(done_path(plan.folder), json.dumps(report.__dict__))
-    for piece in pieces:
+    if report.to_retry:
+        retry = {r.chunk_id for r in reports if any(s.get("transient") for s in r.skipped)}
+        pieces = {i: p for i, p in pieces.items() if i in retry}
+    else:
+        # Written last: a tile counts as finished only once all its files are in place.
+        write_text_atomic(done_path(plan.folder), json.dumps(report.__dict__))
+    for piece in pieces.values():
         piece.unlink(missing_ok=True)
     return report
 

@@ -170,6 +170,9 @@ class StacConfig(_Model):
     on_bad_asset: Literal["raise", "skip"] = "raise"
     # API searches in flight at once while planning (one per tile, through one session).
     concurrency: int = Field(8, ge=1, le=64)
+    # Local folders item hrefs may point into (besides http(s), s3 and gs URLs). None: the
+    # items file's folder for a file source, none for an API (see reading_folders).
+    allowed_paths: list[Path] | None = None
 
     @field_validator("url")
     @classmethod
@@ -182,6 +185,19 @@ class StacConfig(_Model):
     @classmethod
     def _check_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         return None if value is None else _existing(_resolve(value, info), "STAC file", info)
+
+    @field_validator("allowed_paths")
+    @classmethod
+    def _resolve_allowed(cls, value: list[Path] | None, info: ValidationInfo) -> list[Path] | None:
+        if value is None:
+            return None
+        return [_existing(_resolve(v, info), "allowed folder", info, folder=True) for v in value]
+
+    def reading_folders(self) -> list[Path]:
+        """The local folders item hrefs may point into."""
+        if self.allowed_paths is not None:
+            return list(self.allowed_paths)
+        return [self.file.parent] if self.file is not None else []
 
     @model_validator(mode="after")
     def _one_source(self) -> StacConfig:
@@ -203,6 +219,10 @@ class CubeConfig(_Model):
     resampling: Literal["nearest", "bilinear", "cubic", "average"] = "nearest"
     # Asset reads in flight at once per chunk task: hides each request's latency behind others.
     read_concurrency: int = Field(16, ge=1, le=256)
+    # Transient read failures (HTTP 429/5xx, resets, cut bodies, timeouts) are read again this
+    # many times, after read_backoff seconds, doubled each time (pipeline.read_retry).
+    read_retries: int = Field(4, ge=0, le=20)
+    read_backoff: float = Field(1.0, ge=0, le=60)
     # GDAL configuration options for reads, on top of pipeline.reader.GDAL_OPTIONS.
     gdal: dict[str, str] = Field(default_factory=dict)
     # Tokens per pixel: 12 months, 4 seasons or 1 annual median (pipeline.temporal).

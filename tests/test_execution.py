@@ -237,7 +237,7 @@ def two_zones(tmp_path_factory):
     for item in east.items:
         item["id"] = item["id"].replace("_0_", "_1_")
     with serve_stac(west.collection, west.items + east.items, root / "api") as url:
-        yield url, west.items + east.items
+        yield url, west.items + east.items, root
 
 
 def expected_zone_maps(workflow, path: Path, items: list[dict]) -> dict[str, np.ndarray]:
@@ -262,10 +262,10 @@ def test_many_tiles_across_two_zones_equal_a_one_piece_computation(
     demo_inputs, two_zones, cluster, workflow_file, tmp_path
 ):
     _, workflow, _ = demo_inputs
-    url, items = two_zones
+    url, items, scenes = two_zones
     changes = {
         "regions": [{"name": "r", "bbox": [5.985, 43.30, 6.015, 43.33]}],
-        "stac": {**workflow["stac"], "url": url},
+        "stac": {**workflow["stac"], "url": url, "allowed_paths": [str(scenes)]},
         "outputs": outputs(workflow, tmp_path / "maps"),
         "dask": {},
     }

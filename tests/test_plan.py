@@ -16,12 +16,12 @@ from pipeline.stac import StacSource, search_boxes
 from pipeline.workflow_file import load_workflow
 
 
-def workflow_for(folder: Path, items_file: Path, bbox, **cube) -> Path:
+def workflow_for(folder: Path, items_file: Path, bbox, scenes: Path, **cube) -> Path:
     data = {
         "name": "plan",
         "year": 2023,
         "regions": [{"name": "r", "bbox": list(bbox)}],
-        "stac": {"file": str(items_file)},
+        "stac": {"file": str(items_file), "allowed_paths": [str(scenes)]},
         "cube": {"tile_size": 256, "chunk_size": 64, **cube},
         "model": {"checkpoint": "x.pt"},
         "tasks": [{"name": "land_cover", "classes": "land_cover"}],
@@ -58,9 +58,10 @@ def write_items(root: Path, items: list[dict], kind: str) -> Path:
     return path
 
 
-def plan_for(folder: Path, items_file: Path):
+def plan_for(folder: Path, items_file: Path, scenes: Path):
     (folder / "x.pt").write_bytes(b"")
-    workflow = load_workflow(workflow_for(folder, items_file, (3.0005, 43.352, 3.054, 43.3595)))
+    bbox = (3.0005, 43.352, 3.054, 43.3595)
+    workflow = load_workflow(workflow_for(folder, items_file, bbox, scenes))
     region = workflow.regions[0]
     target = RegionTarget(region, folder / "maps" / "r", folder / "scratch", "key")
     return workflow, make_plan(workflow, [target])
@@ -72,18 +73,18 @@ def summary_of(plan) -> list[tuple[str, list[str]]]:
 
 @pytest.mark.parametrize("kind", ["json", "parquet"])
 def test_json_ndjson_and_geoparquet_files_give_the_same_plan(scenes, tmp_path, kind):
-    _, items = scenes
+    root, items = scenes
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    _, reference = plan_for(tmp_path / "a", write_items(tmp_path / "a", items, "ndjson"))
-    _, other = plan_for(tmp_path / "b", write_items(tmp_path / "b", items, kind))
+    _, reference = plan_for(tmp_path / "a", write_items(tmp_path / "a", items, "ndjson"), root)
+    _, other = plan_for(tmp_path / "b", write_items(tmp_path / "b", items, kind), root)
     assert summary_of(other) == summary_of(reference)
     assert other.refs == reference.refs
 
 
 def test_items_are_parsed_once_and_tiles_share_them(scenes, tmp_path):
-    _, items = scenes
-    _, plan = plan_for(tmp_path, write_items(tmp_path, items, "ndjson"))
+    root, items = scenes
+    _, plan = plan_for(tmp_path, write_items(tmp_path, items, "ndjson"), root)
     tiles = plan.regions[0].tiles
     assert len(tiles) >= 2
     assert len(plan.refs) == len({r.id for r in plan.refs}) == len(items)
@@ -94,8 +95,8 @@ def test_items_are_parsed_once_and_tiles_share_them(scenes, tmp_path):
 
 
 def test_chunk_tasks_carry_only_the_items_meeting_their_chunk(scenes, tmp_path):
-    _, items = scenes
-    workflow, plan = plan_for(tmp_path, write_items(tmp_path, items, "ndjson"))
+    root, items = scenes
+    workflow, plan = plan_for(tmp_path, write_items(tmp_path, items, "ndjson"), root)
     region = plan.regions[0]
     counts = []
     for tile in region.tiles:
@@ -131,12 +132,12 @@ def test_an_api_source_gives_the_same_items_as_the_file(scenes, tmp_path):
 
 
 def test_dry_run_report_counts_tiles_chunks_and_bytes(scenes, tmp_path):
-    _, items = scenes
+    root, items = scenes
     sized = json.loads(json.dumps(items))
     for item in sized:
         for asset in item["assets"].values():
             asset["file:size"] = 1000
-    workflow, plan = plan_for(tmp_path, write_items(tmp_path, sized, "ndjson"))
+    workflow, plan = plan_for(tmp_path, write_items(tmp_path, sized, "ndjson"), root)
     region = plan.regions[0]
     text = describe(plan, workflow, pixels_per_second=500.0)
     chunks = sum(plan.chunk_count(t) for t in region.tiles)

@@ -263,7 +263,11 @@ def test_unreadable_asset_fails_clearly(demo_inputs, tmp_path, capsys, workflow_
         path = workflow_file(
             tmp_path,
             workflow,
-            stac={**workflow["stac"], "url": url},
+            stac={
+                **workflow["stac"],
+                "url": url,
+                "allowed_paths": [*workflow["stac"]["allowed_paths"], str(tmp_path)],
+            },
             outputs={"dir": str(tmp_path / "maps")},
             dask={"n_workers": 1},
         )

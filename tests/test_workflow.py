@@ -106,6 +106,8 @@ def test_defaults(tmp_path):
         "mask_mode": "default",
         "resampling": "nearest",
         "read_concurrency": 16,
+        "read_retries": 4,
+        "read_backoff": 1.0,
         "gdal": {},
         "temporal": "monthly",
     }
@@ -117,6 +119,7 @@ def test_defaults(tmp_path):
         "retries": 2,
         "on_bad_asset": "raise",
         "concurrency": 8,
+        "allowed_paths": None,
     }
     assert (wf.model.clip.model, wf.model.clip.pretrained) == ("ViT-B-32", "openai")
     assert (wf.model.device, wf.model.batch_size) == ("auto", 65536)
