@@ -27,7 +27,7 @@ from pipeline.items import BadAssetError, HrefNotAllowedError, check_hrefs, item
 from pipeline.read_retry import ReadRetry
 from pipeline.reader import GDAL_OPTIONS, read_scenes
 from pipeline.run import run_workflow
-from pipeline.workflow import load_workflow
+from pipeline.workflow_file import load_workflow
 
 DATES = [date(2023, month, 15) for month in (3, 6, 8, 10)]
 EXTRA = "extra"  # a small collection over one tile only, so faults can be aimed at that tile
