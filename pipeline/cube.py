@@ -98,6 +98,8 @@ def composite_chunk(
                 pending.append(ahead.submit(_read, groups[k + 1][2], grid, window, options))
             used += read.used
             skipped += read.skipped
+            if not read.used:  # every scene of the block left out: its tokens stay NaN
+                continue
             tokens, has_data = _reduce(read, options, block)
             first = 0 if options.mask_mode == "reference" else i
             composite[first : first + len(tokens)] = tokens
