@@ -205,8 +205,8 @@ def test_items_without_bbox_reach_every_box_and_duplicates_are_kept_once(scenes,
 def test_the_plan_keeps_item_refs_only(scenes, tmp_path):
     from pipeline.items import ItemRef, usable_refs
 
-    _, items = scenes
-    _, plan = plan_for(tmp_path, write_items(tmp_path, items, "ndjson"))
+    root, items = scenes
+    _, plan = plan_for(tmp_path, write_items(tmp_path, items, "ndjson"), root)
     assert all(isinstance(r, ItemRef) for r in plan.refs)
     # The same refs as reducing every item of the file in memory, in file order.
     assert list(plan.refs) == usable_refs(items, 2023, "raise")[0]
