@@ -196,6 +196,7 @@ def _batches(
         start += len(pixels)
 
 
+@torch.inference_mode()
 def device_embed_scores(
     model: TimeSenCLIPEncoder,
     x: np.ndarray,
@@ -208,21 +209,6 @@ def device_embed_scores(
     """``embed_scores`` on the model's device in torch: grouped by month pattern, batches of
     ``batch``, and on a GPU pinned buffers, a copy stream and one synchronisation at the end
     (on a CPU the same steps, plainly: that is how the tests check them)."""
-    with torch.inference_mode():
-        return _device_embed_scores(
-            model, x, month_mask, scorers, keep_embeddings, batch, precision
-        )
-
-
-def _device_embed_scores(
-    model: TimeSenCLIPEncoder,
-    x: np.ndarray,
-    month_mask: np.ndarray,
-    scorers: Sequence[Scorer],
-    keep_embeddings: bool,
-    batch: int,
-    precision: str,
-) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     device = model_device(model)
     cuda = device.type == "cuda"
     groups = month_groups(month_mask)
