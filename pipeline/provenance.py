@@ -22,6 +22,7 @@ import rasterio
 from encoder.atomic import write_text_atomic
 from encoder.files import file_sha256
 from encoder.version import package_version
+from pipeline.outputs import PROVENANCE
 
 
 def environment() -> dict[str, str]:
@@ -59,6 +60,16 @@ def provenance_text(record: Mapping[str, Any]) -> str:
 def write_provenance(path: Path | str, record: Mapping[str, Any]) -> Path:
     """Write ``record`` (workflow, checkpoint, prompts, item ids, harmonisation) atomically."""
     return write_text_atomic(path, provenance_text(record))
+
+
+def recorded_skips(folder: Path) -> list[dict] | None:
+    """The asset reads a completed run in ``folder`` left out, over all its tiles; ``None``
+    where no readable provenance.json is there."""
+    try:
+        record = json.loads((folder / PROVENANCE).read_text())
+    except (OSError, ValueError):
+        return None
+    return [skip for tile in record.get("tiles", []) for skip in tile.get("skipped", [])]
 
 
 def _members(path: Path) -> list[Path]:

@@ -16,6 +16,8 @@ from pipeline.classify import Plan, plan_task
 from pipeline.cog import write_cog
 from pipeline.embeddings import Store, Zone, open_store
 from pipeline.map_sidecars import publish_plan
+from pipeline.provenance import recorded_skips
+from pipeline.stac_output import note_skips
 
 
 def parse_classes(text: str) -> list:
@@ -44,7 +46,11 @@ def classify_store(
     text = kept.text_encoder(clip_model, clip_pretrained)
     task = plan_task(name, parse_classes(classes), templates, text)
     kept.check_targets(task.weights, "the class embeddings")
-    return write_store_maps(kept, task, Path(out_dir) if out_dir else kept.path.parent)
+    outputs = write_store_maps(kept, task, Path(out_dir) if out_dir else kept.path.parent)
+    skipped = recorded_skips(kept.path.parent)
+    if skipped is not None:  # the embeddings were made without these reads, so the maps were too
+        note_skips(outputs, skipped)
+    return outputs
 
 
 def score_zone(zone: Zone, plan: Plan, confidence: bool) -> dict[str, np.ndarray]:
