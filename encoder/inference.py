@@ -43,11 +43,6 @@ def model_device(model: TimeSenCLIPEncoder) -> torch.device:
     return next(model.parameters()).device
 
 
-def default_precision(device: torch.device, bf16: bool = True) -> str:
-    """bf16 autocast on a GPU (unless ``bf16`` is False), float32 on a CPU."""
-    return "bf16" if device.type == "cuda" and bf16 else "fp32"
-
-
 def gpu_batch(device: torch.device, precision: str) -> int:
     """Pixels per batch that fit ``GPU_MEMORY_SHARE`` of the device's free memory."""
     free, _ = torch.cuda.mem_get_info(device)
@@ -81,18 +76,16 @@ def embed(
     *,
     batch_size: int = 65536,
     runtime: str = "auto",
-    precision: str | None = None,
-    bf16: bool = True,
+    precision: str = "fp32",
 ) -> Tensor:
     """``(N, D)`` float32 embeddings of normalised series ``x`` with ``month_mask``, in batches.
 
     Runs on the model's device under ``torch.inference_mode`` in ``runtime`` (auto, torch, onnx)
-    and ``precision`` (fp32, bf16; default bf16 autocast on a GPU unless ``bf16`` is False,
-    float32 on a CPU); on a CPU in batches of at most ``CPU_BATCH`` whatever ``batch_size`` says.
+    and ``precision`` (fp32, or bf16 autocast when asked: nothing lowers precision on its own);
+    on a CPU in batches of at most ``CPU_BATCH`` whatever ``batch_size`` says.
     """
     device = model_device(model)
     on_gpu = device.type == "cuda"
-    precision = precision or default_precision(device, bf16)
     if not on_gpu:
         batch_size = min(batch_size, CPU_BATCH)
     if not len(x):  # nothing to run (an ONNX graph cannot reshape an empty batch)
@@ -147,7 +140,7 @@ def embed_scores(
     keep_embeddings: bool = False,
     batch_size: int | None = None,
     runtime: str = "auto",
-    precision: str | None = None,
+    precision: str = "fp32",
 ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """Embed ``x`` (N, T, bands) and score each batch where the model runs.
 
@@ -158,7 +151,6 @@ def embed_scores(
     followed by the scorers.
     """
     device = model_device(model)
-    precision = precision or default_precision(device)
     if device.type != "cuda":
         emb = embed(
             model,

@@ -60,7 +60,7 @@ def embed_series(
     *,
     batch_size: int = 65536,
     runtime: str = "auto",
-    precision: str | None = None,
+    precision: str = "fp32",
 ) -> np.ndarray:
     """Embed ``(P, 12, 10)`` normalised series into ``(P, D)`` float32; NaN rows where no month.
 
@@ -90,7 +90,7 @@ def score_series(
     keep_embeddings: bool,
     batch_size: int | None = None,
     runtime: str = "auto",
-    precision: str | None = None,
+    precision: str = "fp32",
 ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """Each plan's ``(P,)`` uint8 layers for ``(P, T, 10)`` series, scored where the model runs
     (``encoder.inference.embed_scores``), and the float16 embeddings with ``keep_embeddings``

@@ -340,9 +340,8 @@ def tile_fingerprint(
 ) -> str:
     """A hash of everything that changes a tile's pixels; it names the folder of tile pieces.
 
-    Device type is in it because a GPU runs bf16 and a CPU float32 by default, runtime and
-    precision because they round differently; embeddings are because a tile finished without
-    them left nothing in the store.
+    Device type, runtime and precision are in it because they round differently; embeddings
+    are because a tile finished without them left nothing in the store.
     """
     return _digest(
         checkpoint_hash,

@@ -44,7 +44,7 @@ class ChunkSettings:
     confidence: bool
     conventions: ConventionOverrides | None = None  # the workflow's over the checkpoint's
     runtime: str = "auto"  # encoder.runtime: auto, torch or onnx
-    precision: str | None = None  # fp32 or bf16; None: the device's default
+    precision: str = "fp32"  # or bf16, when the workflow asks
     gdal: tuple[tuple[str, str], ...] = tuple(GDAL_OPTIONS.items())
     embeddings_store: Path | None = None
     tile_overviews: bool = False  # True when the tiles are the final outputs

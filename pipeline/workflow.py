@@ -270,11 +270,11 @@ class ModelConfig(_Model):
     clip: ClipConfig = Field(default_factory=ClipConfig)
     device: str = "auto"
     batch_size: int = Field(65536, ge=1)
-    # How the encoder runs (encoder.runtime): auto takes the fastest float32 runtime there is
-    # (ONNX Runtime on a CPU when installed); precision None is float32 on a CPU and bf16
-    # autocast on a GPU. Whether a runtime is installed is checked when the run starts.
+    # How the encoder runs (encoder.runtime): auto takes the fastest float32 runtime measured
+    # (torch); bf16 autocast only when asked, as it rounds. Whether a runtime is installed is
+    # checked when the run starts.
     runtime: Literal["auto", "torch", "onnx"] = "auto"
-    precision: Literal["fp32", "bf16"] | None = None
+    precision: Literal["fp32", "bf16"] = "fp32"
     # Input conventions over the checkpoint's own (encoder.conventions); None keeps them.
     band_order: list[str] | None = None
     constants_order: list[str] | None = None

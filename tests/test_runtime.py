@@ -174,10 +174,10 @@ def test_workflow_takes_runtime_and_precision(tmp_path):
     }
     model = {"checkpoint": "hf-hub:a/b/c.ckpt"}
     workflow = parse_workflow({**base, "model": model}, base_dir=tmp_path)
-    assert (workflow.model.runtime, workflow.model.precision) == ("auto", None)
-    chosen = {**model, "runtime": "onnx", "precision": "fp32"}
+    assert (workflow.model.runtime, workflow.model.precision) == ("auto", "fp32")
+    chosen = {**model, "runtime": "onnx", "precision": "bf16"}
     workflow = parse_workflow({**base, "model": chosen}, base_dir=tmp_path)
-    assert (workflow.model.runtime, workflow.model.precision) == ("onnx", "fp32")
+    assert (workflow.model.runtime, workflow.model.precision) == ("onnx", "bf16")
     with pytest.raises(WorkflowError, match="precision"):
         parse_workflow({**base, "model": {**model, "precision": "fp8"}}, base_dir=tmp_path)
 

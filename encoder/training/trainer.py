@@ -265,7 +265,10 @@ class Trainer:
         self.learner.eval()
         val = self.val
         size = self.cfg.validation.batch_size
-        emb = embed(self.learner.encoder, val.x, val.month_mask, batch_size=size, bf16=self._bf16())
+        precision = "bf16" if self._bf16() else "fp32"
+        emb = embed(
+            self.learner.encoder, val.x, val.month_mask, batch_size=size, precision=precision
+        )
         self.learner.train()
         out = {}
         for task, weights in self.class_weights.items():
