@@ -18,7 +18,6 @@ classes, so the classes split the pixels) and the minimum cosine of the embeddin
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -37,11 +36,9 @@ from encoder.checkpoint import load_encoder
 from encoder.classes import class_set
 from encoder.inference import forward_fn
 from encoder.model import TimeSenCLIPEncoder
-from encoder.preprocess import BANDS
 from encoder.runtime import onnxruntime
+from fixtures.realdata import PATCH, REALDATA, real_patch_composite
 
-REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
-PATCH = "timeseries/eolearn_TestEOPatch"
 CLASS_SETS = ("land_cover", "land_use", "crop_type", "eunis_habitat")
 # What a runtime must reach against torch float32 (issue: top-1 %, min cosine).
 THRESHOLDS = {"fp32": (99.5, 0.999), "bf16": (98.0, 0.99)}
@@ -63,25 +60,6 @@ def published_model(checkpoint: str | None = None) -> TimeSenCLIPEncoder:
     with torch.no_grad():  # zero-initialised positions would make months interchangeable
         model.time_pos_encoding.normal_(0.0, 0.1)
     return model
-
-
-def real_patch_composite(realdata: Path = REALDATA) -> np.ndarray:
-    """The eo-learn patch as a DN composite ``(12, 10, 101, 100)``: monthly medians of its
-    scenes, cloudy pixels (its CLM mask) left out, months without a scene NaN."""
-    folder = realdata / PATCH
-    meta = json.loads((folder / "DERIVED_METADATA.json").read_text())["REFERENCE_SCENES"]
-    scenes = np.load(folder / "REFERENCE_SCENES.npy")  # (scene, y, x, 13 L1C bands)
-    clouds = np.load(folder / "TestEOPatch" / "mask" / "CLM.npy")[..., 0] == 1
-    bands = [meta["band_order"].index(b) for b in BANDS]
-    by_month: dict[int, list[np.ndarray]] = {}
-    for entry in meta["scene_dates"]:
-        dn = np.moveaxis(scenes[entry["reference_scene_index"]][..., bands] * 10000, -1, 0)
-        cloud = clouds[entry["timestamp_index"]]
-        by_month.setdefault(int(entry["timestamp"][5:7]), []).append(np.where(cloud, np.nan, dn))
-    composite = np.full((12, 10, *scenes.shape[1:3]), np.nan, np.float32)
-    for month, stack in by_month.items():
-        composite[month - 1] = np.nanmedian(np.stack(stack), axis=0)
-    return composite
 
 
 def synthetic_composite(size: int = 64, seed: int = 0) -> np.ndarray:

@@ -9,7 +9,7 @@ import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
+from fixtures.realdata import REALDATA
 
 
 @pytest.fixture(scope="session")

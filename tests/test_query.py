@@ -28,9 +28,9 @@ from pyproj import Transformer
 
 from encoder.checkpoint import load_encoder, save_checkpoint
 from encoder.model import TimeSenCLIPEncoder
-from encoder.preprocess import BANDS
 from encoder.prompts import ClassSpec, TextEncoder, class_prompts
 from fixtures.demo import write_demo_inputs
+from fixtures.realdata import PATCH, real_patch_composite
 from fixtures.stac_server import serve_stac
 from fixtures.synthetic import LAND_CLASSES
 from fixtures.tiny import tiny_encoder, write_tiny_clip
@@ -279,20 +279,8 @@ def test_int8_store_classifies_like_float16(float16_run, int8_run, tmp_path):
 
 def test_int8_classifies_like_float16_on_the_real_patch(realdata, tmp_path):
     """Real Sentinel-2 pixels of the eo-learn patch (cloudy dates masked), its land-cover labels."""
-    folder = realdata / "timeseries" / "eolearn_TestEOPatch"
-    meta = json.loads((folder / "DERIVED_METADATA.json").read_text())
-    scenes = np.load(folder / "REFERENCE_SCENES.npy")  # (scene, y, x, 13 L1C bands)
-    clouds = np.load(folder / "TestEOPatch" / "mask" / "CLM.npy")[..., 0] == 1
-    order = meta["REFERENCE_SCENES"]["band_order"]
-    bands = [order.index(b) for b in BANDS]
-    by_month: dict[int, list] = {}
-    for entry in meta["REFERENCE_SCENES"]["scene_dates"]:
-        dn = np.moveaxis(scenes[entry["reference_scene_index"]][..., bands] * 10000, -1, 0)
-        cloud = clouds[entry["timestamp_index"]]
-        by_month.setdefault(int(entry["timestamp"][5:7]), []).append(np.where(cloud, np.nan, dn))
-    composite = np.full((12, 10, *scenes.shape[1:3]), np.nan, np.float32)
-    for month, stack in by_month.items():
-        composite[month - 1] = np.nanmedian(np.stack(stack), axis=0)
+    folder = realdata / PATCH
+    composite = real_patch_composite(realdata)
     series, present = pixel_series(composite)
     lulc = np.load(folder / "TestEOPatch" / "mask_timeless" / "LULC.npy").ravel()
     names = {1: "cultivated land", 2: "forest", 3: "grassland", 4: "shrubland", 8: "artificial"}
