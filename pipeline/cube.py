@@ -98,8 +98,6 @@ def composite_chunk(
                 pending.append(ahead.submit(_read, groups[k + 1][2], grid, window, options))
             used += read.used
             skipped += read.skipped
-            if not read.used:  # every scene of the block left out: its tokens stay NaN
-                continue
             tokens, has_data = _reduce(read, options, block)
             first = 0 if options.mask_mode == "reference" else i
             composite[first : first + len(tokens)] = tokens
@@ -276,11 +274,14 @@ def _reduce(
     months = np.array([r.month for r in read.used], dtype=np.int8)
     offsets = np.array([r.offset for r in read.used], dtype=np.float32)
     shape = read.layers[SCL].shape[1:]
+    if not len(months):  # every scene of the block left out: its tokens stay NaN
+        reference = options.mask_mode == "reference"
+        tokens = len(MONTHS) if reference else len(block) if options.temporal == "monthly" else 1
+        empty = np.full((tokens, len(BANDS), *shape), np.nan, np.float32)
+        return empty, np.zeros((len(block), *shape), bool)
     if options.mask_mode == "reference":
         values = _band_values(read.layers, offsets)
         has_data = np.stack([np.isfinite(values[months == m, 0]).any(axis=0) for m in block])
-        if not len(months):
-            return np.full((len(MONTHS), len(BANDS), *shape), np.nan, np.float32), has_data
         return reference_composite(values, months, read.layers[SCL]), has_data
     observations = _observations(read.layers, offsets, options.cloud_mask)
     has_data = np.stack([np.isfinite(observations[months == m, 0]).any(axis=0) for m in block])

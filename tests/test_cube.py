@@ -229,6 +229,25 @@ def test_unreadable_asset_is_skipped_with_a_warning(small, unreadable, caplog):
     assert_cube_equals(cube, *expected_cube(kept, [0, 0]))
 
 
+def test_a_month_whose_only_scene_is_unreadable_stays_empty(small, tmp_path):
+    """Lazy cube and chunk task alike: March's one scene left out leaves March NaN, not an error."""
+    from pipeline.cube import CubeOptions, composite_chunk
+    from pipeline.grid import Grid
+    from pipeline.items import usable_refs
+
+    items = copy.deepcopy(small.items)
+    items[2]["assets"]["scl"]["href"] = str(tmp_path / "absent_scl.tif")
+    cube = small_cube(small, items, on_bad_asset="skip").compute()
+    assert_cube_equals(cube, *expected_cube(small.scenes[:2], [0, 0]))
+    assert np.isnan(cube["composite"].sel(month=3).values).all()
+    refs, _ = usable_refs(items, YEAR, "skip")
+    grid = Grid(small.epsg, small.bounds, 10.0)
+    chunk = composite_chunk(refs, grid, CubeOptions(on_bad_asset="skip"))
+    np.testing.assert_array_equal(chunk.composite, cube["composite"].values)
+    np.testing.assert_array_equal(chunk.valid_months, cube["valid_months"].values)
+    assert [s["id"] for s in chunk.skipped] == [small.scenes[2].id]
+
+
 def test_bilinear_resampling_touches_only_the_20m_bands(small):
     nearest = small_cube(small).compute()["composite"].values
     bilinear = small_cube(small, resampling="bilinear").compute()["composite"].values
