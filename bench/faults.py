@@ -56,7 +56,7 @@ import yaml
 from bench.machine import machine
 from encoder.errors import TimeSenCLIPError
 from fixtures.demo import write_demo_inputs
-from fixtures.file_server import serve_files
+from fixtures.file_server import FileServer, serve_files
 from fixtures.stac_proxy import serve_stac_proxy
 from fixtures.stac_server import serve_stac
 from pipeline.cli import main
@@ -97,14 +97,22 @@ class Battery:
         return self.root / "runs" / f"{self.runs:02d}"
 
     @contextlib.contextmanager
-    def served(self, items: list[dict] | None = None, **faults) -> Iterator[tuple[object, str]]:
+    def served(self, items: list[dict] | None = None, **faults) -> Iterator[tuple[FileServer, str]]:
         """(file server, STAC API url): the scenes over HTTP, their items over a STAC API."""
         with serve_files(self.root / "data", seed=SEED, **faults) as files:
             served = [files.served_item(item) for item in items or self.items]
             with serve_stac(self.collection, served, self.root / "api" / str(self.runs)) as url:
                 yield files, url
 
-    def workflow_file(self, folder: Path, url: str, stac=None, cube=None, out=None) -> Path:
+    def workflow_file(
+        self,
+        folder: Path,
+        url: str,
+        stac: dict | None = None,
+        cube: dict | None = None,
+        out: Path | None = None,
+    ) -> Path:
+        """The workflow searching ``url`` with these changes, written into ``folder``."""
         workflow = self.workflow
         data = {
             **workflow,
@@ -118,6 +126,7 @@ class Battery:
         return path
 
     def equal(self, folder: Path) -> str:
+        """Whether the maps of the run in ``folder`` are the clean run's, byte for byte."""
         maps = digests(folder / "maps" / REGION)
         if not maps:
             return "no maps"
