@@ -1,7 +1,8 @@
 """Faults and bad input on real loopback servers: retried reads, honest skips, checked inputs.
 
 The file server serves the synthetic COGs over HTTP with Range support and injects 503s,
-connection resets and truncated bodies; a local STAC API serves items whose hrefs point to it.
+connection resets and truncated bodies; a local STAC API serves items whose hrefs point to it, and
+a flaky proxy in front of it injects 503s and resets into the searches.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from rasterio.enums import Resampling
 
 from fixtures.demo import write_demo_inputs
 from fixtures.file_server import serve_files
+from fixtures.stac_proxy import serve_stac_proxy
 from fixtures.stac_server import serve_stac
 from fixtures.synthetic import write_synthetic_collection
 from pipeline.grid import Grid
 from pipeline.items import BadAssetError, HrefNotAllowedError, check_hrefs, item_ref
+from pipeline.plan import RegionTarget, make_plan
 from pipeline.read_retry import ReadRetry
 from pipeline.reader import GDAL_OPTIONS, read_scenes
 from pipeline.run import run_workflow
@@ -50,19 +53,12 @@ def inputs(tmp_path_factory):
     return root, workflow, synthetic.collection, synthetic.items + extra.items
 
 
-def on_server(item: dict, server) -> dict:
-    item = json.loads(json.dumps(item))
-    for asset in item["assets"].values():
-        asset["href"] = server.href(Path(asset["href"]))
-    return item
-
-
 @contextlib.contextmanager
 def served(inputs, workdir: Path, **faults):
     """``(file server, STAC API url)``: the scenes over HTTP, their items over a STAC API."""
     root, _, collection, items = inputs
     with serve_files(root / "data", **faults) as files:
-        api_items = [on_server(item, files) for item in items]
+        api_items = [files.served_item(item) for item in items]
         with serve_stac(collection, api_items, workdir / "api") as url:
             yield files, url
 
@@ -107,6 +103,33 @@ def test_a_flaky_file_server_gives_the_clean_maps(inputs, clean, tmp_path, workf
     assert record["tiles_to_retry"] == [] and summary.skipped_assets == 0
 
 
+def plan_tiles(inputs, workflow_file, folder: Path, url: str, **stac) -> dict[str, list[str]]:
+    """The items the planner gives each tile when searching ``url``."""
+    _, workflow, _, _ = inputs
+    path = workflow_file(folder, workflow, stac={**workflow["stac"], "url": url, **stac})
+    loaded = load_workflow(path)
+    targets = [RegionTarget(r, folder / r.name, Path(), "") for r in loaded.regions]
+    plan = make_plan(loaded, targets)
+    return {
+        t.tile.id: sorted(plan.refs[i].id for i in t.items)
+        for region in plan.regions
+        for t in region.tiles
+    }
+
+
+def test_a_flaky_stac_api_gives_the_same_plan(inputs, tmp_path, workflow_file):
+    """30 % of STAC requests fail (503, reset) at a proxy; retried, every tile gets the same items
+    (bench/faults.py runs the whole workflow through it and compares the maps)."""
+    with served(inputs, tmp_path) as (_, url):
+        direct = plan_tiles(inputs, workflow_file, tmp_path / "direct", url)
+        with serve_stac_proxy(url, fault_rate=0.3, seed=5) as proxy:
+            # 0.3 ** 9: no request is expected to fail every attempt
+            proxied = plan_tiles(inputs, workflow_file, tmp_path / "proxy", proxy.url, retries=8)
+    assert proxied == direct and len(direct) == 4
+    assert sum(proxy.injected.values()) > 0 and set(proxy.injected) <= {"503", "reset"}
+    assert proxy.counts["/search"] >= 4  # the searches went through it, not only the landing page
+
+
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):
     """Two small dates on disk, their item dicts and the grid they share."""
@@ -132,7 +155,7 @@ def test_cut_bodies_are_read_again_with_the_cache_cleared(scenes, gdal_env):
     root, items, grid = scenes
     want = read([item_ref(i) for i in items], grid)
     with serve_files(root, fault_rate=0.4, faults=["truncate"], seed=2) as files:
-        refs = [item_ref(on_server(i, files)) for i in items]
+        refs = [item_ref(files.served_item(i)) for i in items]
         got = read(refs, grid, retry=ReadRetry(retries=8, backoff=0.0))
     assert files.injected["truncate"] > 0 and not got.skipped
     for band, values in want.layers.items():
@@ -143,7 +166,7 @@ def test_a_404_is_permanent_and_not_retried(scenes, gdal_env):
     root, items, grid = scenes
     gdal_env.setenv("GDAL_HTTP_MAX_RETRY", "0")
     with serve_files(root) as files:
-        item = on_server(items[0], files)
+        item = files.served_item(items[0])
         item["assets"]["red"]["href"] = f"{files.url}/missing/B04.tif"
         got = read([item_ref(item)], grid, on_bad_asset="skip", retry=ReadRetry(3, 0.0))
     (skip,) = got.skipped
@@ -156,7 +179,7 @@ def test_raise_names_item_asset_href_and_http_status(scenes, gdal_env):
     root, items, grid = scenes
     gdal_env.setenv("GDAL_HTTP_MAX_RETRY", "0")
     with serve_files(root, fault_rate=1.0, faults=["503"], fault_only="B04") as files:
-        ref = item_ref(on_server(items[0], files))
+        ref = item_ref(files.served_item(items[0]))
         with pytest.raises(BadAssetError) as error:
             read([ref], grid, retry=ReadRetry(2, 0.0))
     message = str(error.value)

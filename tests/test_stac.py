@@ -4,13 +4,13 @@ import contextlib
 import datetime
 import json
 import logging
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pystac
 import pytest
 
 from encoder.errors import TimeSenCLIPError
+from fixtures.loopback import serve_http
 from fixtures.synthetic import write_synthetic_collection
 from pipeline.stac import (
     EARTH_SEARCH_ASSETS,
@@ -89,18 +89,9 @@ class _Handler(BaseHTTPRequestHandler):
 @contextlib.contextmanager
 def stub_api(respond):
     """A STAC API on 127.0.0.1: ``respond(body)`` answers each POST /search."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    server.daemon_threads = True
-    server.base = f"http://127.0.0.1:{server.server_address[1]}"
-    server.requests, server.respond = [], respond
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
+    with serve_http(_Handler) as server:
+        server.base, server.requests, server.respond = server.url, [], respond
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def _page(features, next_body=None, base=""):
