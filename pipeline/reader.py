@@ -204,6 +204,24 @@ def _plain_read(ds: rasterio.DatasetReader, grid: Grid, window: Window, k: int) 
     return out
 
 
+def reader_threads(concurrency: int) -> ThreadPoolExecutor:
+    """This process's ``concurrency`` reader threads, started once and kept for every call.
+
+    GDAL keeps its HTTP connections per thread, so fresh threads for every block of months would
+    connect again for every read; kept threads reuse them. Calls that run at once (the tasks of
+    a Dask worker's threads) share the threads, so the bound on reads in flight is per process.
+    """
+    key = (os.getpid(), max(1, concurrency))  # a forked child starts its own threads
+    with _THREADS_LOCK:
+        if key not in _THREADS:
+            _THREADS[key] = ThreadPoolExecutor(key[1], thread_name_prefix="timesenclip-read")
+        return _THREADS[key]
+
+
+_THREADS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+_THREADS_LOCK = threading.Lock()
+
+
 def _signed(href: str) -> str:
     """A Planetary Computer href with a SAS token (cached per storage container and process)."""
     import planetary_computer
@@ -266,9 +284,7 @@ def read_scenes(
             )
 
     jobs = [(i, b) for i in range(len(refs)) for b in range(len(ASSETS))]
-    if jobs:
-        with ThreadPoolExecutor(max(1, min(concurrency, len(jobs)))) as pool:
-            list(pool.map(read, jobs))
+    list(reader_threads(concurrency).map(read, jobs))
     if failures and on_bad_asset == "raise":
         first = failures[min(failures)]
         ref = refs[min(failures)]
