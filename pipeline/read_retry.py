@@ -1,11 +1,13 @@
 """Retry of asset reads: transient failures are read again, permanent ones are not.
 
 Transient: HTTP 429 and 5xx, connections reset or dropped, bodies cut short, timeouts, on a
-remote href (http(s), s3, gs). Permanent: other HTTP 4xx (404: no such file), a file that is no
-raster or does not match its STAC metadata, and any failure of a local file. GDAL already retries
-429/5xx a few times itself (``GDAL_HTTP_MAX_RETRY``) but not a cut body, and it keeps the blocks
-it fetched in its ``/vsicurl/`` cache: the file's cache is cleared before every retry here, or
-the retry would read the bad bytes again.
+remote href (http(s), s3, gs). A remote file GDAL does not recognise is read again too (its
+header may have been cut), but is permanent when every attempt says so. Permanent: other HTTP
+4xx (404: no such file), a file that is no raster or does not match its STAC metadata, and any
+failure of a local file. GDAL already retries 429/5xx a few times itself
+(``GDAL_HTTP_MAX_RETRY``) but not a cut body, and it keeps the blocks it fetched in its
+``/vsicurl/`` cache: the file's cache is cleared before every retry here, or the retry would
+read the bad bytes again.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ _TRANSIENT = re.compile(
     r"IReadBlock failed|TIFFReadEncodedTile|TIFFFillTile|Failure writing output",
     re.IGNORECASE,
 )
+# What GDAL says of a remote file whose header came cut short, and of one that is no raster.
+_UNRECOGNIZED = re.compile(r"not recognized as being in a supported file format", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,17 @@ def is_transient(error: BaseException, href: str) -> bool:
     return bool(status or _TRANSIENT.search(text))
 
 
+def is_retryable(error: BaseException, href: str) -> bool:
+    """Whether to read ``href`` again within the run: a transient failure, or a remote file
+    GDAL did not recognise with no HTTP error (a header cut short reads so). The latter counts
+    as permanent once every attempt gave it, so a rerun does not retry a file that is no raster.
+    """
+    if is_transient(error, href):
+        return True
+    text = error_text(error)
+    return is_remote(href) and not _STATUS.search(text) and bool(_UNRECOGNIZED.search(text))
+
+
 def read_with_retries(read: Callable[[], T], href: str, label: str, policy: ReadRetry) -> T:
     """``read()``, again after each transient failure (logged with ``label``, ``href`` and the
     attempt) up to ``policy.retries`` times; the last failure, or a permanent one, is raised."""
@@ -93,7 +108,7 @@ def read_with_retries(read: Callable[[], T], href: str, label: str, policy: Read
         try:
             return read()
         except (RasterioError, OSError) as error:
-            if attempt == attempts or not is_transient(error, href):
+            if attempt == attempts or not is_retryable(error, href):
                 raise
             wait = policy.delay(attempt)
             log.warning(

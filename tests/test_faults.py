@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import rasterio
 from rasterio.enums import Resampling
+from rasterio.errors import RasterioIOError
 
 from fixtures.demo import write_demo_inputs
 from fixtures.file_server import serve_files
@@ -27,7 +28,7 @@ from fixtures.synthetic import write_synthetic_collection
 from pipeline.grid import Grid
 from pipeline.items import BadAssetError, HrefNotAllowedError, check_hrefs, item_ref
 from pipeline.plan import RegionTarget, make_plan
-from pipeline.read_retry import ReadRetry
+from pipeline.read_retry import ReadRetry, is_retryable, is_transient
 from pipeline.reader import GDAL_OPTIONS, read_scenes
 from pipeline.run import run_workflow
 from pipeline.workflow_file import load_workflow
@@ -162,6 +163,40 @@ def test_cut_bodies_are_read_again_with_the_cache_cleared(scenes, gdal_env):
         np.testing.assert_array_equal(got.layers[band], values)
 
 
+@pytest.mark.parametrize(
+    ("href", "text", "retried", "transient"),
+    [
+        (
+            "http://h/B02.tif",
+            "'/vsicurl/http://h/B02.tif' not recognized as being in a supported file format.",
+            True,
+            False,
+        ),
+        (
+            "http://h/B02.tif",
+            "HTTP response code: 404 <- '/vsicurl/http://h/B02.tif' not "
+            "recognized as being in a supported file format.",
+            False,
+            False,
+        ),
+        (
+            "/data/B02.tif",
+            "'/data/B02.tif' not recognized as being in a supported file format.",
+            False,
+            False,
+        ),
+        ("http://h/B02.tif", "HTTP response code: 503", True, True),
+    ],
+)
+def test_an_unrecognised_remote_file_is_read_again_but_never_left_to_a_rerun(
+    href, text, retried, transient
+):
+    """A header cut short reads as "not recognized": read it again now, but a file that stays
+    so is no raster, so the tile is not marked for a rerun."""
+    error = RasterioIOError(text)
+    assert (is_retryable(error, href), is_transient(error, href)) == (retried, transient)
+
+
 def test_a_404_is_permanent_and_not_retried(scenes, gdal_env):
     root, items, grid = scenes
     gdal_env.setenv("GDAL_HTTP_MAX_RETRY", "0")
@@ -203,7 +238,9 @@ def test_transient_skips_are_recorded_and_only_their_tiles_redone(
         "read_retries": 0,
         "gdal": {"GDAL_HTTP_MAX_RETRY": "0"},
     }
-    with served(inputs, tmp_path, fault_rate=1.0, fault_only=f"/{EXTRA}/") as (files, url):
+    # Server errors only: a header cut short on every attempt reads as a file that is no raster.
+    outage = {"fault_rate": 1.0, "faults": ["503", "reset"], "fault_only": f"/{EXTRA}/"}
+    with served(inputs, tmp_path, **outage) as (files, url):
         first, region = run(inputs, workflow_file, tmp_path, url, **options)
         record = json.loads((region / "provenance.json").read_text())
         skipped = {t["id"]: t["skipped"] for t in record["tiles"]}
