@@ -33,12 +33,10 @@ import io
 import json
 import os
 import platform
-import select
 import shutil
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -57,13 +55,13 @@ from bench.machine import machine
 from encoder.errors import TimeSenCLIPError
 from fixtures.demo import write_demo_inputs
 from fixtures.file_server import FileServer, serve_files
+from fixtures.lock_holder import LockHolderError, hold_lock
 from fixtures.stac_proxy import serve_stac_proxy
 from fixtures.stac_server import serve_stac
 from pipeline.cli import main
 from pipeline.run import RunSummary, run_workflow
 from pipeline.workflow_file import load_workflow
 
-REPO = Path(__file__).resolve().parents[1]
 DATES = [date(2023, month, 15) for month in (3, 6, 8, 10)]
 REGION = "synthetic"
 SEED = 7
@@ -266,27 +264,15 @@ def locked(b: Battery) -> list[Row]:
     folder = b.folder()
     with b.served() as (_, url):
         path = b.workflow_file(folder, url)
-        code = textwrap.dedent(f"""\
-            import sys
-            from pipeline.lock import output_lock
-            with output_lock({str(folder / "maps")!r}):
-                print("locked", flush=True)
-                sys.stdin.read()
-            """)
-        holder = subprocess.Popen(
-            [sys.executable, "-c", code],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-        )
         try:
-            ready = select.select([holder.stdout], [], [], LOCK_WAIT)[0]
-            ready = ready and holder.stdout.readline() == "locked\n"
-            outcome = cli(path) if ready else ("the lock holder did not start", None)
-        finally:
-            holder.communicate("", timeout=LOCK_WAIT)
+            holder = hold_lock(folder / "maps", LOCK_WAIT)
+        except LockHolderError as error:
+            outcome = (str(error), None)
+        else:
+            try:
+                outcome = cli(path)
+            finally:
+                holder.communicate("", timeout=LOCK_WAIT)
     return [Row("second run on a locked folder", "1 run", *outcome, b.equal(folder))]
 
 

@@ -4,38 +4,12 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
-import textwrap
 import time
-from pathlib import Path
 
 import pytest
 
+from fixtures.lock_holder import hold_lock
 from pipeline.lock import LOCK_NAME, FolderLockedError, acquire, output_lock, release
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def hold_lock(folder: Path) -> subprocess.Popen:
-    """Another process that takes ``folder``'s lock and keeps it until its stdin closes."""
-    code = textwrap.dedent(f"""\
-        import sys
-        from pipeline.lock import output_lock
-        with output_lock({str(folder)!r}):
-            print("locked", flush=True)
-            sys.stdin.read()
-        """)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    assert proc.stdout.readline() == "locked\n"
-    return proc
 
 
 def test_a_second_process_is_refused_naming_the_first(tmp_path):
