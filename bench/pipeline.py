@@ -12,8 +12,9 @@ flat: the work is done chunk by chunk, so a larger area means more chunks, not l
 
 The encoder is a tiny random one by default (the embed stage then costs little); ``--full-model``
 uses the published architecture (random weights), which on a CPU makes the embed stage dominate,
-and runs each area twice, interleaved: ``model.runtime: torch`` (the path before ONNX Runtime)
-and ``auto``, to show the end-to-end gain in the same run.
+and runs each area three times, interleaved: ``model.runtime: torch`` (the path before ONNX
+Runtime), ``auto`` (the default) and ``auto/bf16`` (``model.precision: bf16``), to show the
+end-to-end gain in the same run.
 """
 
 from __future__ import annotations
@@ -176,7 +177,8 @@ def main() -> None:
     parser.add_argument(
         "--runtimes",
         nargs="+",
-        help="model.runtime per run (default: torch auto with --full-model, else auto)",
+        help="model.runtime[/precision] per run "
+        "(default: torch auto auto/bf16 with --full-model, else auto)",
     )
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -189,7 +191,7 @@ def main() -> None:
     import torch
     import yaml
 
-    runtimes = args.runtimes or (["torch", "auto"] if args.full_model else ["auto"])
+    runtimes = args.runtimes or (["torch", "auto", "auto/bf16"] if args.full_model else ["auto"])
     from fixtures.stac_server import serve_stac
 
     with tempfile.TemporaryDirectory(prefix="timesenclip-bench-") as tmp:
@@ -198,11 +200,13 @@ def main() -> None:
         rows = {}
         with serve_stac(inputs["collection"], inputs["items"], root / "stac") as url:
             for scale, workflow in inputs["workflows"].items():
-                for runtime in runtimes:  # interleaved: both runtimes at each area in turn
+                for runtime in runtimes:  # interleaved: every setting at each area in turn
+                    name, _, precision = runtime.partition("/")
                     workflow["stac"]["url"] = url
-                    workflow["model"]["runtime"] = runtime
-                    workflow["outputs"]["dir"] = str(root / f"out-{scale}x-{runtime}")
-                    path = root / f"workflow-{scale}x-{runtime}.yaml"
+                    workflow["model"].update(runtime=name, precision=precision or "fp32")
+                    label = f"{scale}x-{runtime.replace('/', '-')}"
+                    workflow["outputs"]["dir"] = str(root / f"out-{label}")
+                    path = root / f"workflow-{label}.yaml"
                     path.write_text(yaml.safe_dump(workflow))
                     rows[scale, runtime] = measure(path)
                     wall = rows[scale, runtime]["wall"]

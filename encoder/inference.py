@@ -59,14 +59,7 @@ def forward_fn(
     if select_runtime(runtime, precision, device) == "onnx":
         session = onnx_session(model, tokens)
         return lambda x, mask: run_session(session, x, mask)
-    if precision == "bf16":
-        return lambda x, mask: _autocast(device, model, x, mask)
-    return model
-
-
-def _autocast(device: torch.device, model: TimeSenCLIPEncoder, x: Tensor, mask: Tensor) -> Tensor:
-    with torch.autocast(device.type, dtype=torch.bfloat16):
-        return model(x, mask).float()
+    return lambda x, mask: model(x, mask, precision)
 
 
 def embed(
@@ -81,7 +74,7 @@ def embed(
     """``(N, D)`` float32 embeddings of normalised series ``x`` with ``month_mask``, in batches.
 
     Runs on the model's device under ``torch.inference_mode`` in ``runtime`` (auto, torch, onnx)
-    and ``precision`` (fp32, or bf16 autocast when asked: nothing lowers precision on its own);
+    and ``precision`` (fp32, or bf16 when asked: nothing lowers precision on its own);
     on a CPU in batches of at most ``CPU_BATCH`` whatever ``batch_size`` says.
     """
     device = model_device(model)
@@ -118,7 +111,9 @@ def month_groups(
     return big
 
 
-def embed_pattern(model: TimeSenCLIPEncoder, x: Tensor, keep: Tensor) -> Tensor:
+def embed_pattern(
+    model: TimeSenCLIPEncoder, x: Tensor, keep: Tensor, precision: str = "fp32"
+) -> Tensor:
     """Embeddings of pixels ``x`` (n, T, bands) that all have the same months present, the
     indices ``keep`` (on x's device): only those tokens go in, with their own positions, and no
     mask, so SDPA may take its flash or memory-efficient kernel and nothing waits on the host.
@@ -128,7 +123,7 @@ def embed_pattern(model: TimeSenCLIPEncoder, x: Tensor, keep: Tensor) -> Tensor:
     )
     pos = lone if len(keep) == 1 else rows[:, keep]
     tokens = model.embed_spectral(x[:, keep]) + pos
-    return model.encode_tokens(tokens, None)
+    return model.encode_tokens(tokens, None, precision)
 
 
 def embed_scores(
@@ -214,9 +209,8 @@ def device_embed_scores(
         host[_EMBEDDINGS] = _pinned(
             torch.empty((len(order), model.config.dim), dtype=torch.float16), cuda
         )
-    autocast = torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16")
     # The masked rest runs the export-ready forward: no data-dependent branch, so no host sync.
-    static = StaticEncoder(model, x.shape[1])
+    static = StaticEncoder(model, x.shape[1], precision)
     months = {}  # pattern -> its months' indices on the device, copied once
     for start, stop, pattern in _batches(groups, batch):
         # The next batch's input is copied on its own stream while this one computes.
@@ -227,15 +221,13 @@ def device_embed_scores(
             compute.wait_stream(copy)
             xb.record_stream(compute)
             mb.record_stream(compute)
-        with autocast:
-            if pattern is None:
-                emb = static(xb.flatten(2), mb)
-            else:
-                key = pattern.tobytes()
-                if key not in months:
-                    months[key] = torch.from_numpy(np.flatnonzero(pattern)).to(device)
-                emb = embed_pattern(model, xb, months[key])
-        emb = emb.float()
+        if pattern is None:
+            emb = static(xb.flatten(2), mb)
+        else:
+            key = pattern.tobytes()
+            if key not in months:
+                months[key] = torch.from_numpy(np.flatnonzero(pattern)).to(device)
+            emb = embed_pattern(model, xb, months[key], precision)
         outputs = {}
         for scorer in scorers:
             outputs.update(scorer(emb))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -13,6 +15,7 @@ from encoder.conventions import Conventions
 from encoder.errors import TimeSenCLIPError
 
 SEASONS = 4  # seasonal input: one token per block of 3 consecutive months
+PRECISIONS = ("fp32", "bf16")  # of inference (eval_layers)
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,9 @@ class TimeSenCLIPEncoder(nn.Module):
         self.transformer = nn.TransformerEncoder(layer, cfg.depth, enable_nested_tensor=False)
         self.mlp_head = nn.Sequential(nn.LayerNorm(cfg.dim), nn.Linear(cfg.dim, cfg.dim))
 
-    def forward(self, x: Tensor, month_mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, month_mask: Tensor | None = None, precision: str = "fp32"
+    ) -> Tensor:
         """Embed normalised pixel series ``x`` (N, T, bands[, k, k]) into (N, dim).
 
         T is 12 months, 4 seasons (each season's token at the median of its 3 months' position
@@ -64,29 +69,34 @@ class TimeSenCLIPEncoder(nn.Module):
         out by themselves). Absent tokens are left out of attention and their values never matter;
         present ones keep their own positions; a lone token (T = 1, or one present) sits at the
         position ``self.conventions.single_token_position`` names (the mean of all positions by
-        default, as in training); a pixel with nothing present gets a NaN row.
+        default, as in training); a pixel with nothing present gets a NaN row. ``precision``
+        "bf16" runs every layer but the last in bf16 (:func:`eval_layers`; eval mode only).
         """
         present = self._check_input(x, month_mask)
         x = torch.where(present.view(*present.shape, *[1] * (x.ndim - 2)), x, 0.0).flatten(2)
         single = self.conventions.single_token_position
         tokens = self.embed_spectral(x) + positions(self.time_pos_encoding, present, single)
         qkv = None if self.training else self._first_qkv(x, present)
-        return self._encode(tokens, ~present, qkv)
+        return self._encode(tokens, ~present, qkv, precision)
 
     def embed_spectral(self, x: Tensor) -> Tensor:
         """Spectral embedding only, (N, T, bands[, k, k]) -> (N, T, dim), without positions."""
         return self.spectral_embedding(x)
 
-    def encode_tokens(self, tokens: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+    def encode_tokens(
+        self, tokens: Tensor, padding_mask: Tensor | None = None, precision: str = "fp32"
+    ) -> Tensor:
         """Run the transformer over tokens that already carry positions; return mlp_head(CLS).
 
         ``padding_mask`` (N, T), True = leave the token out (PyTorch's key-padding convention). A
         row with every token left out gets NaN. Eval mode takes the fast path, train mode the plain
-        ``self.transformer`` (dropout active).
+        ``self.transformer`` (dropout active); ``precision`` as in ``forward``.
         """
-        return self._encode(tokens, padding_mask, None)
+        return self._encode(tokens, padding_mask, None, precision)
 
-    def _encode(self, tokens: Tensor, padding_mask: Tensor | None, qkv: Tensor | None) -> Tensor:
+    def _encode(
+        self, tokens: Tensor, padding_mask: Tensor | None, qkv: Tensor | None, precision: str
+    ) -> Tensor:
         seq = torch.cat([self.time_token.expand(tokens.shape[0], -1, -1), tokens], 1)
         key_mask = empty = None
         if padding_mask is not None and padding_mask.any():
@@ -96,7 +106,9 @@ class TimeSenCLIPEncoder(nn.Module):
         if self.training:
             cls = self.transformer(seq, src_key_padding_mask=key_mask)[:, 0]
         else:
-            cls = self._fast_cls(seq, key_mask, qkv)
+            attn_mask = None if key_mask is None else ~key_mask[:, None, None, :]
+            layers = self.transformer.layers
+            cls = eval_layers(layers, seq, attn_mask, key_mask, qkv, precision)
         out = self.mlp_head(cls)
         return out if empty is None else out.masked_fill(empty[:, None], float("nan"))
 
@@ -114,14 +126,6 @@ class TimeSenCLIPEncoder(nn.Module):
         tokens = F.linear(x, w @ lin.weight) + place_positions(rows, lone, present)
         cls = F.linear(self.time_token, w, b).expand(x.shape[0], -1, -1)
         return torch.cat([cls, tokens], 1)
-
-    def _fast_cls(self, seq: Tensor, key_mask: Tensor | None, qkv: Tensor | None) -> Tensor:
-        """The encoder layers by hand (SDPA); the last layer computes the CLS token only."""
-        attn_mask = None if key_mask is None else ~key_mask[:, None, None, :]
-        *body, last = self.transformer.layers
-        for i, layer in enumerate(body):
-            seq = _layer_eval(layer, seq, attn_mask, qkv if i == 0 else None)
-        return _last_layer_eval(last, seq, key_mask)
 
     def _check_input(self, x: Tensor, month_mask: Tensor | None) -> Tensor:
         """Validate shapes and return the (N, T) bool mask of present months."""
@@ -178,6 +182,35 @@ def positions(table: Tensor, present: Tensor, single: str = "mean") -> Tensor:
     """Per-token position terms from a (1, months, E) table for the (N, T) ``present`` mask
     (see :func:`position_rows` and :func:`place_positions`)."""
     return place_positions(*position_rows(table, present.shape[1], single), present)
+
+
+def eval_layers(
+    layers: Sequence[nn.TransformerEncoderLayer],
+    seq: Tensor,
+    attn_mask: Tensor | None,
+    key_mask: Tensor | None,
+    qkv: Tensor | None,
+    precision: str = "fp32",
+) -> Tensor:
+    """The encoder layers by hand (SDPA) over ``seq`` (N, L, D), first-layer ``qkv`` given or
+    None; the last layer computes the CLS token only: returns (N, D).
+
+    ``precision`` "bf16" runs every layer but the last under bf16 autocast. What comes in (the
+    spectral embedding and the first layer's folded q/k/v, made before this) and the last layer
+    (CLS only) stay float32: they cost little, and rounding the raw inputs, or what the class
+    scores see, costs most agreement (bench/README.md, "Encoder").
+    """
+    if precision not in PRECISIONS:
+        raise TimeSenCLIPError(
+            f"precision {precision!r} is not known: use one of {', '.join(PRECISIONS)}."
+        )
+    *body, last = layers
+    # Entered for bf16 only: an autocast the caller opened still holds otherwise.
+    bf16 = precision == "bf16"
+    with torch.autocast(seq.device.type, torch.bfloat16) if bf16 else nullcontext():
+        for i, layer in enumerate(body):
+            seq = _layer_eval(layer, seq, attn_mask, qkv if i == 0 else None)
+    return _last_layer_eval(last, seq.float(), key_mask)
 
 
 def _post_norm_ffn(layer: nn.TransformerEncoderLayer, x: Tensor, attn_out: Tensor) -> Tensor:

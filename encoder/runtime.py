@@ -1,11 +1,11 @@
 """Which runtime and precision run the encoder: torch, or ONNX Runtime over an exported graph.
 
-Measured by ``bench/encoder.py`` (published size, CPU, interleaved): ONNX Runtime over the export
-of the fast path did not beat torch's fast path on this project's 2-core machines (1.55x against
-1.85x the plain forward at one thread, 0.96x against 1.57x at two), and it costs an export per
-checkpoint, so ``auto`` runs torch; ``onnx`` is there to be asked for where it measures faster.
-bf16 (torch autocast) is faster still but lowers precision, so it runs only when asked. A GPU runs
-torch (onnxruntime here is the CPU build).
+Measured by ``bench/encoder.py`` (published size, 2-core AMD EPYC with nothing else running,
+interleaved): ONNX Runtime over the export of the fast path ran 1.76x the plain forward at one
+thread and 1.62x at two, against 1.31x and 1.25x for torch's fast path, exact to float rounding;
+the export takes under a second and is cached. So ``auto`` runs ONNX Runtime for float32 on a
+CPU where it is installed, and torch otherwise (a GPU; bf16; no onnxruntime). bf16 is faster
+still but rounds, so it runs only when asked (torch; see ``encoder.model.eval_layers``).
 
 The export is cached on disk under ``default_cache_dir() / "onnx"``, named by a hash of the
 weights, the architecture, the lone-token convention, the sequence length and the torch and
@@ -30,12 +30,11 @@ from torch import Tensor
 
 from encoder.atomic import atomic_path
 from encoder.errors import TimeSenCLIPError
-from encoder.model import TimeSenCLIPEncoder
+from encoder.model import PRECISIONS, TimeSenCLIPEncoder
 
 log = logging.getLogger(__name__)
 
 RUNTIMES = ("auto", "torch", "onnx")
-PRECISIONS = ("fp32", "bf16")
 _LOCK = threading.Lock()  # one export per process at a time; sessions are shared by threads
 
 
@@ -60,7 +59,7 @@ def select_runtime(runtime: str, precision: str, device: torch.device) -> str:
         )
     onnx_fits = device.type == "cpu" and precision == "fp32"
     if runtime == "auto":
-        return "torch"
+        return "onnx" if onnx_fits and onnxruntime() is not None else "torch"
     if runtime == "onnx" and not onnx_fits:
         raise TimeSenCLIPError(
             f"runtime 'onnx' runs float32 on a CPU only, not {precision} on {device}: "

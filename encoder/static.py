@@ -14,19 +14,20 @@ from torch import Tensor, nn
 
 from encoder.model import (
     TimeSenCLIPEncoder,
-    _last_layer_eval,
-    _layer_eval,
+    eval_layers,
     position_rows,
 )
 
 
 class StaticEncoder(nn.Module):
     """``model(x, present)`` for flat ``x`` (N, T, bands*k*k) and a bool ``present`` (N, T),
-    for ``tokens`` = T time steps: their position rows are worked out here, once."""
+    for ``tokens`` = T time steps: their position rows are worked out here, once. ``precision``
+    as in ``TimeSenCLIPEncoder.forward``."""
 
-    def __init__(self, model: TimeSenCLIPEncoder, tokens: int) -> None:
+    def __init__(self, model: TimeSenCLIPEncoder, tokens: int, precision: str = "fp32") -> None:
         super().__init__()
         self.model = model
+        self.precision = precision
         with torch.no_grad():
             rows, lone = position_rows(
                 model.time_pos_encoding, tokens, model.conventions.single_token_position
@@ -55,8 +56,6 @@ class StaticEncoder(nn.Module):
         qkv = torch.cat([F.linear(cls, w, b), tokens], 1)
         key_mask = F.pad(~present, (1, 0), value=False)
         attn_mask = ~key_mask[:, None, None, :]
-        *body, last = m.transformer.layers
-        for i, layer in enumerate(body):
-            seq = _layer_eval(layer, seq, attn_mask, qkv if i == 0 else None)
-        out = m.mlp_head(_last_layer_eval(last, seq, key_mask))
+        cls = eval_layers(m.transformer.layers, seq, attn_mask, key_mask, qkv, self.precision)
+        out = m.mlp_head(cls)
         return out.masked_fill(~present.any(1)[:, None], float("nan"))

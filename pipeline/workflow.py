@@ -271,8 +271,8 @@ class ModelConfig(_Model):
     device: str = "auto"
     batch_size: int = Field(65536, ge=1)
     # How the encoder runs (encoder.runtime): auto takes the fastest float32 runtime measured
-    # (torch); bf16 autocast only when asked, as it rounds. Whether a runtime is installed is
-    # checked when the run starts.
+    # (ONNX Runtime on a CPU, torch on a GPU); bf16 only when asked, as it rounds. Whether a
+    # runtime is installed is checked when the run starts.
     runtime: Literal["auto", "torch", "onnx"] = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"
     # Input conventions over the checkpoint's own (encoder.conventions); None keeps them.

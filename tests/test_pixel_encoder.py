@@ -47,7 +47,9 @@ def test_batches_change_nothing_and_cpu_batches_are_capped(monkeypatch):
     whole = embed_series(model, series, present, batch_size=1_000_000, runtime="torch")
     calls = []
     forward = model.forward
-    monkeypatch.setattr(model, "forward", lambda x, m: calls.append(len(x)) or forward(x, m))
+    monkeypatch.setattr(
+        model, "forward", lambda x, m, *rest: calls.append(len(x)) or forward(x, m, *rest)
+    )
     monkeypatch.setattr(inference, "CPU_BATCH", 4)
     capped = embed_series(model, series, present, batch_size=1_000_000, runtime="torch")
     np.testing.assert_allclose(capped, whole, atol=1e-6)

@@ -266,8 +266,14 @@ class Trainer:
         val = self.val
         size = self.cfg.validation.batch_size
         precision = "bf16" if self._bf16() else "fp32"
+        # torch: the weights change every epoch, so an ONNX export would not be reused.
         emb = embed(
-            self.learner.encoder, val.x, val.month_mask, batch_size=size, precision=precision
+            self.learner.encoder,
+            val.x,
+            val.month_mask,
+            batch_size=size,
+            runtime="torch",
+            precision=precision,
         )
         self.learner.train()
         out = {}
