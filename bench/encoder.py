@@ -2,11 +2,11 @@
 
 Paths, over the same published-size weights in one process: ``plain`` (every token through
 ``nn.TransformerEncoder``, the reference), ``fast`` (``model(x, mask)``, torch float32), ``onnx``
-(ONNX Runtime over the export of the fast path), ``bf16`` (the fast path with its middle layers
-in bf16, what ``precision: bf16`` runs) and ``bf16-all`` (every layer under bf16 autocast, the
-alternative it was chosen against). Each thread count runs all paths in turn, ``--repeats``
-rounds, interleaved; the table gives the median px/s with the spread (min-max) and the speed-up
-over ``plain``.
+(ONNX Runtime over the export of the fast path), ``bf16`` (what ``precision: bf16`` runs: every
+layer but the last in bfloat16, ``encoder.model.eval_layers``) and ``bf16-all`` (the whole fast
+path under bf16 autocast, the alternative it was chosen against). Each thread count runs all
+paths in turn, ``--repeats`` rounds, interleaved; the table gives the median px/s with the spread
+(min-max) and the speed-up over ``plain``.
 
 The agreement table compares each runtime with torch float32 on the real Sentinel-2 patch in
 ``../shared/realdata`` and on synthetic scenes: top-1 class agreement for the published class

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -195,36 +194,48 @@ def eval_layers(
     """The encoder layers by hand (SDPA) over ``seq`` (N, L, D), first-layer ``qkv`` given or
     None; the last layer computes the CLS token only: returns (N, D).
 
-    ``precision`` "bf16" runs every layer but the last under bf16 autocast. What comes in (the
-    spectral embedding and the first layer's folded q/k/v, made before this) and the last layer
-    (CLS only) stay float32: they cost little, and rounding the raw inputs, or what the class
-    scores see, costs most agreement (bench/README.md, "Encoder").
+    ``precision`` "bf16" runs every layer but the last in bfloat16 throughout: weights cast per
+    call, the residual stream kept in bf16, so nothing is cast back and forth between operations
+    as autocast would (2.5x the plain forward on a CPU against 2.2x under autocast). What comes in
+    (the spectral embedding and the first layer's folded q/k/v, made before this) and the last
+    layer (CLS only) stay float32: they cost little, and rounding the raw inputs, or what the
+    class scores see, costs most agreement (bench/README.md, "Encoder").
     """
     if precision not in PRECISIONS:
         raise TimeSenCLIPError(
             f"precision {precision!r} is not known: use one of {', '.join(PRECISIONS)}."
         )
     *body, last = layers
-    # Entered for bf16 only: an autocast the caller opened still holds otherwise.
-    bf16 = precision == "bf16"
-    with torch.autocast(seq.device.type, torch.bfloat16) if bf16 else nullcontext():
-        for i, layer in enumerate(body):
-            seq = _layer_eval(layer, seq, attn_mask, qkv if i == 0 else None)
+    if precision == "bf16" and body:
+        seq = seq.to(torch.bfloat16)
+        qkv = None if qkv is None else qkv.to(torch.bfloat16)
+    for i, layer in enumerate(body):
+        seq = _layer_eval(layer, seq, attn_mask, qkv if i == 0 else None)
     return _last_layer_eval(last, seq.float(), key_mask)
 
 
+def _linear(module: nn.Linear | nn.LayerNorm, x: Tensor) -> Tensor:
+    """``module(x)`` with the weights in ``x``'s dtype (a no-op cast in float32)."""
+    w, b = module.weight.to(x.dtype), module.bias.to(x.dtype)
+    if isinstance(module, nn.LayerNorm):
+        return F.layer_norm(x, module.normalized_shape, w, b, module.eps)
+    return F.linear(x, w, b)
+
+
 def _post_norm_ffn(layer: nn.TransformerEncoderLayer, x: Tensor, attn_out: Tensor) -> Tensor:
-    x = layer.norm1(x + layer.self_attn.out_proj(attn_out))
-    return layer.norm2(x + layer.linear2(F.relu(layer.linear1(x))))
+    x = _linear(layer.norm1, x + _linear(layer.self_attn.out_proj, attn_out))
+    return _linear(layer.norm2, x + _linear(layer.linear2, F.relu(_linear(layer.linear1, x))))
 
 
 def _layer_eval(
     layer: nn.TransformerEncoderLayer, x: Tensor, attn_mask: Tensor | None, qkv: Tensor | None
 ) -> Tensor:
-    """One post-norm ``TransformerEncoderLayer`` (ReLU, no dropout) with the layer's own weights."""
+    """One post-norm ``TransformerEncoderLayer`` (ReLU, no dropout) with the layer's own weights,
+    in ``x``'s dtype."""
     attn = layer.self_attn
     if qkv is None:
-        qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias)
+        dtype = x.dtype
+        qkv = F.linear(x, attn.in_proj_weight.to(dtype), attn.in_proj_bias.to(dtype))
     q, k, v = qkv.unflatten(-1, (3, attn.num_heads, attn.head_dim)).permute(2, 0, 3, 1, 4)
     o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
     return _post_norm_ffn(layer, x, o.transpose(1, 2).flatten(2))

@@ -111,9 +111,11 @@ def test_bf16_rounds_every_layer_but_the_last():
 
 
 def test_agreement_on_real_and_synthetic_pixels(published):
-    """Issue thresholds on the real patch (when present) and synthetic scenes, a sample each."""
+    """Issue thresholds on the real patch (when present, a sample) and the synthetic scenes."""
     for name, (series, present) in agreement_inputs().items():
-        x, mask = torch.from_numpy(series[::8][:384]), torch.from_numpy(present[::8][:384])
+        # Fewer pixels make the share of flipped classes jumpy (a few hundred: +-1 %).
+        pick = slice(None, None, max(1, len(series) // 4096))
+        x, mask = torch.from_numpy(series[pick][:4096]), torch.from_numpy(present[pick][:4096])
         expected = reference(published, x, mask).numpy()
         classes = class_vectors(expected)
         onnx = agreement(expected, embed(published, x, mask, runtime="onnx").numpy(), classes)
