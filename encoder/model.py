@@ -105,9 +105,7 @@ class TimeSenCLIPEncoder(nn.Module):
         if self.training:
             cls = self.transformer(seq, src_key_padding_mask=key_mask)[:, 0]
         else:
-            attn_mask = None if key_mask is None else ~key_mask[:, None, None, :]
-            layers = self.transformer.layers
-            cls = eval_layers(layers, seq, attn_mask, key_mask, qkv, precision)
+            cls = eval_layers(self.transformer.layers, seq, key_mask, qkv, precision)
         out = self.mlp_head(cls)
         return out if empty is None else out.masked_fill(empty[:, None], float("nan"))
 
@@ -186,13 +184,13 @@ def positions(table: Tensor, present: Tensor, single: str = "mean") -> Tensor:
 def eval_layers(
     layers: Sequence[nn.TransformerEncoderLayer],
     seq: Tensor,
-    attn_mask: Tensor | None,
     key_mask: Tensor | None,
     qkv: Tensor | None,
     precision: str = "fp32",
 ) -> Tensor:
-    """The encoder layers by hand (SDPA) over ``seq`` (N, L, D), first-layer ``qkv`` given or
-    None; the last layer computes the CLS token only: returns (N, D).
+    """The encoder layers by hand (SDPA) over ``seq`` (N, L, D) with ``key_mask`` (N, L; True =
+    left out) or None, first-layer ``qkv`` given or None; the last layer computes the CLS token
+    only: returns (N, D).
 
     ``precision`` "bf16" runs every layer but the last in bfloat16 throughout: weights cast per
     call, the residual stream kept in bf16, so nothing is cast back and forth between operations
@@ -205,6 +203,7 @@ def eval_layers(
         raise TimeSenCLIPError(
             f"precision {precision!r} is not known: use one of {', '.join(PRECISIONS)}."
         )
+    attn_mask = None if key_mask is None else ~key_mask[:, None, None, :]
     *body, last = layers
     if precision == "bf16" and body:
         seq = seq.to(torch.bfloat16)
@@ -214,7 +213,7 @@ def eval_layers(
     return _last_layer_eval(last, seq.float(), key_mask)
 
 
-def _linear(module: nn.Linear | nn.LayerNorm, x: Tensor) -> Tensor:
+def _apply_in_dtype(module: nn.Linear | nn.LayerNorm, x: Tensor) -> Tensor:
     """``module(x)`` with the weights in ``x``'s dtype (a no-op cast in float32)."""
     w, b = module.weight.to(x.dtype), module.bias.to(x.dtype)
     if isinstance(module, nn.LayerNorm):
@@ -223,8 +222,9 @@ def _linear(module: nn.Linear | nn.LayerNorm, x: Tensor) -> Tensor:
 
 
 def _post_norm_ffn(layer: nn.TransformerEncoderLayer, x: Tensor, attn_out: Tensor) -> Tensor:
-    x = _linear(layer.norm1, x + _linear(layer.self_attn.out_proj, attn_out))
-    return _linear(layer.norm2, x + _linear(layer.linear2, F.relu(_linear(layer.linear1, x))))
+    x = _apply_in_dtype(layer.norm1, x + _apply_in_dtype(layer.self_attn.out_proj, attn_out))
+    hidden = F.relu(_apply_in_dtype(layer.linear1, x))
+    return _apply_in_dtype(layer.norm2, x + _apply_in_dtype(layer.linear2, hidden))
 
 
 def _layer_eval(

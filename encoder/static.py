@@ -55,7 +55,6 @@ class StaticEncoder(nn.Module):
         tokens = F.linear(x, w @ lin.weight) + torch.where(alone, self.qkv_lone, self.qkv_rows)
         qkv = torch.cat([F.linear(cls, w, b), tokens], 1)
         key_mask = F.pad(~present, (1, 0), value=False)
-        attn_mask = ~key_mask[:, None, None, :]
-        cls = eval_layers(m.transformer.layers, seq, attn_mask, key_mask, qkv, self.precision)
+        cls = eval_layers(m.transformer.layers, seq, key_mask, qkv, self.precision)
         out = m.mlp_head(cls)
         return out.masked_fill(~present.any(1)[:, None], float("nan"))
