@@ -8,8 +8,10 @@ GDAL caches nothing across them. One chunk of ``--chunk`` px is composited per m
 
 - ``ours``: ``pipeline.cube.composite_chunk`` (``pipeline.reader``: rasterio, reads in flight
   across blocks of months, aligned grids read plainly);
-- ``ours read``: only the reads (``read_scenes`` of every scene in one call), to size the
-  chunk's overhead besides reading pixels (``ours`` minus reads minus the median);
+- ``ours serial``: the same with each block read, then reduced, on one thread (no read-ahead),
+  so its time is exactly its reads + its medians + everything else: the chunk's overhead
+  besides reading pixels and taking medians is that rest;
+- ``ours read``: only the reads (``read_scenes`` of every scene in one call);
 - ``odc-stac``: ``odc.stac.load`` of the chunk's geobox (no Dask, ``pool`` threads, cloud
   defaults), then the same masking and median as ours.
 
@@ -45,7 +47,7 @@ if __package__ in (None, ""):  # run as a file, bench/ comes first on sys.path, 
 from bench.machine import machine
 
 MEASURE = "--measure"
-METHODS = ("ours", "ours read", "odc-stac", "reference")
+METHODS = ("ours", "ours serial", "ours read", "odc-stac", "reference")
 TILE = 1024
 
 
@@ -119,23 +121,63 @@ def _refs(items: list[dict]):
     return [item_ref(item) for item in items]
 
 
-def ours(items: list[dict], grid, concurrency: int) -> dict:
-    import pipeline.cube as cube
+class _InlineExecutor:
+    """A stand-in for ``ThreadPoolExecutor`` that runs each call at once, on the caller's thread."""
 
-    reduce, spent = cube._reduce, []
+    def __init__(self, workers: int) -> None:
+        pass
 
-    def timed_reduce(*args):
+    def __enter__(self) -> _InlineExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def submit(self, fn, *args):
+        from concurrent.futures import Future
+
+        future: Future = Future()
+        future.set_result(fn(*args))
+        return future
+
+
+def _timed(module, name: str, spent: list[float]) -> None:
+    """Make ``module.name`` add its wall time per call to ``spent``."""
+    fn = getattr(module, name)
+
+    def timed(*args):
         start = time.perf_counter()
         try:
-            return reduce(*args)
+            return fn(*args)
         finally:
             spent.append(time.perf_counter() - start)
 
-    cube._reduce = timed_reduce
+    setattr(module, name, timed)
+
+
+def ours(items: list[dict], grid, concurrency: int, serial: bool = False) -> dict:
+    """``composite_chunk`` as a worker runs it; with ``serial`` each block is read, then reduced,
+    on one thread, so the chunk's time is exactly reads + medians + everything else."""
+    import pipeline.cube as cube
+
+    reads: list[float] = []
+    medians: list[float] = []
+    _timed(cube, "_read", reads)
+    _timed(cube, "_reduce", medians)
+    if serial:
+        cube.ThreadPoolExecutor = _InlineExecutor
     result = cube.composite_chunk(
         _refs(items), grid, cube.CubeOptions(read_concurrency=concurrency)
     )
-    return {"arrays": (result.composite, result.valid_months), "reduce_s": sum(spent)}
+    return {
+        "arrays": (result.composite, result.valid_months),
+        "read_s": sum(reads),
+        "reduce_s": sum(medians),
+    }
+
+
+def ours_serial(items: list[dict], grid, concurrency: int) -> dict:
+    return ours(items, grid, concurrency, serial=True)
 
 
 def ours_read(items: list[dict], grid, concurrency: int) -> dict:
@@ -234,7 +276,13 @@ def reference(items: list[dict], grid, concurrency: int) -> dict:
     return {"arrays": (composite, valid)}
 
 
-MEASURES = {"ours": ours, "ours read": ours_read, "odc-stac": odc_stac, "reference": reference}
+MEASURES = {
+    "ours": ours,
+    "ours serial": ours_serial,
+    "ours read": ours_read,
+    "odc-stac": odc_stac,
+    "reference": reference,
+}
 
 
 def _peak_kib() -> int:
@@ -361,7 +409,7 @@ def main() -> None:
 
                 ref = child("reference", 0.0)["digest"]
                 configs = [(m, lat) for m in ("ours", "odc-stac") for lat in (0.0, args.latency)]
-                configs.append(("ours read", 0.0))
+                configs += [("ours serial", 0.0), ("ours read", 0.0)]
                 results: dict = {c: [] for c in configs}
                 for repeat in range(args.repeats):  # interleaved: each repeat runs every config
                     for method, lat in configs:
@@ -392,21 +440,31 @@ def main() -> None:
                 f"{statistics.median(o['peak_kib'] for o in outs) / 1024:.0f} | "
                 f"{statistics.median(o['requests_per_asset'] for o in outs):.2f} | {check} |"
             )
-    print("\n| scenes | ours s | reads alone s | median s | overhead s | of reads | dask graphs |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "\n| scenes | ours s | serial s | its reads s | its medians s | overhead s | of reads "
+        "| reads alone s | dask graphs |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for count, _, results in rows:
-        total = statistics.median(o["seconds"] for o in results[("ours", 0.0)])
-        reads = statistics.median(o["seconds"] for o in results[("ours read", 0.0)])
-        reduce = statistics.median(o["reduce_s"] for o in results[("ours", 0.0)])
-        overhead = max(0.0, total - reads - reduce)
+        serial = results[("ours serial", 0.0)]
+        # Per repeat, so the three parts come from the same chunk: nothing here overlaps.
+        overheads = [o["seconds"] - o["read_s"] - o["reduce_s"] for o in serial]
+        read_s = statistics.median(o["read_s"] for o in serial)
+        overhead = statistics.median(overheads)
         graphs = max(
-            o["dask_graphs"]
-            for o in results[("ours", 0.0)] + results[("ours", args.latency)]
-            if "dask_graphs" in o
+            o["dask_graphs"] for outs in results.values() for o in outs if "dask_graphs" in o
         )
+        cells = [
+            statistics.median(o["seconds"] for o in results[("ours", 0.0)]),
+            statistics.median(o["seconds"] for o in serial),
+            read_s,
+            statistics.median(o["reduce_s"] for o in serial),
+            overhead,
+        ]
+        alone = statistics.median(o["seconds"] for o in results[("ours read", 0.0)])
         print(
-            f"| {count} | {total:.2f} | {reads:.2f} | {reduce:.2f} | {overhead:.2f} | "
-            f"{100 * overhead / reads:.0f} % | {graphs} |"
+            f"| {count} | {' | '.join(f'{c:.2f}' for c in cells)} | "
+            f"{100 * overhead / read_s:.1f} % | {alone:.2f} | {graphs} |"
         )
     print(f"\ntotal {time.perf_counter() - begin:.0f} s")
 

@@ -194,7 +194,7 @@ def eval_layers(
 
     ``precision`` "bf16" runs every layer but the last in bfloat16 throughout: weights cast per
     call, the residual stream kept in bf16, so nothing is cast back and forth between operations
-    as autocast would (2.5x the plain forward on a CPU, 2.0-2.2x under autocast). What comes in
+    as autocast would (2.5-3.5x the plain forward on a CPU, 2.0-2.6x under autocast). What comes in
     (the spectral embedding and the first layer's folded q/k/v, made before this) and the last
     layer (CLS only) stay float32: they cost little, and rounding the raw inputs, or what the
     class scores see, costs most agreement (bench/README.md, "Encoder").

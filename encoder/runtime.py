@@ -1,12 +1,12 @@
 """Which runtime and precision run the encoder: torch, or ONNX Runtime over an exported graph.
 
-Measured by ``bench/encoder.py`` (published size, 2-core AMD EPYC with nothing else running,
-interleaved): ONNX Runtime over the export of the fast path ran 1.6-1.8x the plain forward at
-one thread and at two, against 1.25-1.35x for torch's fast path, exact to float rounding; the
-export takes under a second and is cached. So ``auto`` runs ONNX Runtime for float32 on a
-CPU where it is installed, and torch otherwise (a GPU; bf16; no onnxruntime). bf16 is faster
-still (2.5x the plain forward) but rounds, so it runs only when asked (torch; see
-``encoder.model.eval_layers``).
+Measured by ``bench/encoder.py`` (published size, 2-core AMD EPYC machines with nothing else
+running, interleaved): ONNX Runtime over the export of the fast path ran 1.6-1.8x the plain
+forward on one and 2.2-2.6x on a Zen 5 one, at one thread and at two, against 1.15-1.35x for
+torch's fast path, exact to float rounding; the export takes under a second and is cached. So
+``auto`` runs ONNX Runtime for float32 on a CPU where it is installed, and torch otherwise (a
+GPU; bf16; no onnxruntime). bf16 is faster still (2.5-3.5x the plain forward) but rounds, so it
+runs only when asked (torch; see ``encoder.model.eval_layers``).
 
 The export is cached on disk under ``default_cache_dir() / "onnx"``, named by a hash of the
 weights, the architecture, the lone-token convention, the sequence length and the torch and
