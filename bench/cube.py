@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 import warnings
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
@@ -133,9 +134,7 @@ class _InlineExecutor:
     def __exit__(self, *exc: object) -> None:
         pass
 
-    def submit(self, fn, *args):
-        from concurrent.futures import Future
-
+    def submit(self, fn, *args) -> Future:
         future: Future = Future()
         future.set_result(fn(*args))
         return future
