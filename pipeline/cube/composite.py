@@ -30,11 +30,12 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from encoder.preprocess import BANDS
+from pipeline.cube.observations import Observations, masked_tokens, reference_tokens
 from pipeline.cube.read_retry import ReadRetry
 from pipeline.cube.reader import SceneRead, read_scenes
-from pipeline.cube.temporal import BLOCKS, block_medians, nanmedian_time, reference_composite
+from pipeline.cube.temporal import BLOCKS, nanmedian_time
 from pipeline.geo.grid import Grid, reproject_bounds
-from pipeline.search.items import ON_BAD_ASSET, SCL, BadAssetError, ItemRef, usable_refs
+from pipeline.search.items import ON_BAD_ASSET, BadAssetError, ItemRef, usable_refs
 from pipeline.search.sentinel2 import BANDS_20M, DEFAULT_CLOUD_MASK, REFERENCE_ZERO_CLASSES
 from timesenclip.common.errors import TimeSenCLIPError
 
@@ -85,7 +86,8 @@ def composite_chunk(
     are read one block of months at a time while the next block's reads are already in flight;
     in reference mode every scene is read at once (the whole-year median fills empty months).
     """
-    height, width = grid.shape if window is None else (window.height, window.width)
+    window = window or Window(0, 0, grid.shape[1], grid.shape[0])
+    height, width = window.height, window.width
     composite = np.full((len(_tokens(options)), len(BANDS), height, width), np.nan, np.float32)
     valid = np.zeros((height, width), np.uint8)
     groups = _groups([r for r in refs if r.meets(grid)], options)
@@ -98,7 +100,7 @@ def composite_chunk(
                 pending.append(ahead.submit(_read, groups[k + 1][2], grid, window, options))
             used += read.used
             skipped += read.skipped
-            tokens, has_data = _reduce(read, options, block)
+            tokens, has_data = _reduce(read, options, block, window)
             first = 0 if options.mask_mode == "reference" else i
             composite[first : first + len(tokens)] = tokens
             valid += has_data.sum(axis=0, dtype=np.uint8)
@@ -222,9 +224,7 @@ def _snapped(bounds: tuple[float, float, float, float], res: float) -> tuple[flo
     )
 
 
-def _read(
-    refs: Sequence[ItemRef], grid: Grid, window: Window | None, options: CubeOptions
-) -> SceneRead:
+def _read(refs: Sequence[ItemRef], grid: Grid, window: Window, options: CubeOptions) -> SceneRead:
     read = read_scenes(
         refs,
         grid,
@@ -249,13 +249,11 @@ def _read(
     return read
 
 
-def _pixels_met(ref: ItemRef, grid: Grid, window: Window | None) -> int:
-    """Pixels of ``grid`` (its ``window``) inside the scene's footprint: those it would fill."""
-    xmin, ymin, xmax, ymax = grid.bounds
+def _pixels_met(ref: ItemRef, grid: Grid, window: Window) -> int:
+    """Pixels of ``window`` of ``grid`` inside the scene's footprint: those it would fill."""
     res = grid.resolution
-    if window is not None:
-        xmin, ymax = xmin + window.col_off * res, ymax - window.row_off * res
-        xmax, ymin = xmin + window.width * res, ymax - window.height * res
+    xmin, ymax = grid.bounds[0] + window.col_off * res, grid.bounds[3] - window.row_off * res
+    xmax, ymin = xmin + window.width * res, ymax - window.height * res
     fx0, fy0, fx1, fy1 = reproject_bounds(ref.footprint, ref.footprint_epsg, grid.epsg)
     cols = max(0, round((min(xmax, fx1) - max(xmin, fx0)) / res))
     rows = max(0, round((min(ymax, fy1) - max(ymin, fy0)) / res))
@@ -263,52 +261,31 @@ def _pixels_met(ref: ItemRef, grid: Grid, window: Window | None) -> int:
 
 
 def _reduce(
-    read: SceneRead, options: CubeOptions, block: Sequence[int]
+    read: SceneRead, options: CubeOptions, block: Sequence[int], window: Window
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Tokens ``(k, 10, h, w)`` of a block of months' scenes and ``(months, h, w)`` has-data.
+    """Tokens ``(k, 10, h, w)`` of a block of months' scenes over ``window`` (what ``read``
+    covers, or less) and ``(months, h, w)`` has-data.
 
     One token per month in the default monthly mode; one per block (the median of the block's
-    observations, ``pipeline.cube.temporal``) in seasonal and annual modes; 12 by the published rule
-    in reference mode.
+    observations) in seasonal and annual modes; 12 by the published rule in reference mode
+    (``pipeline.cube.observations``).
     """
-    months = np.array([r.month for r in read.used], dtype=np.int8)
-    offsets = np.array([r.offset for r in read.used], dtype=np.float32)
-    shape = read.layers[SCL].shape[1:]
-    if not len(months):  # every scene of the block left out: its tokens stay NaN
-        reference = options.mask_mode == "reference"
+    reference = options.mask_mode == "reference"
+    if not read.used:  # every scene of the block left out: its tokens stay NaN
         tokens = len(MONTHS) if reference else len(block) if options.temporal == "monthly" else 1
-        empty = np.full((tokens, len(BANDS), *shape), np.nan, np.float32)
-        return empty, np.zeros((len(block), *shape), bool)
-    if options.mask_mode == "reference":
-        values = _band_values(read.layers, offsets)
-        has_data = np.stack([np.isfinite(values[months == m, 0]).any(axis=0) for m in block])
-        return reference_composite(values, months, read.layers[SCL]), has_data
-    observations = _observations(read.layers, offsets, options.cloud_mask)
-    has_data = np.stack([np.isfinite(observations[months == m, 0]).any(axis=0) for m in block])
-    if options.temporal == "monthly":
-        tokens = [nanmedian_time(observations[months == m]) for m in block]
+        shape = (window.height, window.width)
+        return np.full((tokens, len(BANDS), *shape), np.nan, np.float32), np.zeros(
+            (len(block), *shape), bool
+        )
+    obs = Observations.of(read)
+    if reference:
+        tokens, has_data = reference_tokens(obs)
     else:
-        tokens = [block_medians(observations, months, "annual")[0]]
-    return np.stack(tokens), has_data
-
-
-def _band_values(layers: Mapping[str, np.ndarray], offsets: np.ndarray) -> np.ndarray:
-    """``(t, 10, h, w)`` digital numbers on the pre-2022 scale; NaN where a scene has none."""
-    return np.stack([layers[band] - offsets[:, None, None] for band in BANDS], axis=1)
-
-
-def _observations(
-    layers: Mapping[str, np.ndarray], offsets: np.ndarray, cloud_mask: Sequence[int]
-) -> np.ndarray:
-    """Valid observations ``(t, 10, h, w)``: NaN unless SCL and all 10 bands hold data (DN 0 is
-    no data) and SCL is not in ``cloud_mask``."""
-    scl = layers[SCL]
-    values = _band_values(layers, offsets)
-    valid = np.isfinite(scl) & ~np.isin(scl, cloud_mask)
-    for b, band in enumerate(BANDS):
-        valid &= np.isfinite(values[:, b]) & (layers[band] != 0)
-    values[~np.broadcast_to(valid[:, None], values.shape)] = np.nan
-    return values
+        blocks = [(m,) for m in block] if options.temporal == "monthly" else [block]
+        tokens, has_data = masked_tokens(obs, blocks, options.cloud_mask)
+    top, left = window.row_off - read.window.row_off, window.col_off - read.window.col_off
+    crop = (slice(top, top + window.height), slice(left, left + window.width))
+    return tokens[(..., *crop)], has_data[(..., *crop)]
 
 
 def _lazy_composite(
@@ -362,7 +339,7 @@ def _block(
     options: CubeOptions,
 ) -> np.ndarray:
     """One block of months of one spatial chunk: its tokens with a has-data layer appended."""
-    tokens, has_data = _reduce(_read(refs, grid, window, options), options, block)
+    tokens, has_data = _reduce(_read(refs, grid, window, options), options, block, window)
     return np.concatenate([tokens, has_data[:, None].astype(np.float32)], axis=1)
 
 

@@ -22,10 +22,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import rasterio
-from rasterio.enums import Resampling
+from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
@@ -38,7 +39,10 @@ from pipeline.cube.read_retry import (
     read_with_retries,
 )
 from pipeline.geo.grid import Grid
-from pipeline.search.items import ASSETS, AssetGrid, BadAssetError, ItemRef
+from pipeline.search.items import ASSETS, SCL, AssetGrid, BadAssetError, ItemRef
+from pipeline.search.sentinel2 import BANDS_20M
+
+T = TypeVar("T")
 
 # Cloud-read settings: no directory listing per open, no HEAD before a GET, one header read of
 # 32 KB, consecutive ranges merged and the tiles of one read fetched in parallel, HTTP/2
@@ -119,33 +123,118 @@ def read_band(
 ) -> np.ndarray:
     """One single-band asset on ``grid`` (the ``window`` of it, or all) as float32, NaN = nodata.
 
-    ``expect``: what the STAC metadata says of the file; a file that disagrees is refused.
+    What a 20 m band resampled by other than nearest needs. ``expect``: what the STAC metadata
+    says of the file; a file that disagrees is refused.
     """
     height, width = grid.shape
     window = window or Window(0, 0, width, height)
     with pool.dataset(href) as ds:
-        if ds.count != 1:
-            raise BadAssetError(f"{href} has {ds.count} bands; a Sentinel-2 asset has one")
-        if expect is not None:
-            expect.check(ds.crs.to_epsg() if ds.crs else None, ds.transform, ds.shape)
+        _check(ds, href, expect)
         factor = _aligned_factor(ds, grid, resampling)
         if factor:
-            return _plain_read(ds, grid, window, factor)
-        target = {"crs": grid.epsg, "transform": grid.transform, "height": height}
-        with _VRT_LOCK:  # see _VRT_LOCK
-            vrt = WarpedVRT(
-                ds,
-                sharing=False,
-                resampling=resampling,
-                add_alpha=ds.nodata is None,
-                width=width,
-                **target,
-            )
-        with vrt:
+            out = np.full((window.height, window.width), np.nan, np.float32)
+            piece = _plain_piece(ds, grid, window, factor, 1)
+            if piece is not None:
+                data = piece.read(ds.read, out_dtype=np.float32, masked=True)
+                out[piece.target] = np.ma.filled(data, fill_value=np.float32(np.nan))
+            return out
+        with _warped(ds, grid, resampling, add_alpha=ds.nodata is None) as vrt:
             data = vrt.read(window=window, out_dtype=np.float32, masked=True)
     # With no nodata in the file, the VRT's alpha band says where data is.
     data = np.ma.masked_array(data[0], mask=data[1] == 0) if data.shape[0] == 2 else data[0]
     return np.ma.filled(data, fill_value=np.float32(np.nan))
+
+
+def read_digital(
+    href: str,
+    grid: Grid,
+    window: Window,
+    out: np.ndarray,
+    pool: DatasetPool = POOL,
+    expect: AssetGrid | None = None,
+) -> None:
+    """A single-band asset's digital numbers over ``window`` of ``grid`` into ``out``, nearest.
+
+    ``out`` is ``window`` at the file's own pixel size when it is a multiple of the grid's
+    (``window`` then on the file's pixel edges), or at the grid's; 0 wherever the file holds no
+    data (its nodata value or mask) or does not reach, the one no-data value of Sentinel-2 L2A.
+    """
+    step = window.height // out.shape[0]
+    with pool.dataset(href) as ds:
+        _check(ds, href, expect)
+        if ds.dtypes[0] not in ("uint8", "uint16"):
+            raise BadAssetError(
+                f"{href} holds {ds.dtypes[0]} values; Sentinel-2 L2A bands are uint16 digital "
+                "numbers and SCL uint8 classes"
+            )
+        factor = _aligned_factor(ds, grid, Resampling.nearest)
+        if factor:
+            out[...] = 0
+            piece = _plain_piece(ds, grid, window, factor, step)
+            if piece is not None:
+                data = out[piece.target]
+                if piece.whole:
+                    ds.read(1, window=piece.source, out=data)
+                else:
+                    data[...] = piece.read(ds.read)
+                _zero_no_data(ds, data, lambda: piece.read(ds.read_masks))
+            return
+        with _warped(ds, grid, Resampling.nearest, nodata=0) as vrt:
+            vrt.read(1, window=window, out=out)
+
+
+def placement(
+    href: str, grid: Grid, pool: DatasetPool = POOL, expect: AssetGrid | None = None
+) -> tuple[int, int, int]:
+    """``(k, col, row)``: the file has k x k grid pixels a pixel, its top-left pixel at grid
+    column ``col`` and row ``row`` modulo k; k = 0 when only a warp puts it on the grid."""
+    with pool.dataset(href) as ds:
+        _check(ds, href, expect)
+        factor = _aligned_factor(ds, grid, Resampling.nearest)
+        if not factor:
+            return 0, 0, 0
+        col = round((ds.transform.c - grid.bounds[0]) / grid.resolution)
+        row = round((grid.bounds[3] - ds.transform.f) / grid.resolution)
+        return factor, col % factor, row % factor
+
+
+def _check(ds: rasterio.DatasetReader, href: str, expect: AssetGrid | None) -> None:
+    if ds.count != 1:
+        raise BadAssetError(f"{href} has {ds.count} bands; a Sentinel-2 asset has one")
+    if expect is not None:
+        expect.check(ds.crs.to_epsg() if ds.crs else None, ds.transform, ds.shape)
+
+
+def _zero_no_data(
+    ds: rasterio.DatasetReader, data: np.ndarray, masks: Callable[[], np.ndarray]
+) -> None:
+    """Set to 0 what the file says is no data: its nodata value, or its mask where it has one."""
+    flags = ds.mask_flag_enums[0]
+    if MaskFlags.per_dataset in flags or MaskFlags.alpha in flags:
+        data[masks() == 0] = 0
+    elif ds.nodata is not None and ds.nodata != 0:
+        data[data == ds.nodata] = 0
+
+
+@contextlib.contextmanager
+def _warped(
+    ds: rasterio.DatasetReader, grid: Grid, resampling: Resampling, **options
+) -> Iterator[WarpedVRT]:
+    """``ds`` warped onto ``grid`` through a WarpedVRT."""
+    height, width = grid.shape
+    with _VRT_LOCK:  # see _VRT_LOCK
+        vrt = WarpedVRT(
+            ds,
+            sharing=False,
+            resampling=resampling,
+            crs=grid.epsg,
+            transform=grid.transform,
+            height=height,
+            width=width,
+            **options,
+        )
+    with vrt:
+        yield vrt
 
 
 # Building a WarpedVRT sets up its transformer (PROJ) with the GIL held; a thread inside GDAL
@@ -175,33 +264,66 @@ def _aligned_factor(ds: rasterio.DatasetReader, grid: Grid, resampling: Resampli
     return factor if aligned and (factor == 1 or resampling == Resampling.nearest) else 0
 
 
-def _plain_read(ds: rasterio.DatasetReader, grid: Grid, window: Window, k: int) -> np.ndarray:
-    """``window`` of ``grid`` read straight from ``ds`` (``k`` x ``k`` target pixels per source
-    pixel, upsampled by nearest on read); NaN outside the file and where it holds nodata."""
-    out = np.full((window.height, window.width), np.nan, np.float32)
-    # The window's edges in target pixels counted from the file's top-left corner.
+@dataclass(frozen=True)
+class _Piece:
+    """Where ``window`` of the grid meets a file, read straight from it: the file pixels
+    ``source`` read at ``shape`` (upsampled by nearest where larger), their part ``trim`` that
+    lies in the window, and where that goes in the output (``target``)."""
+
+    source: Window
+    shape: tuple[int, int]
+    trim: tuple[slice, slice]
+    target: tuple[slice, slice]
+
+    @property
+    def whole(self) -> bool:
+        """Whether the piece is the file pixels as they are: read straight into the output."""
+        rows, cols = self.trim
+        return (
+            self.shape
+            == (rows.stop - rows.start, cols.stop - cols.start)
+            == (
+                self.source.height,
+                self.source.width,
+            )
+        )
+
+    def read(self, read: Callable[..., np.ndarray], **options) -> np.ndarray:
+        """``read`` (a dataset's ``read`` or ``read_masks``) of the piece, trimmed."""
+        if self.shape == (self.source.height, self.source.width):
+            return read(1, window=self.source, **options)[self.trim]
+        data = read(
+            1, window=self.source, out_shape=self.shape, resampling=Resampling.nearest, **options
+        )
+        return data[self.trim]
+
+
+def _plain_piece(
+    ds: rasterio.DatasetReader, grid: Grid, window: Window, k: int, step: int
+) -> _Piece | None:
+    """How ``window`` of ``grid`` reads straight from ``ds`` (``k`` x ``k`` grid pixels a file
+    pixel) into an output of a pixel per ``step`` x ``step`` grid pixels (``step`` 1, or ``k``
+    with ``window`` on the file's pixel edges); None where the window misses the file."""
+    # The window's edges in grid pixels counted from the file's top-left corner.
     col = window.col_off + round((grid.bounds[0] - ds.transform.c) / grid.resolution)
     row = window.row_off + round((ds.transform.f - grid.bounds[3]) / grid.resolution)
     c0, c1 = max(col, 0), min(col + window.width, ds.width * k)
     r0, r1 = max(row, 0), min(row + window.height, ds.height * k)
     if c0 >= c1 or r0 >= r1:
-        return out
-    # Whole source pixels covering it, read at k x k and trimmed to the target pixels.
+        return None
+    # Whole file pixels covering it, read at k / step output pixels a file pixel and trimmed.
     s_c0, s_r0 = c0 // k, r0 // k
     s_c1, s_r1 = -(-c1 // k), -(-r1 // k)
-    data = ds.read(
-        1,
-        window=Window(s_c0, s_r0, s_c1 - s_c0, s_r1 - s_r0),
-        out_shape=((s_r1 - s_r0) * k, (s_c1 - s_c0) * k),
-        resampling=Resampling.nearest,
-        out_dtype=np.float32,
-        masked=True,
+    up = k // step
+    rows, cols = (r1 - r0) // step, (c1 - c0) // step
+    first_row, first_col = (r0 - s_r0 * k) // step, (c0 - s_c0 * k) // step
+    out_row, out_col = (r0 - row) // step, (c0 - col) // step
+    return _Piece(
+        source=Window(s_c0, s_r0, s_c1 - s_c0, s_r1 - s_r0),
+        shape=((s_r1 - s_r0) * up, (s_c1 - s_c0) * up),
+        trim=(slice(first_row, first_row + rows), slice(first_col, first_col + cols)),
+        target=(slice(out_row, out_row + rows), slice(out_col, out_col + cols)),
     )
-    piece = np.ma.filled(data, fill_value=np.float32(np.nan))
-    out[r0 - row : r1 - row, c0 - col : c1 - col] = piece[
-        r0 - s_r0 * k : r1 - s_r0 * k, c0 - s_c0 * k : c1 - s_c0 * k
-    ]
-    return out
 
 
 def reader_threads(concurrency: int) -> ThreadPoolExecutor:
@@ -229,13 +351,27 @@ def _signed(href: str) -> str:
     return planetary_computer.sign(href)
 
 
+# The assets read at 20 m where every scene allows it (``SceneRead.factor``), in ASSETS order.
+COARSE = (*BANDS_20M, SCL)
+FINE = tuple(name for name in ASSETS if name not in COARSE)
+
+
 @dataclass
 class SceneRead:
-    """The outcome of reading scenes: ``(scenes, h, w)`` per asset, and what was left out."""
+    """Scenes read over a window: ``(scenes, rows, cols)`` per asset, and what was left out.
+
+    Digital numbers as stored, 0 wherever a scene holds no data: uint16 bands and uint8 SCL, or
+    float32 with NaN for a 20 m band resampled other than by nearest. 10 m bands cover
+    ``window`` a value per grid pixel; 20 m bands and SCL a value per ``factor`` x ``factor``
+    grid pixels: 2 when every scene's 20 m files are read at their own pixels (``window`` is
+    then widened to their pixel edges), else 1.
+    """
 
     layers: dict[str, np.ndarray]
     used: list[ItemRef]
     skipped: list[dict] = field(default_factory=list)
+    window: Window | None = None
+    factor: int = 1
 
 
 def read_scenes(
@@ -248,28 +384,26 @@ def read_scenes(
     concurrency: int = 16,
     sign_hrefs: bool = False,
     retry: ReadRetry = DEFAULT_RETRY,
+    assets: Sequence[str] = ASSETS,
 ) -> SceneRead:
-    """Every asset of every scene in ``refs`` on ``grid``, read ``concurrency`` at a time.
+    """``assets`` of every scene in ``refs`` over ``window`` of ``grid`` (or all of it), read
+    ``concurrency`` at a time.
 
     Under ``on_bad_asset="raise"`` a failed read raises ``BadAssetError`` naming the item,
     asset, href and error; under ``"skip"`` the scene is left out and recorded in ``skipped``.
     Transient failures are retried first (``pipeline.cube.read_retry``).
     """
-    shape = grid.shape if window is None else (window.height, window.width)
-    layers = {name: np.empty((len(refs), *shape), np.float32) for name in ASSETS}
+    window = window or Window(0, 0, grid.shape[1], grid.shape[0])
     failures: dict[int, dict] = {}
 
-    def read(job: tuple[int, int]) -> None:
-        i, b = job
-        ref, band = refs[i], ASSETS[b]
+    def attempt(job: tuple[int, str], read: Callable[[str, AssetGrid | None], T]) -> T | None:
+        i, name = job
+        ref, b = refs[i], ASSETS.index(name)
         href = _signed(ref.hrefs[b]) if sign_hrefs else ref.hrefs[b]
         expect = ref.grids[b] if ref.grids else None
         try:
-            layers[band][i] = read_with_retries(
-                lambda: read_band(href, grid, window, resampling_of(band), expect=expect),
-                ref.hrefs[b],
-                ref.label(band),
-                retry,
+            return read_with_retries(
+                lambda: read(href, expect), ref.hrefs[b], ref.label(name), retry
             )
         except (RasterioError, OSError, BadAssetError) as error:
             failures.setdefault(
@@ -282,9 +416,43 @@ def read_scenes(
                     "transient": is_transient(error, ref.hrefs[b]),
                 },
             )
+            return None
 
-    jobs = [(i, b) for i in range(len(refs)) for b in range(len(ASSETS))]
-    list(reader_threads(concurrency).map(read, jobs))
+    threads = reader_threads(concurrency)
+    jobs = [(i, name) for i in range(len(refs)) for name in assets]
+    places = dict(
+        zip(
+            jobs,
+            threads.map(lambda j: attempt(j, lambda h, e: placement(h, grid, expect=e)), jobs),
+            strict=True,
+        )
+    )
+    nearest = all(resampling_of(name) == Resampling.nearest for name in assets)
+    found = {places[j] for j in jobs if j[1] in COARSE and j[0] not in failures}
+    factor = 2 if nearest and len(found) == 1 and next(iter(found))[0] == 2 else 1
+    if factor == 2:
+        window = _on_pixel_edges(window, *next(iter(found))[1:])
+    layers = {
+        name: np.empty(
+            (len(refs), window.height // _step(name, factor), window.width // _step(name, factor)),
+            _dtype(name, resampling_of(name)),
+        )
+        for name in assets
+    }
+
+    def read(job: tuple[int, str]) -> None:
+        out, resampling = layers[job[1]][job[0]], resampling_of(job[1])
+
+        def into(href: str, expect: AssetGrid | None) -> None:
+            if out.dtype == np.float32:
+                out[...] = read_band(href, grid, window, resampling, expect=expect)
+            else:
+                read_digital(href, grid, window, out, expect=expect)
+
+        if job[0] not in failures:
+            attempt(job, into)
+
+    list(threads.map(read, jobs))
     if failures and on_bad_asset == "raise":
         first = failures[min(failures)]
         ref = refs[min(failures)]
@@ -302,4 +470,23 @@ def read_scenes(
     keep = [i for i in range(len(refs)) if i not in failures]
     if failures:
         layers = {name: values[keep] for name, values in layers.items()}
-    return SceneRead(layers, [refs[i] for i in keep], list(failures.values()))
+    return SceneRead(layers, [refs[i] for i in keep], list(failures.values()), window, factor)
+
+
+def _step(name: str, factor: int) -> int:
+    return factor if name in COARSE else 1
+
+
+def _dtype(name: str, resampling: Resampling) -> type:
+    if name == SCL:
+        return np.uint8
+    return np.uint16 if resampling == Resampling.nearest else np.float32
+
+
+def _on_pixel_edges(window: Window, col: int, row: int) -> Window:
+    """``window`` widened to the edges of 2 x 2 grid pixels that start at ``(col, row)`` mod 2."""
+    c0 = window.col_off - (window.col_off - col) % 2
+    r0 = window.row_off - (window.row_off - row) % 2
+    c1 = window.col_off + window.width
+    r1 = window.row_off + window.height
+    return Window(c0, r0, c1 - c0 + (c1 - col) % 2, r1 - r0 + (r1 - row) % 2)

@@ -1,0 +1,103 @@
+"""Medians over a short time axis: a sorting network on whole rows, no sort per pixel.
+
+A month of Sentinel-2 holds a handful to a few dozen observations per pixel, too few for
+``np.sort`` or ``np.partition`` along that axis to be anything but per-pixel overhead. Here the
+observations of one band are ``(n, pixels)`` rows, each row contiguous; Batcher's odd-even merge
+network compares whole rows with ``np.minimum`` / ``np.maximum`` (SIMD over pixels, in the data's
+own dtype, uint16 for digital numbers), pruned to the comparators that place the lower half, the
+only ranks a median reads. Invalid observations hold the dtype's largest value (``sentinel``), so
+they sort last and each pixel's median is picked at the ranks its own count of valid values gives.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+
+# Rows of a block fit a core's cache with room to spare: whole-row calls stay memory-bound rather
+# than Python-bound (a call costs about a microsecond, so a block holds tens of thousands of
+# pixels).
+_BLOCK_BYTES = 1 << 21
+
+
+def sentinel(dtype: np.dtype) -> int | float:
+    """The value that marks an invalid observation: it sorts after every valid one."""
+    dtype = np.dtype(dtype)
+    return np.iinfo(dtype).max if dtype.kind in "ui" else np.inf
+
+
+@functools.cache
+def network(n: int, ranks: int) -> tuple[tuple[int, int, bool, bool], ...]:
+    """Comparators ``(a, b, keep_min, keep_max)`` that put ranks ``0 .. ranks-1`` of ``n`` wires
+    in place: Batcher's odd-even merge sort, less every comparator no needed rank depends on,
+    and less the half of a comparator whose output nothing reads."""
+    size = 1 << max(n - 1, 0).bit_length()
+    pairs = []
+    p = 1
+    while p < size:
+        k = p
+        while k >= 1:
+            for j in range(k % p, size - k, 2 * k):
+                for i in range(min(k, size - j - k)):
+                    a, b = i + j, i + j + k
+                    if a // (2 * p) == b // (2 * p) and b < n:
+                        pairs.append((a, b))
+            k //= 2
+        p *= 2
+    needed, kept = set(range(ranks)), []
+    for a, b in reversed(pairs):
+        if a in needed or b in needed:
+            kept.append((a, b, a in needed, b in needed))
+            needed |= {a, b}
+    return tuple(reversed(kept))
+
+
+def median_over_time(values: np.ndarray, count: np.ndarray, *, lower: bool = False) -> np.ndarray:
+    """Median over axis 0 of the valid values of ``values`` ``(n, ...)``: float32 ``(...)``.
+
+    Invalid values hold ``sentinel(values.dtype)``; ``count`` ``(...)`` is each pixel's number of
+    valid values. The median is the mean of the two middle values for an even count (as
+    ``numpy.nanmedian``), or the lower one with ``lower`` (as ``torch.median``); NaN where the
+    count is 0. Digital numbers are integers, so the float32 mean is exact.
+    """
+    n, shape = len(values), values.shape[1:]
+    pixels = math.prod(shape)
+    out = np.full(pixels, np.nan, np.float32)
+    if n == 0:
+        return out.reshape(shape)
+    rows, count = values.reshape(n, pixels), count.reshape(pixels)
+    ranks = n // 2 + 1
+    comparators = network(n, ranks)
+    block = min(pixels, max(4096, _BLOCK_BYTES // ((n + 1) * rows.itemsize)))
+    buffer = np.empty((n + 1, block), rows.dtype)
+    flat = buffer.reshape(-1)
+    columns = np.arange(block, dtype=np.intp)
+    for start in range(0, pixels, block):
+        stop = min(pixels, start + block)
+        width = stop - start
+        rows_of = [buffer[i, :width] for i in range(n + 1)]
+        buffer[:n, :width] = rows[:, start:stop]
+        # wire -> buffer row; the spare row n takes each minimum, so no comparator copies.
+        wire = list(range(n + 1))
+        for a, b, keep_min, keep_max in comparators:
+            low, high = rows_of[wire[a]], rows_of[wire[b]]
+            if keep_min and keep_max:
+                np.minimum(low, high, out=rows_of[wire[n]])
+                np.maximum(low, high, out=high)
+                wire[a], wire[n] = wire[n], wire[a]
+            elif keep_min:
+                np.minimum(low, high, out=low)
+            else:
+                np.maximum(low, high, out=high)
+        # Where each rank's row starts in the flat buffer, so one ``take`` picks every pixel's.
+        starts = np.array(wire[:ranks], np.intp) * block
+        valid = count[start:stop]
+        at = columns[:width]
+        picked = flat.take(starts[np.maximum(valid, 1) - 1 >> 1] + at).astype(np.float32)
+        if not lower:
+            picked += flat.take(starts[valid >> 1] + at)
+            picked *= np.float32(0.5)
+        np.copyto(out[start:stop], picked, where=valid > 0)
+    return out.reshape(shape)

@@ -1,0 +1,226 @@
+"""A window's scenes to its tokens: which observations count, and their medians.
+
+The rule is the reference composite's: every band on the 10 m grid (20 m bands by nearest), an
+observation (a scene at a pixel) counts when SCL and all 10 bands hold data and SCL is not
+masked, and a token is the NaN-aware median of its observations. It is computed on digital
+numbers as stored (``pipeline.cube.reader.SceneRead``: uint16, 0 = no data), never as masked
+float arrays: an invalid observation gets the sentinel value that sorts last, and medians come
+from ``pipeline.cube.median``.
+
+The 20 m bands are computed at 20 m wherever that is exactly the same. Their values repeat over
+the 2 x 2 grid pixels of a 20 m pixel, so those four pixels share a median unless the 10 m bands
+make an observation valid at some of them and not at others (a footprint or no-data edge of a
+10 m band that cuts the 20 m pixel). Such pixels are found and computed one by one; the others
+take the median of the observations valid at all four.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from encoder.conventions import BANDS
+from pipeline.cube.median import median_over_time, sentinel
+from pipeline.cube.reader import COARSE, FINE, SceneRead
+from pipeline.search.items import SCL
+from pipeline.search.sentinel2 import REFERENCE_ZERO_CLASSES
+
+# Where each band of BANDS sits in the output.
+_FINE_AT = [BANDS.index(band) for band in FINE]
+_COARSE_AT = [BANDS.index(band) for band in COARSE if band != SCL]
+_COARSE_BANDS = [band for band in COARSE if band != SCL]
+
+
+@dataclass(frozen=True)
+class Observations:
+    """The scenes of a ``SceneRead`` in time order, as a median needs them."""
+
+    read: SceneRead
+    months: np.ndarray  # (scenes,) calendar month of each scene
+    offsets: np.ndarray  # (scenes,) digital numbers to subtract (``pipeline.search.harmonize``)
+
+    @classmethod
+    def of(cls, read: SceneRead) -> Observations:
+        return cls(
+            read,
+            np.array([r.month for r in read.used], dtype=np.int8),
+            np.array([r.offset for r in read.used], dtype=np.float32),
+        )
+
+    def spans(self, months: Sequence[int]) -> list[slice]:
+        """The scenes of each of ``months`` (contiguous: scenes are in time order)."""
+        return [
+            slice(
+                int(np.searchsorted(self.months, m)), int(np.searchsorted(self.months, m, "right"))
+            )
+            for m in months
+        ]
+
+
+def masked_tokens(
+    obs: Observations, blocks: Sequence[Sequence[int]], cloud_mask: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(len(blocks), 10, h, w)`` medians of each block of months' valid observations, and
+    ``(months, h, w)`` whether each month of the blocks has one, over the read's window.
+
+    Marks the read's layers in place (invalid observations become the sentinel).
+    """
+    layers, k = obs.read.layers, obs.read.factor
+    height, width = layers[FINE[0]].shape[1:]
+    masked = np.zeros(256, bool)
+    masked[[0, *cloud_mask]] = True  # SCL 0 is no data, as digital number 0 is for a band
+    bad_coarse = masked[layers[SCL]]
+    for band in _COARSE_BANDS:
+        bad_coarse |= _no_data(layers[band])
+    bad = _no_data(layers[FINE[0]])
+    for band in FINE[1:]:
+        bad |= _no_data(layers[band])
+    _place(bad, bad_coarse, k, combine=np.bitwise_or)
+    # An observation counts at a 20 m pixel's median when it is valid at all its four pixels.
+    bad_at_coarse = _any_of_blocks(bad, k)
+    months = [m for block in blocks for m in block]
+    has_data = np.stack(
+        [len(bad[span]) > bad[span].sum(axis=0, dtype=np.uint16) for span in obs.spans(months)]
+    )
+    tokens = np.full((len(blocks), len(BANDS), height, width), np.nan, np.float32)
+    for token, block in zip(tokens, blocks, strict=True):
+        spans = obs.spans(block)
+        span = slice(spans[0].start, spans[-1].stop)
+        if span.start == span.stop:
+            continue
+        exceptions = _exceptions(obs, span, bad, k) if k > 1 else None
+        for band, at in zip(FINE, _FINE_AT, strict=True):
+            token[at] = _median(layers[band][span], bad[span], obs.offsets[span])
+        for band, at in zip(_COARSE_BANDS, _COARSE_AT, strict=True):
+            median = _median(layers[band][span], bad_at_coarse[span], obs.offsets[span])
+            _place(token[at], median, k)
+        if exceptions is not None:
+            rows, cols, values = exceptions
+            token[np.array(_COARSE_AT)[:, None], rows, cols] = values
+    return tokens, has_data
+
+
+def reference_tokens(obs: Observations) -> tuple[np.ndarray, np.ndarray]:
+    """``(12, 10, h, w)`` monthly composites by the published training rule, and ``(12, h, w)``
+    whether each month has an observation (``pipeline.cube.temporal.reference_composite``).
+
+    Every band of an observation with SCL 9, 10 or 11 becomes 0 and stays; each band keeps its
+    own observations (a scene with no data in one band still counts in the others); a month is
+    the lower median of its observations, a month without any the lower median of the year's,
+    then 1 is added. Each band is computed at its own resolution: the rule reads nothing across
+    bands but SCL, which is at 20 m.
+    """
+    layers, k = obs.read.layers, obs.read.factor
+    height, width = layers[FINE[0]].shape[1:]
+    zero = np.zeros(256, bool)
+    zero[list(REFERENCE_ZERO_CLASSES)] = True
+    zeroed = {k: zero[layers[SCL]]}  # at the 20 m layers' step, and at 10 m
+    if k > 1:
+        zeroed[1] = np.repeat(np.repeat(zeroed[k], k, axis=1), k, axis=2)
+    spans = obs.spans(range(1, 13))
+    tokens = np.empty((len(spans), len(BANDS), height, width), np.float32)
+    has_data = np.zeros((len(spans), height, width), bool)
+    for band, at in zip(BANDS, range(len(BANDS)), strict=True):
+        step = 1 if band in FINE else k
+        values = _on_reference_scale(layers[band], obs.offsets, zeroed[step])
+        year = _lower_median(values)
+        for m, span in enumerate(spans):
+            own = _lower_median(values[span])
+            _place(tokens[m, at], np.where(np.isnan(own), year, own) + np.float32(1), step)
+            if at == 0:
+                has_data[m] = np.isfinite(values[span]).any(axis=0)
+    return tokens, has_data
+
+
+def _lower_median(values: np.ndarray) -> np.ndarray:
+    count = np.isfinite(values).sum(axis=0, dtype=np.uint16)
+    return median_over_time(values, count, lower=True)
+
+
+def _on_reference_scale(values: np.ndarray, offsets: np.ndarray, zeroed: np.ndarray) -> np.ndarray:
+    """float32 values less each scene's offset, 0 where zeroed, the sentinel where no data."""
+    no_data = _no_data(values)
+    out = values.astype(np.float32) - offsets[:, None, None]
+    out[zeroed & ~no_data] = 0
+    out[no_data] = np.inf
+    return out
+
+
+def _no_data(values: np.ndarray) -> np.ndarray:
+    """Where a layer holds no data: 0, or NaN in a resampled one."""
+    return (values == 0) | np.isnan(values) if values.dtype.kind == "f" else values == 0
+
+
+def _place(out: np.ndarray, values: np.ndarray, k: int, combine=None) -> None:
+    """``values`` of k x k pixel blocks onto each of their pixels of ``out`` (or ``combine``d
+    with what is there)."""
+    *lead, height, width = out.shape
+    blocks = out.reshape(*lead, height // k, k, width // k, k)
+    spread = values.reshape(*values.shape[:-2], height // k, 1, width // k, 1)
+    if combine is None:
+        blocks[...] = spread
+    else:
+        combine(blocks, spread, out=blocks)
+
+
+def _any_of_blocks(bad: np.ndarray, k: int) -> np.ndarray:
+    """Whether an observation is bad at any of the k x k pixels of each block."""
+    return _fold(bad, k, np.bitwise_or)
+
+
+def _all_of_blocks(bad: np.ndarray, k: int) -> np.ndarray:
+    return _fold(bad, k, np.bitwise_and)
+
+
+def _fold(bad: np.ndarray, k: int, combine) -> np.ndarray:
+    if k == 1:
+        return bad
+    out = bad[..., 0::k, 0::k].copy()
+    for dy in range(k):
+        for dx in range(k):
+            if dy or dx:
+                combine(out, bad[..., dy::k, dx::k], out=out)
+    return out
+
+
+def _median(values: np.ndarray, bad: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Median over scenes (axis 0) of ``values`` where not ``bad``, on the pre-2022 scale.
+
+    Digital numbers with one offset stay in their dtype (``values`` then holds the sentinel
+    where bad); values with several offsets, or resampled, are brought to the scale first.
+    """
+    count = len(values) - bad.sum(axis=0, dtype=np.uint16)
+    if values.dtype.kind == "u" and (offsets == offsets[0]).all():
+        fill = np.multiply(bad, sentinel(values.dtype), dtype=values.dtype)
+        np.bitwise_or(values, fill, out=values)
+        return median_over_time(values, count) - offsets[0]
+    shifted = values.astype(np.float32) - offsets.reshape(-1, *[1] * (values.ndim - 1))
+    shifted[bad] = np.inf
+    return median_over_time(shifted, count)
+
+
+def _exceptions(
+    obs: Observations, span: slice, bad: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The pixels whose 20 m bands' median is not their 20 m pixel's (an observation valid at
+    some of its four pixels only) in the scenes of ``span``: ``(rows, cols, (6, n) medians)``,
+    or None. Reads the 20 m layers, so it runs before ``_median`` marks them."""
+    bad = bad[span]
+    mixed = (_any_of_blocks(bad, k) & ~_all_of_blocks(bad, k)).any(axis=0)
+    if not mixed.any():
+        return None
+    block_rows, block_cols = np.nonzero(mixed)
+    dy, dx = np.divmod(np.arange(k * k), k)
+    rows = (block_rows[:, None] * k + dy).ravel()
+    cols = (block_cols[:, None] * k + dx).ravel()
+    values = [
+        _median(
+            obs.read.layers[band][span][:, block_rows, block_cols].repeat(k * k, axis=1),
+            bad[:, rows, cols],
+            obs.offsets[span],
+        )
+        for band in _COARSE_BANDS
+    ]
+    return rows, cols, np.stack(values)
