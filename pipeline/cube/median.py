@@ -60,11 +60,13 @@ def median_over_time(values: np.ndarray, count: np.ndarray, *, lower: bool = Fal
     Invalid values hold ``sentinel(values.dtype)``; ``count`` ``(...)`` is each pixel's number of
     valid values. The median is the mean of the two middle values for an even count (as
     ``numpy.nanmedian``), or the lower one with ``lower`` (as ``torch.median``); NaN where the
-    count is 0. Digital numbers are integers, so the float32 mean is exact.
+    count is 0. Float32, or the values' float dtype: digital numbers are integers, so the mean
+    is exact.
     """
     n, shape = len(values), values.shape[1:]
     pixels = math.prod(shape)
-    out = np.full(pixels, np.nan, np.float32)
+    dtype = np.result_type(values.dtype, np.float32)
+    out = np.full(pixels, np.nan, dtype)
     if n == 0:
         return out.reshape(shape)
     rows, count = values.reshape(n, pixels), count.reshape(pixels)
@@ -95,9 +97,9 @@ def median_over_time(values: np.ndarray, count: np.ndarray, *, lower: bool = Fal
         starts = np.array(wire[:ranks], np.intp) * block
         valid = count[start:stop]
         at = columns[:width]
-        picked = flat.take(starts[np.maximum(valid, 1) - 1 >> 1] + at).astype(np.float32)
+        picked = flat.take(starts[np.maximum(valid, 1) - 1 >> 1] + at).astype(dtype)
         if not lower:
             picked += flat.take(starts[valid >> 1] + at)
-            picked *= np.float32(0.5)
+            picked /= dtype.type(2)
         np.copyto(out[start:stop], picked, where=valid > 0)
     return out.reshape(shape)
