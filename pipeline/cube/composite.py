@@ -32,10 +32,10 @@ from rasterio.windows import Window
 from encoder.preprocess import BANDS
 from pipeline.cube.observations import Observations, masked_tokens, reference_tokens
 from pipeline.cube.read_retry import ReadRetry
-from pipeline.cube.reader import SceneRead, read_scenes
+from pipeline.cube.reader import Buffers, SceneRead, read_scenes
 from pipeline.cube.temporal import BLOCKS, nanmedian_time
 from pipeline.geo.grid import Grid, reproject_bounds
-from pipeline.search.items import ON_BAD_ASSET, BadAssetError, ItemRef, usable_refs
+from pipeline.search.items import ASSETS, ON_BAD_ASSET, BadAssetError, ItemRef, usable_refs
 from pipeline.search.sentinel2 import BANDS_20M, DEFAULT_CLOUD_MASK, REFERENCE_ZERO_CLASSES
 from timesenclip.common.errors import TimeSenCLIPError
 
@@ -88,26 +88,26 @@ def composite_chunk(
     """
     window = window or Window(0, 0, grid.shape[1], grid.shape[0])
     height, width = window.height, window.width
-    composite = np.full((len(_tokens(options)), len(BANDS), height, width), np.nan, np.float32)
+    composite = np.full((len(token_months(options)), len(BANDS), height, width), np.nan, np.float32)
     valid = np.zeros((height, width), np.uint8)
     groups = _groups([r for r in refs if r.meets(grid)], options)
     used, skipped = [], []
     with ThreadPoolExecutor(1) as ahead:
-        pending = [ahead.submit(_read, g, grid, window, options) for _, _, g in groups[:1]]
+        pending = [ahead.submit(read_window, g, grid, window, options) for _, _, g in groups[:1]]
         for k, (i, block, _) in enumerate(groups):
             read = pending.pop().result()
             if k + 1 < len(groups):
-                pending.append(ahead.submit(_read, groups[k + 1][2], grid, window, options))
+                pending.append(ahead.submit(read_window, groups[k + 1][2], grid, window, options))
             used += read.used
             skipped += read.skipped
-            tokens, has_data = _reduce(read, options, block, window)
+            tokens, has_data = reduce_window(read, options, block, window)
             first = 0 if options.mask_mode == "reference" else i
             composite[first : first + len(tokens)] = tokens
             valid += has_data.sum(axis=0, dtype=np.uint8)
     return ChunkCube(composite, valid, used, skipped)
 
 
-def _blocks(options: CubeOptions) -> tuple[tuple[int, ...], ...]:
+def month_blocks(options: CubeOptions) -> tuple[tuple[int, ...], ...]:
     """The months read together: one block per token, or the whole year in reference mode."""
     return (MONTHS,) if options.mask_mode == "reference" else BLOCKS[options.temporal]
 
@@ -116,15 +116,16 @@ def _groups(
     scenes: Sequence[ItemRef], options: CubeOptions
 ) -> list[tuple[int, tuple[int, ...], list[ItemRef]]]:
     """``(index, months, scenes in time order)`` of each block of months that has scenes."""
-    ordered = _in_order(scenes)
+    ordered = in_time_order(scenes)
     groups = [
         (i, block, [r for r in ordered if r.month in block])
-        for i, block in enumerate(_blocks(options))
+        for i, block in enumerate(month_blocks(options))
     ]
     return [group for group in groups if group[2]]
 
 
-def _tokens(options: CubeOptions) -> tuple[tuple[int, ...], ...]:
+def token_months(options: CubeOptions) -> tuple[tuple[int, ...], ...]:
+    """The months of each token of the composite: 12, 4 or 1 token."""
     return BLOCKS["monthly"] if options.mask_mode == "reference" else BLOCKS[options.temporal]
 
 
@@ -168,7 +169,7 @@ def build_cube(
             "items acquired in that year, or check the search and the assets they point to."
         )
     grid = Grid(epsg, _snapped(bounds, resolution), resolution)
-    scenes = _in_order([r for r in refs if r.meets(grid)])
+    scenes = in_time_order([r for r in refs if r.meets(grid)])
     if not scenes:
         log.warning(
             "none of the %d items overlaps bounds %s: the cube is empty", len(items), bounds
@@ -195,7 +196,7 @@ def build_cube(
     )
 
 
-def _in_order(refs: Iterable[ItemRef]) -> list[ItemRef]:
+def in_time_order(refs: Iterable[ItemRef]) -> list[ItemRef]:
     """Scenes by acquisition time, as stackstac orders them."""
     return sorted(refs, key=lambda r: str_to_datetime(r.datetime))
 
@@ -224,7 +225,16 @@ def _snapped(bounds: tuple[float, float, float, float], res: float) -> tuple[flo
     )
 
 
-def _read(refs: Sequence[ItemRef], grid: Grid, window: Window, options: CubeOptions) -> SceneRead:
+def read_window(
+    refs: Sequence[ItemRef],
+    grid: Grid,
+    window: Window,
+    options: CubeOptions,
+    assets: Sequence[str] = ASSETS,
+    buffers: Buffers | None = None,
+) -> SceneRead:
+    """``read_scenes`` of ``assets`` over ``window`` as ``options`` say, into ``buffers`` when
+    given; each scene left out is logged with the pixels of the window it would have filled."""
     read = read_scenes(
         refs,
         grid,
@@ -234,10 +244,12 @@ def _read(refs: Sequence[ItemRef], grid: Grid, window: Window, options: CubeOpti
         concurrency=options.read_concurrency,
         sign_hrefs=options.sign_hrefs,
         retry=ReadRetry(options.read_retries, options.read_backoff),
+        assets=assets,
+        buffers=buffers,
     )
     by_id = {r.id: r for r in refs}
     for skip in read.skipped:
-        skip["pixels"] = _pixels_met(by_id[skip["id"]], grid, window)
+        skip["pixels"] = pixels_met(by_id[skip["id"]], grid, window)
         log.warning(
             "cannot read asset %r of item %s at %s (%s): the item is left out of %d pixels",
             skip["asset"],
@@ -249,7 +261,7 @@ def _read(refs: Sequence[ItemRef], grid: Grid, window: Window, options: CubeOpti
     return read
 
 
-def _pixels_met(ref: ItemRef, grid: Grid, window: Window) -> int:
+def pixels_met(ref: ItemRef, grid: Grid, window: Window) -> int:
     """Pixels of ``window`` of ``grid`` inside the scene's footprint: those it would fill."""
     res = grid.resolution
     xmin, ymax = grid.bounds[0] + window.col_off * res, grid.bounds[3] - window.row_off * res
@@ -260,7 +272,7 @@ def _pixels_met(ref: ItemRef, grid: Grid, window: Window) -> int:
     return cols * rows
 
 
-def _reduce(
+def reduce_window(
     read: SceneRead, options: CubeOptions, block: Sequence[int], window: Window
 ) -> tuple[np.ndarray, np.ndarray]:
     """Tokens ``(k, 10, h, w)`` of a block of months' scenes over ``window`` (what ``read``
@@ -339,7 +351,9 @@ def _block(
     options: CubeOptions,
 ) -> np.ndarray:
     """One block of months of one spatial chunk: its tokens with a has-data layer appended."""
-    tokens, has_data = _reduce(_read(refs, grid, window, options), options, block, window)
+    tokens, has_data = reduce_window(
+        read_window(refs, grid, window, options), options, block, window
+    )
     return np.concatenate([tokens, has_data[:, None].astype(np.float32)], axis=1)
 
 

@@ -2,11 +2,13 @@
 
 A month of Sentinel-2 holds a handful to a few dozen observations per pixel, too few for
 ``np.sort`` or ``np.partition`` along that axis to be anything but per-pixel overhead. Here the
-observations of one band are ``(n, pixels)`` rows, each row contiguous; Batcher's odd-even merge
-network compares whole rows with ``np.minimum`` / ``np.maximum`` (SIMD over pixels, in the data's
-own dtype, uint16 for digital numbers), pruned to the comparators that place the lower half, the
-only ranks a median reads. Invalid observations hold the dtype's largest value (``sentinel``), so
-they sort last and each pixel's median is picked at the ranks its own count of valid values gives.
+observations of one band are ``(n, pixels)`` rows; Batcher's odd-even merge network compares
+whole rows with ``np.minimum`` / ``np.maximum`` (SIMD over pixels, in the data's own dtype:
+uint16 for digital numbers), pruned to the comparators the lower half of the ranks depends on.
+
+An invalid observation holds a value that sorts after every valid one, so the lower half of the
+ranks, the only ones a median reads, is all the network must sort; each pixel's median is then
+picked at the ranks its own count of valid values gives.
 """
 
 from __future__ import annotations
@@ -22,17 +24,11 @@ import numpy as np
 _BLOCK_BYTES = 1 << 21
 
 
-def sentinel(dtype: np.dtype) -> int | float:
-    """The value that marks an invalid observation: it sorts after every valid one."""
-    dtype = np.dtype(dtype)
-    return np.iinfo(dtype).max if dtype.kind in "ui" else np.inf
-
-
 @functools.cache
 def network(n: int, ranks: int) -> tuple[tuple[int, int, bool, bool], ...]:
     """Comparators ``(a, b, keep_min, keep_max)`` that put ranks ``0 .. ranks-1`` of ``n`` wires
     in place: Batcher's odd-even merge sort, less every comparator no needed rank depends on,
-    and less the half of a comparator whose output nothing reads."""
+    and less the half of a comparator whose result nothing reads."""
     size = 1 << max(n - 1, 0).bit_length()
     pairs = []
     p = 1
@@ -54,22 +50,25 @@ def network(n: int, ranks: int) -> tuple[tuple[int, int, bool, bool], ...]:
     return tuple(reversed(kept))
 
 
-def median_over_time(values: np.ndarray, count: np.ndarray, *, lower: bool = False) -> np.ndarray:
-    """Median over axis 0 of the valid values of ``values`` ``(n, ...)``: float32 ``(...)``.
+def median_over_time(
+    values: np.ndarray, bad: np.ndarray, *, lower: bool = False, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Median over axis 0 of ``values`` ``(n, ...)`` where not ``bad`` (same shape): ``(...)``.
 
-    Invalid values hold ``sentinel(values.dtype)``; ``count`` ``(...)`` is each pixel's number of
-    valid values. The median is the mean of the two middle values for an even count (as
-    ``numpy.nanmedian``), or the lower one with ``lower`` (as ``torch.median``); NaN where the
-    count is 0. Float32, or the values' float dtype: digital numbers are integers, so the mean
-    is exact.
+    The mean of the two middle values for an even count (as ``numpy.nanmedian``), or the lower
+    one with ``lower`` (as ``torch.median``); NaN where no value is valid. Float32, or the
+    values' float dtype: digital numbers are integers, so the mean is exact. Written into
+    ``out`` when given.
     """
     n, shape = len(values), values.shape[1:]
     pixels = math.prod(shape)
     dtype = np.result_type(values.dtype, np.float32)
-    out = np.full(pixels, np.nan, dtype)
+    out = np.empty(shape, dtype) if out is None else out
+    flat_out = out.reshape(pixels)
     if n == 0:
-        return out.reshape(shape)
-    rows, count = values.reshape(n, pixels), count.reshape(pixels)
+        flat_out[...] = np.nan
+        return out
+    rows, bad = values.reshape(n, pixels), bad.reshape(n, pixels)
     ranks = n // 2 + 1
     comparators = network(n, ranks)
     block = min(pixels, max(4096, _BLOCK_BYTES // ((n + 1) * rows.itemsize)))
@@ -80,7 +79,7 @@ def median_over_time(values: np.ndarray, count: np.ndarray, *, lower: bool = Fal
         stop = min(pixels, start + block)
         width = stop - start
         rows_of = [buffer[i, :width] for i in range(n + 1)]
-        buffer[:n, :width] = rows[:, start:stop]
+        _marked(buffer[:n, :width], rows[:, start:stop], bad[:, start:stop])
         # wire -> buffer row; the spare row n takes each minimum, so no comparator copies.
         wire = list(range(n + 1))
         for a, b, keep_min, keep_max in comparators:
@@ -93,13 +92,25 @@ def median_over_time(values: np.ndarray, count: np.ndarray, *, lower: bool = Fal
                 np.minimum(low, high, out=low)
             else:
                 np.maximum(low, high, out=high)
-        # Where each rank's row starts in the flat buffer, so one ``take`` picks every pixel's.
+        # Each count's middle ranks, as offsets in the flat buffer: one ``take`` picks them all.
+        valid = n - bad[:, start:stop].sum(axis=0, dtype=np.intp)
         starts = np.array(wire[:ranks], np.intp) * block
-        valid = count[start:stop]
         at = columns[:width]
-        picked = flat.take(starts[np.maximum(valid, 1) - 1 >> 1] + at).astype(dtype)
+        result = flat_out[start:stop]
+        result[...] = flat.take(starts.take(np.maximum(valid, 1) - 1 >> 1) + at)
         if not lower:
-            picked += flat.take(starts[valid >> 1] + at)
-            picked /= dtype.type(2)
-        np.copyto(out[start:stop], picked, where=valid > 0)
-    return out.reshape(shape)
+            result += flat.take(starts.take(valid >> 1) + at)
+            result /= dtype.type(2)
+        result[valid == 0] = np.nan
+    return out
+
+
+def _marked(rows: np.ndarray, values: np.ndarray, bad: np.ndarray) -> None:
+    """``values`` into ``rows``, with the value that sorts after every other where ``bad``."""
+    if rows.dtype.kind == "u":
+        np.bitwise_or(
+            values, np.multiply(bad, np.iinfo(rows.dtype).max, dtype=rows.dtype), out=rows
+        )
+    else:
+        np.copyto(rows, values)
+        rows[bad] = np.inf

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from encoder.conventions import BANDS
-from pipeline.cube.median import median_over_time, sentinel
+from pipeline.cube.median import median_over_time
 from pipeline.cube.reader import COARSE, FINE, SceneRead
 from pipeline.search.items import SCL
 from pipeline.search.sentinel2 import REFERENCE_ZERO_CLASSES
@@ -63,43 +63,42 @@ def masked_tokens(
     obs: Observations, blocks: Sequence[Sequence[int]], cloud_mask: Sequence[int]
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(len(blocks), 10, h, w)`` medians of each block of months' valid observations, and
-    ``(months, h, w)`` whether each month of the blocks has one, over the read's window.
-
-    Marks the read's layers in place (invalid observations become the sentinel).
-    """
+    ``(months, h, w)`` whether each month of the blocks has one, over the read's window."""
     layers, k = obs.read.layers, obs.read.factor
-    height, width = layers[FINE[0]].shape[1:]
     masked = np.zeros(256, bool)
     masked[[0, *cloud_mask]] = True  # SCL 0 is no data, as digital number 0 is for a band
-    bad_coarse = masked[layers[SCL]]
-    for band in _COARSE_BANDS:
-        bad_coarse |= _no_data(layers[band])
-    bad = _no_data(layers[FINE[0]])
-    for band in FINE[1:]:
-        bad |= _no_data(layers[band])
+    bad_coarse = _mark_no_data(masked[layers[SCL]], *(layers[b] for b in _COARSE_BANDS))
+    bad = _mark_no_data(np.zeros(layers[FINE[0]].shape, bool), *(layers[b] for b in FINE))
     _place(bad, bad_coarse, k, combine=np.bitwise_or)
     # An observation counts at a 20 m pixel's median when it is valid at all its four pixels.
     bad_at_coarse = _any_of_blocks(bad, k)
     months = [m for block in blocks for m in block]
-    has_data = np.stack(
-        [len(bad[span]) > bad[span].sum(axis=0, dtype=np.uint16) for span in obs.spans(months)]
-    )
-    tokens = np.full((len(blocks), len(BANDS), height, width), np.nan, np.float32)
+    has_data = np.stack([~np.logical_and.reduce(bad[span]) for span in obs.spans(months)])
+    tokens = np.empty((len(blocks), len(BANDS), *bad.shape[1:]), np.float32)
     for token, block in zip(tokens, blocks, strict=True):
         spans = obs.spans(block)
         span = slice(spans[0].start, spans[-1].stop)
         if span.start == span.stop:
+            token[...] = np.nan
             continue
-        exceptions = _exceptions(obs, span, bad, k) if k > 1 else None
         for band, at in zip(FINE, _FINE_AT, strict=True):
-            token[at] = _median(layers[band][span], bad[span], obs.offsets[span])
+            _median(layers[band][span], bad[span], obs.offsets[span], out=token[at])
         for band, at in zip(_COARSE_BANDS, _COARSE_AT, strict=True):
             median = _median(layers[band][span], bad_at_coarse[span], obs.offsets[span])
             _place(token[at], median, k)
-        if exceptions is not None:
-            rows, cols, values = exceptions
-            token[np.array(_COARSE_AT)[:, None], rows, cols] = values
+        if k > 1:
+            _exceptions(token, obs, span, bad, k)
     return tokens, has_data
+
+
+def _mark_no_data(bad: np.ndarray, *layers: np.ndarray) -> np.ndarray:
+    """``bad``, marked also where any of ``layers`` holds no data (0, or NaN where resampled)."""
+    no_data = np.empty_like(bad)
+    for values in layers:
+        bad |= np.equal(values, 0, out=no_data)
+        if values.dtype.kind == "f":
+            bad |= np.isnan(values, out=no_data)
+    return bad
 
 
 def reference_tokens(obs: Observations) -> tuple[np.ndarray, np.ndarray]:
@@ -135,34 +134,32 @@ def reference_tokens(obs: Observations) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _lower_median(values: np.ndarray) -> np.ndarray:
-    count = np.isfinite(values).sum(axis=0, dtype=np.uint16)
-    return median_over_time(values, count, lower=True)
+    return median_over_time(values, ~np.isfinite(values), lower=True)
 
 
 def _on_reference_scale(values: np.ndarray, offsets: np.ndarray, zeroed: np.ndarray) -> np.ndarray:
-    """float32 values less each scene's offset, 0 where zeroed, the sentinel where no data."""
-    no_data = _no_data(values)
+    """float32 values less each scene's offset, 0 where zeroed, NaN where no data."""
+    no_data = _mark_no_data(np.zeros(values.shape, bool), values)
     out = values.astype(np.float32) - offsets[:, None, None]
     out[zeroed & ~no_data] = 0
-    out[no_data] = np.inf
+    out[no_data] = np.nan
     return out
-
-
-def _no_data(values: np.ndarray) -> np.ndarray:
-    """Where a layer holds no data: 0, or NaN in a resampled one."""
-    return (values == 0) | np.isnan(values) if values.dtype.kind == "f" else values == 0
 
 
 def _place(out: np.ndarray, values: np.ndarray, k: int, combine=None) -> None:
     """``values`` of k x k pixel blocks onto each of their pixels of ``out`` (or ``combine``d
-    with what is there)."""
-    *lead, height, width = out.shape
-    blocks = out.reshape(*lead, height // k, k, width // k, k)
-    spread = values.reshape(*values.shape[:-2], height // k, 1, width // k, 1)
-    if combine is None:
-        blocks[...] = spread
+    with what is there). Row by row: broadcasting into a k-long innermost axis crawls."""
+    if k == 1:
+        spread = values
+        rows = [out]
     else:
-        combine(blocks, spread, out=blocks)
+        spread = np.repeat(values, k, axis=-1)
+        rows = [out[..., dy::k, :] for dy in range(k)]
+    for target in rows:
+        if combine is None:
+            target[...] = spread
+        else:
+            combine(target, spread, out=target)
 
 
 def _any_of_blocks(bad: np.ndarray, k: int) -> np.ndarray:
@@ -177,50 +174,40 @@ def _all_of_blocks(bad: np.ndarray, k: int) -> np.ndarray:
 def _fold(bad: np.ndarray, k: int, combine) -> np.ndarray:
     if k == 1:
         return bad
-    out = bad[..., 0::k, 0::k].copy()
-    for dy in range(k):
-        for dx in range(k):
-            if dy or dx:
-                combine(out, bad[..., dy::k, dx::k], out=out)
+    rows = bad[..., 0::k, :].copy()
+    for dy in range(1, k):
+        combine(rows, bad[..., dy::k, :], out=rows)
+    out = rows[..., 0::k].copy()
+    for dx in range(1, k):
+        combine(out, rows[..., dx::k], out=out)
     return out
 
 
-def _median(values: np.ndarray, bad: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Median over scenes (axis 0) of ``values`` where not ``bad``, on the pre-2022 scale.
-
-    Digital numbers with one offset stay in their dtype (``values`` then holds the sentinel
-    where bad); values with several offsets, or resampled, are brought to the scale first.
-    """
-    count = len(values) - bad.sum(axis=0, dtype=np.uint16)
+def _median(
+    values: np.ndarray, bad: np.ndarray, offsets: np.ndarray, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Median over scenes (axis 0) of ``values`` where not ``bad``, on the pre-2022 scale
+    (into ``out`` when given). Digital numbers with one offset stay in their dtype up to the
+    median; with several offsets, or resampled, they are brought to the scale first."""
     if values.dtype.kind == "u" and (offsets == offsets[0]).all():
-        fill = np.multiply(bad, sentinel(values.dtype), dtype=values.dtype)
-        np.bitwise_or(values, fill, out=values)
-        return median_over_time(values, count) - offsets[0]
+        median = median_over_time(values, bad, out=out)
+        median -= offsets[0]
+        return median
     shifted = values.astype(np.float32) - offsets.reshape(-1, *[1] * (values.ndim - 1))
-    shifted[bad] = np.inf
-    return median_over_time(shifted, count)
+    return median_over_time(shifted, bad, out=out)
 
 
-def _exceptions(
-    obs: Observations, span: slice, bad: np.ndarray, k: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """The pixels whose 20 m bands' median is not their 20 m pixel's (an observation valid at
-    some of its four pixels only) in the scenes of ``span``: ``(rows, cols, (6, n) medians)``,
-    or None. Reads the 20 m layers, so it runs before ``_median`` marks them."""
+def _exceptions(token: np.ndarray, obs: Observations, span: slice, bad: np.ndarray, k: int) -> None:
+    """Set the 20 m bands of ``token`` at the pixels whose median is not their 20 m pixel's: an
+    observation among the scenes of ``span`` is valid at some of its four pixels only."""
     bad = bad[span]
     mixed = (_any_of_blocks(bad, k) & ~_all_of_blocks(bad, k)).any(axis=0)
     if not mixed.any():
-        return None
+        return
     block_rows, block_cols = np.nonzero(mixed)
     dy, dx = np.divmod(np.arange(k * k), k)
     rows = (block_rows[:, None] * k + dy).ravel()
     cols = (block_cols[:, None] * k + dx).ravel()
-    values = [
-        _median(
-            obs.read.layers[band][span][:, block_rows, block_cols].repeat(k * k, axis=1),
-            bad[:, rows, cols],
-            obs.offsets[span],
-        )
-        for band in _COARSE_BANDS
-    ]
-    return rows, cols, np.stack(values)
+    for band, at in zip(_COARSE_BANDS, _COARSE_AT, strict=True):
+        values = obs.read.layers[band][span][:, block_rows, block_cols].repeat(k * k, axis=1)
+        token[at, rows, cols] = _median(values, bad[:, rows, cols], obs.offsets[span])

@@ -16,13 +16,14 @@ chunk settings (``configure_gdal``).
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 import rasterio
@@ -47,8 +48,11 @@ T = TypeVar("T")
 # Cloud-read settings: no directory listing per open, no HEAD before a GET, one header read of
 # 32 KB, consecutive ranges merged and the tiles of one read fetched in parallel, HTTP/2
 # multiplexing, a 64 MiB process-wide cache of fetched ranges (headers of files that neighbouring
-# chunks read again), and GDAL's own retry of 429/5xx.
+# chunks read again), and GDAL's own retry of 429/5xx. GDAL's cache of decoded blocks stays
+# small: reads are whole blocks, each decoded once (``pipeline.cube.area``), so a large cache
+# only holds memory (5 % of the machine's by default, per process) and faults in fresh pages.
 GDAL_OPTIONS: dict[str, str] = {
+    "GDAL_CACHEMAX": "64",
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
     "CPL_VSIL_CURL_USE_HEAD": "NO",
     "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.TIF,.tiff,.jp2",
@@ -77,7 +81,7 @@ class DatasetPool:
     (an idle one, or a new one) and gives it back; at most ``max_idle`` idle handles are kept.
     """
 
-    def __init__(self, max_idle: int = 256) -> None:
+    def __init__(self, max_idle: int = 4096) -> None:
         self.max_idle = max_idle
         self._idle: OrderedDict[int, tuple[str, rasterio.DatasetReader]] = OrderedDict()
         self._lock = threading.Lock()
@@ -169,33 +173,62 @@ def read_digital(
             )
         factor = _aligned_factor(ds, grid, Resampling.nearest)
         if factor:
-            out[...] = 0
             piece = _plain_piece(ds, grid, window, factor, step)
-            if piece is not None:
-                data = out[piece.target]
-                if piece.whole:
-                    ds.read(1, window=piece.source, out=data)
-                else:
-                    data[...] = piece.read(ds.read)
-                _zero_no_data(ds, data, lambda: piece.read(ds.read_masks))
+            if piece is None:
+                out[...] = 0
+                return
+            _zero_outside(out, piece.target)
+            data = out[piece.target]
+            if piece.whole:
+                ds.read(1, window=piece.source, out=data)
+            else:
+                data[...] = piece.read(ds.read)
+            _zero_no_data(ds, data, lambda: piece.read(ds.read_masks))
             return
         with _warped(ds, grid, Resampling.nearest, nodata=0) as vrt:
             vrt.read(1, window=window, out=out)
 
 
+class Placement(NamedTuple):
+    """How a file sits on a grid: ``factor`` x ``factor`` grid pixels a file pixel (0 when only
+    a warp puts it there), its top-left pixel at grid column ``col`` and row ``row``, and its
+    internal blocks (what a read decodes whole) of ``block`` = (rows, cols) grid pixels."""
+
+    factor: int
+    col: int
+    row: int
+    block: tuple[int, int]
+
+
 def placement(
     href: str, grid: Grid, pool: DatasetPool = POOL, expect: AssetGrid | None = None
-) -> tuple[int, int, int]:
-    """``(k, col, row)``: the file has k x k grid pixels a pixel, its top-left pixel at grid
-    column ``col`` and row ``row`` modulo k; k = 0 when only a warp puts it on the grid."""
+) -> Placement:
+    """Where the file at ``href`` sits on ``grid`` (``Placement``)."""
     with pool.dataset(href) as ds:
         _check(ds, href, expect)
         factor = _aligned_factor(ds, grid, Resampling.nearest)
         if not factor:
-            return 0, 0, 0
-        col = round((ds.transform.c - grid.bounds[0]) / grid.resolution)
-        row = round((grid.bounds[3] - ds.transform.f) / grid.resolution)
-        return factor, col % factor, row % factor
+            return Placement(0, 0, 0, (0, 0))
+        rows, cols = ds.block_shapes[0]
+        return Placement(
+            factor,
+            round((ds.transform.c - grid.bounds[0]) / grid.resolution),
+            round((grid.bounds[3] - ds.transform.f) / grid.resolution),
+            (rows * factor, cols * factor),
+        )
+
+
+def asset_placement(
+    ref: ItemRef, name: str, grid: Grid, sign_hrefs: bool = False
+) -> Placement | None:
+    """Where asset ``name`` of ``ref`` sits on ``grid``; None when it cannot be opened (the read
+    that follows then says why)."""
+    b = ASSETS.index(name)
+    href = _signed(ref.hrefs[b]) if sign_hrefs else ref.hrefs[b]
+    try:
+        return placement(href, grid, expect=ref.grids[b] if ref.grids else None)
+    except (RasterioError, OSError, BadAssetError):
+        return None
 
 
 def _check(ds: rasterio.DatasetReader, href: str, expect: AssetGrid | None) -> None:
@@ -203,6 +236,15 @@ def _check(ds: rasterio.DatasetReader, href: str, expect: AssetGrid | None) -> N
         raise BadAssetError(f"{href} has {ds.count} bands; a Sentinel-2 asset has one")
     if expect is not None:
         expect.check(ds.crs.to_epsg() if ds.crs else None, ds.transform, ds.shape)
+
+
+def _zero_outside(out: np.ndarray, target: tuple[slice, slice]) -> None:
+    """Set ``out`` to 0 but for ``target``: the part of it a file does not reach."""
+    rows, cols = target
+    out[: rows.start] = 0
+    out[rows.stop :] = 0
+    out[rows, : cols.start] = 0
+    out[rows, cols.stop :] = 0
 
 
 def _zero_no_data(
@@ -351,6 +393,22 @@ def _signed(href: str) -> str:
     return planetary_computer.sign(href)
 
 
+class Buffers:
+    """Arrays handed out again for every window a task reads, by name: fresh memory for each
+    window costs page faults, and freeing it TLB shootdowns across the reader threads."""
+
+    def __init__(self) -> None:
+        self._flat: dict[str, np.ndarray] = {}
+
+    def array(self, name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+        """A C-contiguous ``shape`` array of ``dtype``, in memory the last one of ``name`` had."""
+        size = math.prod(shape)
+        flat = self._flat.get(name)
+        if flat is None or flat.size < size or flat.dtype != dtype:
+            flat = self._flat[name] = np.empty(size, dtype)
+        return flat[:size].reshape(shape)
+
+
 # The assets read at 20 m where every scene allows it (``SceneRead.factor``), in ASSETS order.
 COARSE = (*BANDS_20M, SCL)
 FINE = tuple(name for name in ASSETS if name not in COARSE)
@@ -385,9 +443,10 @@ def read_scenes(
     sign_hrefs: bool = False,
     retry: ReadRetry = DEFAULT_RETRY,
     assets: Sequence[str] = ASSETS,
+    buffers: Buffers | None = None,
 ) -> SceneRead:
     """``assets`` of every scene in ``refs`` over ``window`` of ``grid`` (or all of it), read
-    ``concurrency`` at a time.
+    ``concurrency`` at a time, into ``buffers`` when given (what they held before is lost).
 
     Under ``on_bad_asset="raise"`` a failed read raises ``BadAssetError`` naming the item,
     asset, href and error; under ``"skip"`` the scene is left out and recorded in ``skipped``.
@@ -428,12 +487,18 @@ def read_scenes(
         )
     )
     nearest = all(resampling_of(name) == Resampling.nearest for name in assets)
-    found = {places[j] for j in jobs if j[1] in COARSE and j[0] not in failures}
+    found = {
+        (p.factor, p.col % 2, p.row % 2)
+        for j, p in places.items()
+        if j[1] in COARSE and j[0] not in failures
+    }
     factor = 2 if nearest and len(found) == 1 and next(iter(found))[0] == 2 else 1
     if factor == 2:
         window = _on_pixel_edges(window, *next(iter(found))[1:])
+    buffers = buffers or Buffers()
     layers = {
-        name: np.empty(
+        name: buffers.array(
+            name,
             (len(refs), window.height // _step(name, factor), window.width // _step(name, factor)),
             _dtype(name, resampling_of(name)),
         )

@@ -12,7 +12,7 @@ from typing import Literal
 
 import numpy as np
 
-from pipeline.cube.median import median_over_time, sentinel
+from pipeline.cube.median import median_over_time
 from pipeline.search.sentinel2 import REFERENCE_ZERO_CLASSES
 from timesenclip.common.errors import TimeSenCLIPError
 
@@ -65,19 +65,13 @@ def nanmedian_time(values: np.ndarray) -> np.ndarray:
     Equals ``np.nanmedian(values, axis=0)``, many times faster on a short time axis and without
     its all-NaN warnings (``pipeline.cube.median``).
     """
-    return median_over_time(*_marked(values))
+    return median_over_time(values, ~np.isfinite(values))
 
 
 def lower_nanmedian_time(values: np.ndarray) -> np.ndarray:
     """Median over axis 0 ignoring NaN, the LOWER middle value for an even count (as
     ``torch.median``); NaN where a pixel has no finite value."""
-    return median_over_time(*_marked(values), lower=True)
-
-
-def _marked(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``values`` with NaN as the median's sentinel, and each pixel's count of the others."""
-    finite = np.isfinite(values)
-    return np.where(finite, values, sentinel(values.dtype)), finite.sum(axis=0)
+    return median_over_time(values, ~np.isfinite(values), lower=True)
 
 
 def reference_composite(values: np.ndarray, months: np.ndarray, scl: np.ndarray) -> np.ndarray:

@@ -1,0 +1,250 @@
+"""Composites of a whole area with each COG block decoded once: what a tile's chunks read.
+
+Read chunk by chunk, a block is decoded again for every chunk it meets: a 512-px chunk meets on
+average 2.25 of a 10 m band's 1024-px blocks and 1.56 of a 20 m band's (1024 pixels of 20 m
+span 2048 of the grid), so it decodes 9 and 25 times the pixels it uses. Here one task per block
+of months composites a tile's area in windows on the scenes' own blocks: the 20 m bands and SCL
+of a 20 m block's footprint are read once, the 10 m blocks inside it one after the other. The
+tokens go to disk (``StoredTokens``), from where each chunk takes its window (``stored_chunk``).
+Memory follows a window and the scenes of one block of months, never the area: windows shrink
+below a block (which is then decoded more than once) only where a block of months holds too
+many scenes for the task's ``budget``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from rasterio.windows import Window
+
+from encoder.conventions import BANDS
+from pipeline.cube.composite import (
+    ChunkCube,
+    CubeOptions,
+    in_time_order,
+    month_blocks,
+    pixels_met,
+    read_window,
+    reduce_window,
+    token_months,
+)
+from pipeline.cube.reader import COARSE, FINE, Buffers, SceneRead, asset_placement
+from pipeline.geo.grid import Grid
+from pipeline.search.items import ItemRef
+from timesenclip.common.atomic import scratch_path
+
+# Bytes a window holds per grid pixel and scene: 10 m bands with their masks, and 20 m bands
+# with SCL and their mask at 2 x 2 grid pixels a value.
+_FINE_BYTES = 12
+_COARSE_BYTES = 14 / 4
+_SMALLEST = 256  # windows are not cut below this many pixels a side
+DEFAULT_BUDGET = 512 * 2**20
+
+
+@dataclass(frozen=True)
+class StoredTokens:
+    """A block of months' tokens over ``area`` of a grid, on disk, and what went into them.
+
+    One ``.npy`` a window of ``windows`` (which tile ``area``) in ``folder``: ``(tokens, 10, h,
+    w)`` float32, and beside it ``(h, w)`` uint8, how many months of the block have a valid
+    observation (``paths``); ``folder`` is None when no scene meets the area in those months.
+    """
+
+    index: int  # of the block of months, in ``month_blocks``
+    area: Window
+    folder: Path | None
+    windows: tuple[Window, ...] = ()
+    used: tuple[str, ...] = ()
+    skipped: tuple[dict, ...] = ()
+
+    def paths(self, window: Window) -> tuple[Path, Path]:
+        name = f"r{window.row_off}-c{window.col_off}"
+        return self.folder / f"{name}.npy", self.folder / f"{name}.months.npy"
+
+
+def composite_area(
+    refs: Sequence[ItemRef],
+    grid: Grid,
+    area: Window,
+    index: int,
+    options: CubeOptions,
+    folder: Path,
+    budget: int = DEFAULT_BUDGET,
+) -> StoredTokens:
+    """The tokens of block ``index`` of months (``month_blocks(options)``) of the scenes in
+    ``refs`` over ``area`` of ``grid``, stored in a folder of ``folder`` of their own (replaced
+    whole when it exists).
+
+    A scene left out under ``on_bad_asset="skip"`` (its read failed) is left out of the rest of
+    the area too; ``skipped`` names it once.
+    """
+    block = month_blocks(options)[index]
+    inside = grid.window(area.row_off, area.col_off, area.height, area.width)
+    scenes = in_time_order([r for r in refs if r.month in block and r.meets(inside)])
+    if not scenes:
+        return StoredTokens(index, area, None)
+    skipped: list[dict] = []
+    left_out: set[str] = set()
+    windows: list[Window] = []
+    coarse_buffers, fine_buffers = Buffers(), Buffers()
+    folder = folder / f"block-{index:02d}"
+    with scratch_path(folder) as scratch:
+        stored = StoredTokens(index, area, scratch)
+        scratch.mkdir(parents=True)
+        for outer, inner_grid in _windows(scenes, grid, area, options, budget):
+            here = _meeting(_without(scenes, left_out), grid, outer)
+            coarse = read_window(here, grid, outer, options, COARSE, coarse_buffers)
+            skipped += coarse.skipped
+            left_out |= {skip["id"] for skip in coarse.skipped}
+            for inner in _cells(coarse.window, *inner_grid):
+                written = _intersection(inner, area)
+                if written is None:
+                    continue
+                here = _meeting(_without(coarse.used, left_out), grid, inner)
+                fine = read_window(here, grid, inner, options, FINE, fine_buffers)
+                skipped += fine.skipped
+                left_out |= {skip["id"] for skip in fine.skipped}
+                read = _joined(coarse, fine, inner)
+                tokens, has_data = reduce_window(read, options, block, written)
+                tokens_path, months_path = stored.paths(written)
+                np.save(tokens_path, tokens)
+                np.save(months_path, has_data.sum(axis=0, dtype=np.uint8))
+                windows.append(written)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(scratch, folder)
+    used = tuple(r.id for r in _without(scenes, left_out))
+    return StoredTokens(index, area, folder, tuple(windows), used, tuple(skipped))
+
+
+def _without(scenes: Sequence[ItemRef], ids: set[str]) -> list[ItemRef]:
+    return [r for r in scenes if r.id not in ids]
+
+
+def _meeting(scenes: Sequence[ItemRef], grid: Grid, window: Window) -> list[ItemRef]:
+    """The scenes whose footprint meets ``window`` of ``grid``."""
+    part = grid.window(window.row_off, window.col_off, window.height, window.width)
+    return [r for r in scenes if r.meets(part)]
+
+
+def stored_chunk(
+    stored: Sequence[StoredTokens],
+    refs: Sequence[ItemRef],
+    grid: Grid,
+    window: Window,
+    options: CubeOptions,
+) -> ChunkCube:
+    """``window`` of ``grid`` taken from the stored blocks of months, as ``composite_chunk``
+    gives it for the scenes ``refs`` that meet it (skips counted in its own pixels)."""
+    composite = np.full(
+        (len(token_months(options)), len(BANDS), window.height, window.width), np.nan, np.float32
+    )
+    valid = np.zeros((window.height, window.width), np.uint8)
+    for block in stored:
+        first = 0 if options.mask_mode == "reference" else block.index
+        for part in block.windows:
+            common = _intersection(window, part)
+            if common is None:
+                continue
+            source, target = _within(common, part), _within(common, window)
+            tokens_path, months_path = block.paths(part)
+            tokens = np.load(tokens_path, mmap_mode="r")
+            composite[(slice(first, first + len(tokens)), slice(None), *target)] = tokens[
+                (..., *source)
+            ]
+            valid[target] += np.load(months_path, mmap_mode="r")[source]
+    by_id = {r.id: r for r in refs}
+    used = {i for block in stored for i in block.used}
+    skipped = [
+        {**skip, "pixels": pixels_met(by_id[skip["id"]], grid, window)}
+        for block in stored
+        for skip in block.skipped
+        if skip["id"] in by_id
+    ]
+    return ChunkCube(composite, valid, [r for r in refs if r.id in used], skipped)
+
+
+def _windows(
+    scenes: Sequence[ItemRef], grid: Grid, area: Window, options: CubeOptions, budget: int
+) -> list[tuple[Window, tuple[Window, tuple[int, int]]]]:
+    """``(outer window, (origin, size) of its inner windows)``: ``area`` cut on the first
+    scene's 20 m blocks, each of those on its 10 m blocks, as large as ``budget`` allows for
+    ``scenes``. A window smaller than a block still decodes the whole block.
+
+    Without blocks on the grid (files only a warp puts there, or a first scene that cannot be
+    read), 512-px windows."""
+    fine, coarse = (
+        asset_placement(scenes[0], name, grid, options.sign_hrefs) for name in (FINE[0], COARSE[0])
+    )
+    if not (fine and fine.factor and coarse and coarse.factor):
+        size = (512, 512)
+        return [(w, (area, size)) for w in _cells(area, area, size)]
+    outer, inner = coarse.block, fine.block
+    while len(scenes) * (_area(outer) * _COARSE_BYTES + _area(inner) * _FINE_BYTES) > budget:
+        if max(inner) > _SMALLEST:
+            inner = _halved(inner)
+        elif max(outer) > _SMALLEST:
+            outer = _halved(outer)
+            inner = (min(inner[0], outer[0]), min(inner[1], outer[1]))
+        else:
+            break
+    inner_origin = Window(fine.col, fine.row, 1, 1)
+    cells = _cells(area, Window(coarse.col, coarse.row, 1, 1), outer)
+    return [(w, (inner_origin, inner)) for w in cells]
+
+
+def _area(size: tuple[int, int]) -> int:
+    return size[0] * size[1]
+
+
+def _halved(size: tuple[int, int]) -> tuple[int, int]:
+    rows, cols = size
+    return (rows // 2, cols) if rows >= cols else (rows, cols // 2)
+
+
+def _cells(window: Window, origin: Window, size: tuple[int, int]) -> list[Window]:
+    """``window`` cut by the lines of a grid of ``size`` = (rows, cols) cells through
+    ``origin``'s top-left corner."""
+    rows, cols = size
+    out = []
+    r = window.row_off - (window.row_off - origin.row_off) % rows
+    while r < window.row_off + window.height:
+        c = window.col_off - (window.col_off - origin.col_off) % cols
+        while c < window.col_off + window.width:
+            cell = _intersection(Window(c, r, cols, rows), window)
+            if cell is not None:
+                out.append(cell)
+            c += cols
+        r += rows
+    return out
+
+
+def _intersection(a: Window, b: Window) -> Window | None:
+    c0, r0 = max(a.col_off, b.col_off), max(a.row_off, b.row_off)
+    c1 = min(a.col_off + a.width, b.col_off + b.width)
+    r1 = min(a.row_off + a.height, b.row_off + b.height)
+    return Window(c0, r0, c1 - c0, r1 - r0) if c0 < c1 and r0 < r1 else None
+
+
+def _within(inner: Window, outer: Window) -> tuple[slice, slice]:
+    """Where ``inner`` sits in an array of ``outer``."""
+    top, left = inner.row_off - outer.row_off, inner.col_off - outer.col_off
+    return slice(top, top + inner.height), slice(left, left + inner.width)
+
+
+def _joined(coarse: SceneRead, fine: SceneRead, inner: Window) -> SceneRead:
+    """The scenes of ``fine`` with the 20 m layers of ``coarse`` under its window ``inner``."""
+    k = coarse.factor
+    at = {r.id: i for i, r in enumerate(coarse.used)}
+    keep = [at[r.id] for r in fine.used]
+    rows, cols = _within(inner, coarse.window)
+    part = (slice(rows.start // k, rows.stop // k), slice(cols.start // k, cols.stop // k))
+    layers = dict(fine.layers)
+    for name, values in coarse.layers.items():
+        kept = values if len(keep) == len(coarse.used) else values[keep]
+        layers[name] = kept[(slice(None), *part)]
+    return SceneRead(layers, fine.used, fine.skipped, inner, k)
