@@ -34,6 +34,7 @@ from pipeline.cube.composite import (
     token_months,
 )
 from pipeline.cube.reader import COARSE, FINE, Buffers, SceneRead, asset_placement
+from pipeline.cube.tokens import Tokens
 from pipeline.geo.grid import Grid
 from pipeline.search.items import ItemRef
 from timesenclip.common.atomic import scratch_path
@@ -50,9 +51,9 @@ DEFAULT_BUDGET = 512 * 2**20
 class StoredTokens:
     """A block of months' tokens over ``area`` of a grid, on disk, and what went into them.
 
-    One ``.npy`` a window of ``windows`` (which tile ``area``) in ``folder``: ``(tokens, 10, h,
-    w)`` float32, and beside it ``(h, w)`` uint8, how many months of the block have a valid
-    observation (``paths``); ``folder`` is None when no scene meets the area in those months.
+    A folder of ``folder`` per window of ``windows`` (which cover ``area``): its ``Tokens``, and
+    ``months.npy``, ``(h, w)`` uint8, how many months of the block have a valid observation.
+    ``folder`` is None when no scene meets the area in those months.
     """
 
     index: int  # of the block of months, in ``month_blocks``
@@ -62,9 +63,8 @@ class StoredTokens:
     used: tuple[str, ...] = ()
     skipped: tuple[dict, ...] = ()
 
-    def paths(self, window: Window) -> tuple[Path, Path]:
-        name = f"r{window.row_off}-c{window.col_off}"
-        return self.folder / f"{name}.npy", self.folder / f"{name}.months.npy"
+    def path(self, window: Window) -> Path:
+        return self.folder / f"r{window.row_off}-c{window.col_off}"
 
 
 def composite_area(
@@ -95,26 +95,23 @@ def composite_area(
     folder = folder / f"block-{index:02d}"
     with scratch_path(folder) as scratch:
         stored = StoredTokens(index, area, scratch)
-        scratch.mkdir(parents=True)
         for outer, inner_grid in _windows(scenes, grid, area, options, budget):
             here = _meeting(_without(scenes, left_out), grid, outer)
             coarse = read_window(here, grid, outer, options, COARSE, coarse_buffers)
             skipped += coarse.skipped
             left_out |= {skip["id"] for skip in coarse.skipped}
             for inner in _cells(coarse.window, *inner_grid):
-                written = _intersection(inner, area)
-                if written is None:
-                    continue
                 here = _meeting(_without(coarse.used, left_out), grid, inner)
+                if not here:
+                    continue  # no scene: NaN, as where no window is stored
                 fine = read_window(here, grid, inner, options, FINE, fine_buffers)
                 skipped += fine.skipped
                 left_out |= {skip["id"] for skip in fine.skipped}
-                read = _joined(coarse, fine, inner)
-                tokens, has_data = reduce_window(read, options, block, written)
-                tokens_path, months_path = stored.paths(written)
-                np.save(tokens_path, tokens)
-                np.save(months_path, has_data.sum(axis=0, dtype=np.uint8))
-                windows.append(written)
+                tokens, has_data = reduce_window(_joined(coarse, fine, inner), options, block)
+                tokens.save(stored.path(inner))
+                np.save(stored.path(inner) / "months.npy", has_data.sum(axis=0, dtype=np.uint8))
+                windows.append(inner)
+        scratch.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(scratch, folder)
     used = tuple(r.id for r in _without(scenes, left_out))
@@ -151,12 +148,9 @@ def stored_chunk(
             if common is None:
                 continue
             source, target = _within(common, part), _within(common, window)
-            tokens_path, months_path = block.paths(part)
-            tokens = np.load(tokens_path, mmap_mode="r")
-            composite[(slice(first, first + len(tokens)), slice(None), *target)] = tokens[
-                (..., *source)
-            ]
-            valid[target] += np.load(months_path, mmap_mode="r")[source]
+            tokens = Tokens.load(block.path(part)).full(*source)
+            composite[(slice(first, first + len(tokens)), slice(None), *target)] = tokens
+            valid[target] += np.load(block.path(part) / "months.npy", mmap_mode="r")[source]
     by_id = {r.id: r for r in refs}
     used = {i for block in stored for i in block.used}
     skipped = [

@@ -32,8 +32,9 @@ from rasterio.windows import Window
 from encoder.preprocess import BANDS
 from pipeline.cube.observations import Observations, masked_tokens, reference_tokens
 from pipeline.cube.read_retry import ReadRetry
-from pipeline.cube.reader import Buffers, SceneRead, read_scenes
+from pipeline.cube.reader import FINE, Buffers, SceneRead, read_scenes
 from pipeline.cube.temporal import BLOCKS, nanmedian_time
+from pipeline.cube.tokens import COARSE_BANDS, Tokens, no_exceptions
 from pipeline.geo.grid import Grid, reproject_bounds
 from pipeline.search.items import ASSETS, ON_BAD_ASSET, BadAssetError, ItemRef, usable_refs
 from pipeline.search.sentinel2 import BANDS_20M, DEFAULT_CLOUD_MASK, REFERENCE_ZERO_CLASSES
@@ -100,7 +101,7 @@ def composite_chunk(
                 pending.append(ahead.submit(read_window, groups[k + 1][2], grid, window, options))
             used += read.used
             skipped += read.skipped
-            tokens, has_data = reduce_window(read, options, block, window)
+            tokens, has_data = _on_grid(*reduce_window(read, options, block), read, window)
             first = 0 if options.mask_mode == "reference" else i
             composite[first : first + len(tokens)] = tokens
             valid += has_data.sum(axis=0, dtype=np.uint8)
@@ -273,10 +274,10 @@ def pixels_met(ref: ItemRef, grid: Grid, window: Window) -> int:
 
 
 def reduce_window(
-    read: SceneRead, options: CubeOptions, block: Sequence[int], window: Window
-) -> tuple[np.ndarray, np.ndarray]:
-    """Tokens ``(k, 10, h, w)`` of a block of months' scenes over ``window`` (what ``read``
-    covers, or less) and ``(months, h, w)`` has-data.
+    read: SceneRead, options: CubeOptions, block: Sequence[int]
+) -> tuple[Tokens, np.ndarray]:
+    """The tokens of a block of months' scenes over ``read.window`` and ``(months, h, w)``
+    whether each month has a valid observation.
 
     One token per month in the default monthly mode; one per block (the median of the block's
     observations) in seasonal and annual modes; 12 by the published rule in reference mode
@@ -284,20 +285,27 @@ def reduce_window(
     """
     reference = options.mask_mode == "reference"
     if not read.used:  # every scene of the block left out: its tokens stay NaN
-        tokens = len(MONTHS) if reference else len(block) if options.temporal == "monthly" else 1
-        shape = (window.height, window.width)
-        return np.full((tokens, len(BANDS), *shape), np.nan, np.float32), np.zeros(
-            (len(block), *shape), bool
-        )
+        count = len(MONTHS) if reference else len(block) if options.temporal == "monthly" else 1
+        shape = (read.window.height, read.window.width)
+        nan = {
+            "fine": np.full((count, len(FINE), *shape), np.nan, np.float32),
+            "coarse": np.full((count, len(COARSE_BANDS), *shape), np.nan, np.float32),
+        }
+        return Tokens(**nan, **no_exceptions()), np.zeros((len(block), *shape), bool)
     obs = Observations.of(read)
     if reference:
-        tokens, has_data = reference_tokens(obs)
-    else:
-        blocks = [(m,) for m in block] if options.temporal == "monthly" else [block]
-        tokens, has_data = masked_tokens(obs, blocks, options.cloud_mask)
+        return reference_tokens(obs)
+    blocks = [(m,) for m in block] if options.temporal == "monthly" else [block]
+    return masked_tokens(obs, blocks, options.cloud_mask)
+
+
+def _on_grid(
+    tokens: Tokens, has_data: np.ndarray, read: SceneRead, window: Window
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(tokens, 10, h, w)`` and has-data over ``window``, which ``read.window`` covers."""
     top, left = window.row_off - read.window.row_off, window.col_off - read.window.col_off
-    crop = (slice(top, top + window.height), slice(left, left + window.width))
-    return tokens[(..., *crop)], has_data[(..., *crop)]
+    rows, cols = slice(top, top + window.height), slice(left, left + window.width)
+    return tokens.full(rows, cols), has_data[:, rows, cols]
 
 
 def _lazy_composite(
@@ -351,9 +359,8 @@ def _block(
     options: CubeOptions,
 ) -> np.ndarray:
     """One block of months of one spatial chunk: its tokens with a has-data layer appended."""
-    tokens, has_data = reduce_window(
-        read_window(refs, grid, window, options), options, block, window
-    )
+    read = read_window(refs, grid, window, options)
+    tokens, has_data = _on_grid(*reduce_window(read, options, block), read, window)
     return np.concatenate([tokens, has_data[:, None].astype(np.float32)], axis=1)
 
 

@@ -58,14 +58,14 @@ def median_over_time(
     The mean of the two middle values for an even count (as ``numpy.nanmedian``), or the lower
     one with ``lower`` (as ``torch.median``); NaN where no value is valid. Float32, or the
     values' float dtype: digital numbers are integers, so the mean is exact. Written into
-    ``out`` when given.
+    ``out`` (C-contiguous) when given.
     """
     n, shape = len(values), values.shape[1:]
     pixels = math.prod(shape)
     dtype = np.result_type(values.dtype, np.float32)
     out = np.empty(shape, dtype) if out is None else out
-    flat_out = out.reshape(pixels)
-    if n == 0:
+    flat_out = out.reshape(pixels)  # a view: ``out`` is C-contiguous
+    if n == 0 or pixels == 0:
         flat_out[...] = np.nan
         return out
     rows, bad = values.reshape(n, pixels), bad.reshape(n, pixels)

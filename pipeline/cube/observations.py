@@ -23,14 +23,10 @@ import numpy as np
 
 from encoder.conventions import BANDS
 from pipeline.cube.median import median_over_time
-from pipeline.cube.reader import COARSE, FINE, SceneRead
+from pipeline.cube.reader import FINE, SceneRead
+from pipeline.cube.tokens import COARSE_BANDS, Tokens, no_exceptions
 from pipeline.search.items import SCL
 from pipeline.search.sentinel2 import REFERENCE_ZERO_CLASSES
-
-# Where each band of BANDS sits in the output.
-_FINE_AT = [BANDS.index(band) for band in FINE]
-_COARSE_AT = [BANDS.index(band) for band in COARSE if band != SCL]
-_COARSE_BANDS = [band for band in COARSE if band != SCL]
 
 
 @dataclass(frozen=True)
@@ -61,34 +57,36 @@ class Observations:
 
 def masked_tokens(
     obs: Observations, blocks: Sequence[Sequence[int]], cloud_mask: Sequence[int]
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(len(blocks), 10, h, w)`` medians of each block of months' valid observations, and
+) -> tuple[Tokens, np.ndarray]:
+    """The medians of each block of months' valid observations, a token a block, and
     ``(months, h, w)`` whether each month of the blocks has one, over the read's window."""
     layers, k = obs.read.layers, obs.read.factor
     masked = np.zeros(256, bool)
     masked[[0, *cloud_mask]] = True  # SCL 0 is no data, as digital number 0 is for a band
-    bad_coarse = _mark_no_data(masked[layers[SCL]], *(layers[b] for b in _COARSE_BANDS))
+    bad_coarse = _mark_no_data(masked[layers[SCL]], *(layers[b] for b in COARSE_BANDS))
     bad = _mark_no_data(np.zeros(layers[FINE[0]].shape, bool), *(layers[b] for b in FINE))
-    _place(bad, bad_coarse, k, combine=np.bitwise_or)
+    _or_spread(bad, bad_coarse, k)
     # An observation counts at a 20 m pixel's median when it is valid at all its four pixels.
     bad_at_coarse = _any_of_blocks(bad, k)
     months = [m for block in blocks for m in block]
     has_data = np.stack([~np.logical_and.reduce(bad[span]) for span in obs.spans(months)])
-    tokens = np.empty((len(blocks), len(BANDS), *bad.shape[1:]), np.float32)
-    for token, block in zip(tokens, blocks, strict=True):
+    fine = np.empty((len(blocks), len(FINE), *bad.shape[1:]), np.float32)
+    coarse = np.empty((len(blocks), len(COARSE_BANDS), *bad_coarse.shape[1:]), np.float32)
+    exceptions = []
+    for t, block in enumerate(blocks):
         spans = obs.spans(block)
         span = slice(spans[0].start, spans[-1].stop)
         if span.start == span.stop:
-            token[...] = np.nan
+            fine[t] = coarse[t] = np.nan
             continue
-        for band, at in zip(FINE, _FINE_AT, strict=True):
-            _median(layers[band][span], bad[span], obs.offsets[span], out=token[at])
-        for band, at in zip(_COARSE_BANDS, _COARSE_AT, strict=True):
-            median = _median(layers[band][span], bad_at_coarse[span], obs.offsets[span])
-            _place(token[at], median, k)
+        offsets = obs.offsets[span]
+        for i, band in enumerate(FINE):
+            _median(layers[band][span], bad[span], offsets, out=fine[t, i])
+        for i, band in enumerate(COARSE_BANDS):
+            _median(layers[band][span], bad_at_coarse[span], offsets, out=coarse[t, i])
         if k > 1:
-            _exceptions(token, obs, span, bad, k)
-    return tokens, has_data
+            exceptions.append(_exceptions(t, obs, span, bad, k))
+    return Tokens(fine, coarse, **_together(exceptions)), has_data
 
 
 def _mark_no_data(bad: np.ndarray, *layers: np.ndarray) -> np.ndarray:
@@ -101,9 +99,9 @@ def _mark_no_data(bad: np.ndarray, *layers: np.ndarray) -> np.ndarray:
     return bad
 
 
-def reference_tokens(obs: Observations) -> tuple[np.ndarray, np.ndarray]:
-    """``(12, 10, h, w)`` monthly composites by the published training rule, and ``(12, h, w)``
-    whether each month has an observation (``pipeline.cube.temporal.reference_composite``).
+def reference_tokens(obs: Observations) -> tuple[Tokens, np.ndarray]:
+    """The 12 monthly composites by the published training rule, and ``(12, h, w)`` whether
+    each month has an observation (``pipeline.cube.temporal.reference_composite``).
 
     Every band of an observation with SCL 9, 10 or 11 becomes 0 and stays; each band keeps its
     own observations (a scene with no data in one band still counts in the others); a month is
@@ -112,25 +110,29 @@ def reference_tokens(obs: Observations) -> tuple[np.ndarray, np.ndarray]:
     bands but SCL, which is at 20 m.
     """
     layers, k = obs.read.layers, obs.read.factor
-    height, width = layers[FINE[0]].shape[1:]
     zero = np.zeros(256, bool)
     zero[list(REFERENCE_ZERO_CLASSES)] = True
     zeroed = {k: zero[layers[SCL]]}  # at the 20 m layers' step, and at 10 m
     if k > 1:
         zeroed[1] = np.repeat(np.repeat(zeroed[k], k, axis=1), k, axis=2)
     spans = obs.spans(range(1, 13))
-    tokens = np.empty((len(spans), len(BANDS), height, width), np.float32)
-    has_data = np.zeros((len(spans), height, width), bool)
-    for band, at in zip(BANDS, range(len(BANDS)), strict=True):
-        step = 1 if band in FINE else k
+    parts = {
+        1: np.empty((len(spans), len(FINE), *layers[FINE[0]].shape[1:]), np.float32),
+        k: np.empty((len(spans), len(COARSE_BANDS), *layers[SCL].shape[1:]), np.float32),
+    }
+    fine, coarse = parts[1], parts[k]
+    has_data = np.zeros((len(spans), *fine.shape[2:]), bool)
+    for band in BANDS:
+        step, out = (1, fine) if band in FINE else (k, coarse)
+        at = (FINE if band in FINE else COARSE_BANDS).index(band)
         values = _on_reference_scale(layers[band], obs.offsets, zeroed[step])
         year = _lower_median(values)
         for m, span in enumerate(spans):
             own = _lower_median(values[span])
-            _place(tokens[m, at], np.where(np.isnan(own), year, own) + np.float32(1), step)
-            if at == 0:
+            out[m, at] = np.where(np.isnan(own), year, own) + np.float32(1)
+            if band == BANDS[0]:
                 has_data[m] = np.isfinite(values[span]).any(axis=0)
-    return tokens, has_data
+    return Tokens(fine, coarse, **no_exceptions()), has_data
 
 
 def _lower_median(values: np.ndarray) -> np.ndarray:
@@ -146,20 +148,15 @@ def _on_reference_scale(values: np.ndarray, offsets: np.ndarray, zeroed: np.ndar
     return out
 
 
-def _place(out: np.ndarray, values: np.ndarray, k: int, combine=None) -> None:
-    """``values`` of k x k pixel blocks onto each of their pixels of ``out`` (or ``combine``d
-    with what is there). Row by row: broadcasting into a k-long innermost axis crawls."""
+def _or_spread(out: np.ndarray, values: np.ndarray, k: int) -> None:
+    """``out |= values`` of k x k pixel blocks spread over their pixels; row by row, since
+    broadcasting into a k-long innermost axis crawls."""
     if k == 1:
-        spread = values
-        rows = [out]
-    else:
-        spread = np.repeat(values, k, axis=-1)
-        rows = [out[..., dy::k, :] for dy in range(k)]
-    for target in rows:
-        if combine is None:
-            target[...] = spread
-        else:
-            combine(target, spread, out=target)
+        out |= values
+        return
+    spread = np.repeat(values, k, axis=-1)
+    for dy in range(k):
+        out[..., dy::k, :] |= spread
 
 
 def _any_of_blocks(bad: np.ndarray, k: int) -> np.ndarray:
@@ -197,17 +194,33 @@ def _median(
     return median_over_time(shifted, bad, out=out)
 
 
-def _exceptions(token: np.ndarray, obs: Observations, span: slice, bad: np.ndarray, k: int) -> None:
-    """Set the 20 m bands of ``token`` at the pixels whose median is not their 20 m pixel's: an
-    observation among the scenes of ``span`` is valid at some of its four pixels only."""
+def _exceptions(
+    t: int, obs: Observations, span: slice, bad: np.ndarray, k: int
+) -> tuple[np.ndarray, ...]:
+    """Token ``t``'s pixels whose 20 m median is not their 20 m pixel's (an observation among
+    the scenes of ``span`` is valid at some of its four pixels only): ``(token, rows, cols,
+    (6, n) values)``."""
     bad = bad[span]
     mixed = (_any_of_blocks(bad, k) & ~_all_of_blocks(bad, k)).any(axis=0)
-    if not mixed.any():
-        return
     block_rows, block_cols = np.nonzero(mixed)
     dy, dx = np.divmod(np.arange(k * k), k)
     rows = (block_rows[:, None] * k + dy).ravel()
     cols = (block_cols[:, None] * k + dx).ravel()
-    for band, at in zip(_COARSE_BANDS, _COARSE_AT, strict=True):
-        values = obs.read.layers[band][span][:, block_rows, block_cols].repeat(k * k, axis=1)
-        token[at, rows, cols] = _median(values, bad[:, rows, cols], obs.offsets[span])
+    values = np.empty((len(COARSE_BANDS), len(rows)), np.float32)
+    for i, band in enumerate(COARSE_BANDS):
+        spread = obs.read.layers[band][span][:, block_rows, block_cols].repeat(k * k, axis=1)
+        _median(spread, bad[:, rows, cols], obs.offsets[span], out=values[i])
+    return np.full(len(rows), t, np.intp), rows, cols, values
+
+
+def _together(exceptions: list[tuple[np.ndarray, ...]]) -> dict[str, np.ndarray]:
+    """The exceptions of every token as ``Tokens`` fields."""
+    if not exceptions:
+        return no_exceptions()
+    token, rows, cols, values = zip(*exceptions, strict=True)
+    return {
+        "exception_token": np.concatenate(token),
+        "exception_rows": np.concatenate(rows),
+        "exception_cols": np.concatenate(cols),
+        "exceptions": np.concatenate(values, axis=1),
+    }
