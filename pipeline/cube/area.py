@@ -13,6 +13,7 @@ many scenes for the task's ``budget``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Sequence
@@ -33,7 +34,14 @@ from pipeline.cube.composite import (
     reduce_window,
     token_months,
 )
-from pipeline.cube.reader import COARSE, FINE, Buffers, SceneRead, asset_placement
+from pipeline.cube.reader import (
+    COARSE,
+    FINE,
+    Buffers,
+    DatasetPool,
+    SceneRead,
+    asset_placement,
+)
 from pipeline.cube.tokens import Tokens
 from pipeline.geo.grid import Grid
 from pipeline.search.items import ItemRef
@@ -44,7 +52,7 @@ from timesenclip.common.atomic import scratch_path
 _FINE_BYTES = 12
 _COARSE_BYTES = 14 / 4
 _SMALLEST = 256  # windows are not cut below this many pixels a side
-DEFAULT_BUDGET = 512 * 2**20
+DEFAULT_BUDGET = 2**30
 
 
 @dataclass(frozen=True)
@@ -75,10 +83,11 @@ def composite_area(
     options: CubeOptions,
     folder: Path,
     budget: int = DEFAULT_BUDGET,
+    threads: int = 1,
 ) -> StoredTokens:
     """The tokens of block ``index`` of months (``month_blocks(options)``) of the scenes in
     ``refs`` over ``area`` of ``grid``, stored in a folder of ``folder`` of their own (replaced
-    whole when it exists).
+    whole when it exists). Medians run on ``threads`` threads, reads on the reader's.
 
     A scene left out under ``on_bad_asset="skip"`` (its read failed) is left out of the rest of
     the area too; ``skipped`` names it once.
@@ -92,22 +101,26 @@ def composite_area(
     left_out: set[str] = set()
     windows: list[Window] = []
     coarse_buffers, fine_buffers = Buffers(), Buffers()
+    # The block's own datasets: no other block reads its scenes. Kept open are those read again
+    # (the 10 m bands, once for each of their blocks); the others would only hold memory.
+    pool = DatasetPool(max_idle=len(FINE) * len(scenes))
     folder = folder / f"block-{index:02d}"
-    with scratch_path(folder) as scratch:
+    with scratch_path(folder) as scratch, contextlib.closing(pool):
         stored = StoredTokens(index, area, scratch)
-        for outer, inner_grid in _windows(scenes, grid, area, options, budget):
+        for outer, inner_grid in _windows(scenes, grid, area, options, budget, pool):
             here = _meeting(_without(scenes, left_out), grid, outer)
-            coarse = read_window(here, grid, outer, options, COARSE, coarse_buffers)
+            coarse = read_window(here, grid, outer, options, COARSE, coarse_buffers, pool)
             skipped += coarse.skipped
             left_out |= {skip["id"] for skip in coarse.skipped}
             for inner in _cells(coarse.window, *inner_grid):
                 here = _meeting(_without(coarse.used, left_out), grid, inner)
                 if not here:
                     continue  # no scene: NaN, as where no window is stored
-                fine = read_window(here, grid, inner, options, FINE, fine_buffers)
+                fine = read_window(here, grid, inner, options, FINE, fine_buffers, pool)
                 skipped += fine.skipped
                 left_out |= {skip["id"] for skip in fine.skipped}
-                tokens, has_data = reduce_window(_joined(coarse, fine, inner), options, block)
+                read = _joined(coarse, fine, inner)
+                tokens, has_data = reduce_window(read, options, block, threads)
                 tokens.save(stored.path(inner))
                 np.save(stored.path(inner) / "months.npy", has_data.sum(axis=0, dtype=np.uint8))
                 windows.append(inner)
@@ -163,7 +176,12 @@ def stored_chunk(
 
 
 def _windows(
-    scenes: Sequence[ItemRef], grid: Grid, area: Window, options: CubeOptions, budget: int
+    scenes: Sequence[ItemRef],
+    grid: Grid,
+    area: Window,
+    options: CubeOptions,
+    budget: int,
+    pool: DatasetPool,
 ) -> list[tuple[Window, tuple[Window, tuple[int, int]]]]:
     """``(outer window, (origin, size) of its inner windows)``: ``area`` cut on the first
     scene's 20 m blocks, each of those on its 10 m blocks, as large as ``budget`` allows for
@@ -172,7 +190,8 @@ def _windows(
     Without blocks on the grid (files only a warp puts there, or a first scene that cannot be
     read), 512-px windows."""
     fine, coarse = (
-        asset_placement(scenes[0], name, grid, options.sign_hrefs) for name in (FINE[0], COARSE[0])
+        asset_placement(scenes[0], name, grid, options.sign_hrefs, pool)
+        for name in (FINE[0], COARSE[0])
     )
     if not (fine and fine.factor and coarse and coarse.factor):
         size = (512, 512)

@@ -32,7 +32,7 @@ from rasterio.windows import Window
 from encoder.preprocess import BANDS
 from pipeline.cube.observations import Observations, masked_tokens, reference_tokens
 from pipeline.cube.read_retry import ReadRetry
-from pipeline.cube.reader import FINE, Buffers, SceneRead, read_scenes
+from pipeline.cube.reader import FINE, POOL, Buffers, DatasetPool, SceneRead, read_scenes
 from pipeline.cube.temporal import BLOCKS, nanmedian_time
 from pipeline.cube.tokens import COARSE_BANDS, Tokens, no_exceptions
 from pipeline.geo.grid import Grid, reproject_bounds
@@ -233,9 +233,11 @@ def read_window(
     options: CubeOptions,
     assets: Sequence[str] = ASSETS,
     buffers: Buffers | None = None,
+    pool: DatasetPool = POOL,
 ) -> SceneRead:
-    """``read_scenes`` of ``assets`` over ``window`` as ``options`` say, into ``buffers`` when
-    given; each scene left out is logged with the pixels of the window it would have filled."""
+    """``read_scenes`` of ``assets`` over ``window`` as ``options`` say, from ``pool``, into
+    ``buffers`` when given; each scene left out is logged with the pixels of the window it
+    would have filled."""
     read = read_scenes(
         refs,
         grid,
@@ -247,6 +249,7 @@ def read_window(
         retry=ReadRetry(options.read_retries, options.read_backoff),
         assets=assets,
         buffers=buffers,
+        pool=pool,
     )
     by_id = {r.id: r for r in refs}
     for skip in read.skipped:
@@ -274,10 +277,10 @@ def pixels_met(ref: ItemRef, grid: Grid, window: Window) -> int:
 
 
 def reduce_window(
-    read: SceneRead, options: CubeOptions, block: Sequence[int]
+    read: SceneRead, options: CubeOptions, block: Sequence[int], threads: int = 1
 ) -> tuple[Tokens, np.ndarray]:
     """The tokens of a block of months' scenes over ``read.window`` and ``(months, h, w)``
-    whether each month has a valid observation.
+    whether each month has a valid observation, its medians on ``threads`` threads.
 
     One token per month in the default monthly mode; one per block (the median of the block's
     observations) in seasonal and annual modes; 12 by the published rule in reference mode
@@ -296,7 +299,7 @@ def reduce_window(
     if reference:
         return reference_tokens(obs)
     blocks = [(m,) for m in block] if options.temporal == "monthly" else [block]
-    return masked_tokens(obs, blocks, options.cloud_mask)
+    return masked_tokens(obs, blocks, options.cloud_mask, threads)
 
 
 def _on_grid(

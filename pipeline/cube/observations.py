@@ -16,14 +16,15 @@ take the median of the observations valid at all four.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
 from encoder.conventions import BANDS
 from pipeline.cube.median import median_over_time
-from pipeline.cube.reader import FINE, SceneRead
+from pipeline.cube.reader import FINE, SceneRead, threads_of
 from pipeline.cube.tokens import COARSE_BANDS, Tokens, no_exceptions
 from pipeline.search.items import SCL
 from pipeline.search.sentinel2 import REFERENCE_ZERO_CLASSES
@@ -56,10 +57,14 @@ class Observations:
 
 
 def masked_tokens(
-    obs: Observations, blocks: Sequence[Sequence[int]], cloud_mask: Sequence[int]
+    obs: Observations,
+    blocks: Sequence[Sequence[int]],
+    cloud_mask: Sequence[int],
+    threads: int = 1,
 ) -> tuple[Tokens, np.ndarray]:
     """The medians of each block of months' valid observations, a token a block, and
-    ``(months, h, w)`` whether each month of the blocks has one, over the read's window."""
+    ``(months, h, w)`` whether each month of the blocks has one, over the read's window; the
+    bands' medians on ``threads`` threads (numpy lets go of the GIL in them)."""
     layers, k = obs.read.layers, obs.read.factor
     masked = np.zeros(256, bool)
     masked[[0, *cloud_mask]] = True  # SCL 0 is no data, as digital number 0 is for a band
@@ -72,7 +77,7 @@ def masked_tokens(
     has_data = np.stack([~np.logical_and.reduce(bad[span]) for span in obs.spans(months)])
     fine = np.empty((len(blocks), len(FINE), *bad.shape[1:]), np.float32)
     coarse = np.empty((len(blocks), len(COARSE_BANDS), *bad_coarse.shape[1:]), np.float32)
-    exceptions = []
+    jobs: list[Callable[[], object]] = []
     for t, block in enumerate(blocks):
         spans = obs.spans(block)
         span = slice(spans[0].start, spans[-1].stop)
@@ -81,12 +86,19 @@ def masked_tokens(
             continue
         offsets = obs.offsets[span]
         for i, band in enumerate(FINE):
-            _median(layers[band][span], bad[span], offsets, out=fine[t, i])
+            jobs.append(partial(_median, layers[band][span], bad[span], offsets, fine[t, i]))
         for i, band in enumerate(COARSE_BANDS):
-            _median(layers[band][span], bad_at_coarse[span], offsets, out=coarse[t, i])
+            values = layers[band][span]
+            jobs.append(partial(_median, values, bad_at_coarse[span], offsets, coarse[t, i]))
         if k > 1:
-            exceptions.append(_exceptions(t, obs, span, bad, k))
+            jobs.append(partial(_exceptions, t, obs, span, bad, k))
+    done = map(_call, jobs) if threads <= 1 else threads_of("median", threads).map(_call, jobs)
+    exceptions = [result for result in done if isinstance(result, tuple)]
     return Tokens(fine, coarse, **_together(exceptions)), has_data
+
+
+def _call(job: Callable[[], object]) -> object:
+    return job()
 
 
 def _mark_no_data(bad: np.ndarray, *layers: np.ndarray) -> np.ndarray:

@@ -78,10 +78,11 @@ class DatasetPool:
     """Open rasterio datasets by href, handed to one thread at a time and kept for reuse.
 
     A rasterio dataset must not be read by two threads at once, so each reader takes a handle
-    (an idle one, or a new one) and gives it back; at most ``max_idle`` idle handles are kept.
+    (an idle one, or a new one) and gives it back; at most ``max_idle`` idle handles are kept,
+    each holding the last block it read, still compressed (1 to 2 MB for a Sentinel-2 band).
     """
 
-    def __init__(self, max_idle: int = 4096) -> None:
+    def __init__(self, max_idle: int = 256) -> None:
         self.max_idle = max_idle
         self._idle: OrderedDict[int, tuple[str, rasterio.DatasetReader]] = OrderedDict()
         self._lock = threading.Lock()
@@ -97,6 +98,12 @@ class DatasetPool:
             ds.close()  # a failed read may leave the handle in a bad state
             raise
         self._give(href, ds)
+
+    def close(self) -> None:
+        """Close every idle handle."""
+        with self._lock:
+            while self._idle:
+                self._idle.popitem()[1][1].close()
 
     def _take(self, href: str) -> rasterio.DatasetReader | None:
         with self._lock:
@@ -219,14 +226,14 @@ def placement(
 
 
 def asset_placement(
-    ref: ItemRef, name: str, grid: Grid, sign_hrefs: bool = False
+    ref: ItemRef, name: str, grid: Grid, sign_hrefs: bool = False, pool: DatasetPool = POOL
 ) -> Placement | None:
     """Where asset ``name`` of ``ref`` sits on ``grid``; None when it cannot be opened (the read
     that follows then says why)."""
     b = ASSETS.index(name)
     href = _signed(ref.hrefs[b]) if sign_hrefs else ref.hrefs[b]
     try:
-        return placement(href, grid, expect=ref.grids[b] if ref.grids else None)
+        return placement(href, grid, pool, ref.grids[b] if ref.grids else None)
     except (RasterioError, OSError, BadAssetError):
         return None
 
@@ -375,14 +382,19 @@ def reader_threads(concurrency: int) -> ThreadPoolExecutor:
     connect again for every read; kept threads reuse them. Calls that run at once (the tasks of
     a Dask worker's threads) share the threads, so the bound on reads in flight is per process.
     """
-    key = (os.getpid(), max(1, concurrency))  # a forked child starts its own threads
+    return threads_of("read", concurrency)
+
+
+def threads_of(kind: str, count: int) -> ThreadPoolExecutor:
+    """This process's ``count`` threads for ``kind`` of work, started once and kept."""
+    key = (os.getpid(), kind, max(1, count))  # a forked child starts its own threads
     with _THREADS_LOCK:
         if key not in _THREADS:
-            _THREADS[key] = ThreadPoolExecutor(key[1], thread_name_prefix="timesenclip-read")
+            _THREADS[key] = ThreadPoolExecutor(key[2], thread_name_prefix=f"timesenclip-{kind}")
         return _THREADS[key]
 
 
-_THREADS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+_THREADS: dict[tuple[int, str, int], ThreadPoolExecutor] = {}
 _THREADS_LOCK = threading.Lock()
 
 
@@ -444,9 +456,11 @@ def read_scenes(
     retry: ReadRetry = DEFAULT_RETRY,
     assets: Sequence[str] = ASSETS,
     buffers: Buffers | None = None,
+    pool: DatasetPool = POOL,
 ) -> SceneRead:
     """``assets`` of every scene in ``refs`` over ``window`` of ``grid`` (or all of it), read
-    ``concurrency`` at a time, into ``buffers`` when given (what they held before is lost).
+    ``concurrency`` at a time from ``pool``'s datasets, into ``buffers`` when given (what they
+    held before is lost).
 
     Under ``on_bad_asset="raise"`` a failed read raises ``BadAssetError`` naming the item,
     asset, href and error; under ``"skip"`` the scene is left out and recorded in ``skipped``.
@@ -482,7 +496,7 @@ def read_scenes(
     places = dict(
         zip(
             jobs,
-            threads.map(lambda j: attempt(j, lambda h, e: placement(h, grid, expect=e)), jobs),
+            threads.map(lambda j: attempt(j, lambda h, e: placement(h, grid, pool, e)), jobs),
             strict=True,
         )
     )
@@ -510,9 +524,9 @@ def read_scenes(
 
         def into(href: str, expect: AssetGrid | None) -> None:
             if out.dtype == np.float32:
-                out[...] = read_band(href, grid, window, resampling, expect=expect)
+                out[...] = read_band(href, grid, window, resampling, pool, expect)
             else:
-                read_digital(href, grid, window, out, expect=expect)
+                read_digital(href, grid, window, out, pool, expect)
 
         if job[0] not in failures:
             attempt(job, into)

@@ -22,7 +22,7 @@ from encoder.checkpoint import file_sha256, load_encoder, resolve_source
 from encoder.conventions import ConventionOverrides
 from encoder.device import resolve_device
 from encoder.prompts import TextEncoder
-from pipeline.cube.composite import CubeOptions
+from pipeline.cube.composite import CubeOptions, month_blocks
 from pipeline.cube.reader import GDAL_OPTIONS
 from pipeline.geo.tiles import Tile, zone_groups
 from pipeline.maps.classify import Plan, plan_workflow_task  # [issue 11]
@@ -43,9 +43,12 @@ from pipeline.plan.plan import (
 from pipeline.run.cluster_errors import ClusterFailureError, cluster_failure_message
 from pipeline.run.lock import output_lock
 from pipeline.run.worker_tasks import (
+    BlockReport,
     ChunkReport,
     ChunkSettings,
     TileReport,
+    composite_tile,
+    composites_area,
     finish_tile,
     layer_styles,
     process_chunk,
@@ -476,15 +479,21 @@ def run_tiles(
         tile = next(pending, None)
         if tile is None:
             return False
+        tasks = list(plan.chunk_tasks(tile, region.region))
+        area = composites_area(tasks)
+        refs = [plan.refs[i] for i in tile.items]
+        blocks = [
+            client.submit(composite_tile, tile, refs, area, index, shared, pure=False)
+            for index in range(len(month_blocks(settings.cube)) if area else 0)
+        ]
         futures = [
-            client.submit(process_chunk, task, shared, pure=False)
-            for task in plan.chunk_tasks(tile, region.region)
+            client.submit(process_chunk, task, shared, *blocks, pure=False) for task in tasks
         ]
         done = client.submit(finish_tile, tile, shared, *futures, pure=False)
         tile_of[done.key] = tile.tile.id
-        in_flight[tile.tile.id] = [*futures, done]
+        in_flight[tile.tile.id] = [*blocks, *futures, done]
         chunks_running += len(futures)
-        queue.update([*futures, done])
+        queue.update([*blocks, *futures, done])
         return True
 
     def fill() -> None:
@@ -501,7 +510,9 @@ def run_tiles(
     ):
         fill()
         for future, result in finished(queue, watch, name):
-            if isinstance(result, ChunkReport):
+            if isinstance(result, BlockReport):
+                summary.seconds["cube"] += result.seconds
+            elif isinstance(result, ChunkReport):
                 chunks_running -= 1
                 summary.pixels += result.pixels
                 for stage, seconds in result.seconds.items():

@@ -9,6 +9,8 @@ tile is finished, returns at once.
 from __future__ import annotations
 
 import json
+import shutil
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,9 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rasterio.windows import Window
 
 from encoder.conventions import ConventionOverrides
-from pipeline.cube.composite import CubeOptions, composite_chunk
+from pipeline.cube.area import StoredTokens, composite_area, stored_chunk
+from pipeline.cube.composite import CubeOptions
 from pipeline.cube.reader import GDAL_OPTIONS, configure_gdal
 from pipeline.geo.chunks import tile_chunks
 from pipeline.maps.classify import Plan  # [issue 11] class or similarity plans
@@ -26,6 +30,7 @@ from pipeline.maps.cog import write_cog
 from pipeline.maps.outputs import OUTSIDE_REGION, VALID_MONTHS
 from pipeline.maps.pixel_encoder import cached_encoder, embed_series, pixel_series, score_series
 from pipeline.plan.plan import ChunkTask, TilePlan, done_path, piece_path
+from pipeline.search.items import ItemRef
 from timesenclip.common.atomic import atomic_path, write_text_atomic
 
 
@@ -99,8 +104,67 @@ def _worker_threads() -> int | None:
         return None
 
 
-def process_chunk(task: ChunkTask, settings: ChunkSettings) -> ChunkReport:
-    """Cube -> embeddings -> classes for one chunk, left as a piece file beside its tile."""
+@dataclass
+class BlockReport:
+    """A block of months of a tile's area, composited and stored for its chunk tasks."""
+
+    stored: StoredTokens
+    seconds: float
+
+
+# One block of months at a time in a worker process: it takes the worker's cores itself (reads
+# and medians on threads of their own) and holds a window of its scenes in memory, so two at once
+# would only hold twice the memory.
+_CUBE_LOCK = threading.Lock()
+
+
+def composites_area(tasks: Sequence[ChunkTask]) -> Window | None:
+    """The box of tile pixels whose composites ``tasks`` still need: those of every chunk with
+    scenes and pixels in the region and no piece yet; None when no chunk needs any."""
+    needed = [
+        t.chunk
+        for t in tasks
+        if t.items and (t.inside is None or t.inside.any()) and not t.piece.exists()
+    ]
+    if not needed:
+        return None
+    row, col = min(c.row for c in needed), min(c.col for c in needed)
+    bottom, right = max(c.row + c.height for c in needed), max(c.col + c.width for c in needed)
+    return Window(col, row, right - col, bottom - row)
+
+
+def composite_tile(
+    plan: TilePlan,
+    refs: Sequence[ItemRef],
+    area: Window,
+    index: int,
+    settings: ChunkSettings,
+) -> BlockReport:
+    """Block ``index`` of months of the scenes ``refs`` over ``area`` of the tile, stored in the
+    tile's scratch folder for its chunk tasks (``pipeline.cube.area``)."""
+    configure_gdal(dict(settings.gdal))
+    with _CUBE_LOCK:
+        start = time.perf_counter()
+        stored = composite_area(
+            refs,
+            plan.tile.grid,
+            area,
+            index,
+            settings.cube,
+            composites_path(plan.folder),
+            threads=_worker_threads() or 1,
+        )
+        return BlockReport(stored, time.perf_counter() - start)
+
+
+def composites_path(folder: Path) -> Path:
+    """Where a tile's blocks of months wait for its chunk tasks, in its scratch ``folder``."""
+    return folder / "composites"
+
+
+def process_chunk(task: ChunkTask, settings: ChunkSettings, *blocks: BlockReport) -> ChunkReport:
+    """Embeddings -> classes for one chunk from its tile's ``blocks`` of months, left as a piece
+    file beside its tile."""
     chunk = task.chunk
     if done_path(task.folder).exists():
         return ChunkReport(chunk.id, 0)
@@ -115,7 +179,9 @@ def process_chunk(task: ChunkTask, settings: ChunkSettings) -> ChunkReport:
     seconds: dict[str, float] = {}
 
     start = time.perf_counter()
-    cube = composite_chunk(task.items, chunk.grid, settings.cube)
+    window = Window(chunk.col, chunk.row, chunk.width, chunk.height)
+    stored = [block.stored for block in blocks]
+    cube = stored_chunk(stored, task.items, chunk.tile.grid, window, settings.cube)
     composite, valid_months = cube.composite, cube.valid_months
     if task.inside is not None:
         composite[:, :, ~task.inside] = np.nan
@@ -211,6 +277,7 @@ def finish_tile(plan: TilePlan, settings: ChunkSettings, *reports: ChunkReport) 
         write_text_atomic(done_path(plan.folder), json.dumps(report.__dict__))
     for piece in pieces.values():
         piece.unlink(missing_ok=True)
+    shutil.rmtree(composites_path(plan.folder), ignore_errors=True)
     return report
 
 
