@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +46,6 @@ from pipeline.cube.reader import (
 from pipeline.cube.tokens import Tokens
 from pipeline.geo.grid import Grid
 from pipeline.search.items import ItemRef
-from timesenclip.common.atomic import scratch_path
 
 # Bytes a window holds per grid pixel and scene: 10 m bands with their masks, and 20 m bands
 # with SCL and their mask at 2 x 2 grid pixels a value.
@@ -105,7 +105,7 @@ def composite_area(
     # (the 10 m bands, once for each of their blocks); the others would only hold memory.
     pool = DatasetPool(max_idle=len(FINE) * len(scenes))
     folder = folder / f"block-{index:02d}"
-    with scratch_path(folder) as scratch, contextlib.closing(pool):
+    with _replacing(folder) as scratch, contextlib.closing(pool):
         stored = StoredTokens(index, area, scratch)
         for outer, inner_grid in _windows(scenes, grid, area, options, budget, pool):
             here = _meeting(_without(scenes, left_out), grid, outer)
@@ -124,11 +124,27 @@ def composite_area(
                 tokens.save(stored.path(inner))
                 np.save(stored.path(inner) / "months.npy", has_data.sum(axis=0, dtype=np.uint8))
                 windows.append(inner)
-        scratch.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(scratch, folder)
     used = tuple(r.id for r in _without(scenes, left_out))
     return StoredTokens(index, area, folder, tuple(windows), used, tuple(skipped))
+
+
+@contextlib.contextmanager
+def _replacing(folder: Path) -> Iterator[Path]:
+    """A new folder beside ``folder`` that replaces it when the block succeeds; removed, with
+    what it holds, when it fails."""
+    scratch = folder.with_name(f".{folder.name}.scratch-{secrets.token_hex(6)}")
+    try:
+        scratch.mkdir(parents=True)
+        yield scratch
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(scratch, folder)
+    except OSError as error:
+        if error.filename is not None:
+            raise
+        # A write that fails for want of space names no file: name the folder it was for.
+        raise OSError(error.errno, error.strerror, str(folder)) from error
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _without(scenes: Sequence[ItemRef], ids: set[str]) -> list[ItemRef]:
@@ -139,6 +155,12 @@ def _meeting(scenes: Sequence[ItemRef], grid: Grid, window: Window) -> list[Item
     """The scenes whose footprint meets ``window`` of ``grid``."""
     part = grid.window(window.row_off, window.col_off, window.height, window.width)
     return [r for r in scenes if r.meets(part)]
+
+
+def all_here(stored: Sequence[StoredTokens]) -> bool:
+    """Whether every stored block's files can be read here (they are written where their task
+    ran: on another machine, or lost with a worker, they are not)."""
+    return all(block.folder is None or block.folder.is_dir() for block in stored)
 
 
 def stored_chunk(

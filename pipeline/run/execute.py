@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -473,6 +474,7 @@ def run_tiles(
     in_flight: dict[str, list] = {}  # tile id -> its futures, kept until the tile is done
     queue = as_completed(with_results=True, raise_errors=False)
     chunks_running = 0
+    turn = itertools.count()  # the workers take the tiles in turn
 
     def submit_tile() -> bool:
         nonlocal chunks_running
@@ -482,14 +484,20 @@ def run_tiles(
         tasks = list(plan.chunk_tasks(tile, region.region))
         area = composites_area(tasks)
         refs = [plan.refs[i] for i in tile.items]
+        # A tile's blocks of months are written to one worker's scratch space: its chunks and
+        # the tile task that removes them go to that worker too (elsewhere if it is lost).
+        workers = sorted(client.scheduler_info()["workers"])
+        where = {
+            "workers": [workers[next(turn) % len(workers)]] if workers else None,
+            "allow_other_workers": True,
+            "pure": False,
+        }
         blocks = [
-            client.submit(composite_tile, tile, refs, area, index, shared, pure=False)
+            client.submit(composite_tile, tile, refs, area, index, shared, **where)
             for index in range(len(month_blocks(settings.cube)) if area else 0)
         ]
-        futures = [
-            client.submit(process_chunk, task, shared, *blocks, pure=False) for task in tasks
-        ]
-        done = client.submit(finish_tile, tile, shared, *futures, pure=False)
+        futures = [client.submit(process_chunk, task, shared, *blocks, **where) for task in tasks]
+        done = client.submit(finish_tile, tile, shared, *futures, *blocks, **where)
         tile_of[done.key] = tile.tile.id
         in_flight[tile.tile.id] = [*blocks, *futures, done]
         chunks_running += len(futures)

@@ -8,8 +8,10 @@ tile is finished, returns at once.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -21,8 +23,8 @@ import torch
 from rasterio.windows import Window
 
 from encoder.conventions import ConventionOverrides
-from pipeline.cube.area import StoredTokens, composite_area, stored_chunk
-from pipeline.cube.composite import CubeOptions
+from pipeline.cube.area import StoredTokens, all_here, composite_area, stored_chunk
+from pipeline.cube.composite import CubeOptions, composite_chunk
 from pipeline.cube.reader import GDAL_OPTIONS, configure_gdal
 from pipeline.geo.chunks import tile_chunks
 from pipeline.maps.classify import Plan  # [issue 11] class or similarity plans
@@ -140,8 +142,8 @@ def composite_tile(
     index: int,
     settings: ChunkSettings,
 ) -> BlockReport:
-    """Block ``index`` of months of the scenes ``refs`` over ``area`` of the tile, stored in the
-    tile's scratch folder for its chunk tasks (``pipeline.cube.area``)."""
+    """Block ``index`` of months of the scenes ``refs`` over ``area`` of the tile, stored for
+    its chunk tasks (``pipeline.cube.area``) in this worker's scratch space."""
     configure_gdal(dict(settings.gdal))
     with _CUBE_LOCK:
         start = time.perf_counter()
@@ -158,8 +160,16 @@ def composite_tile(
 
 
 def composites_path(folder: Path) -> Path:
-    """Where a tile's blocks of months wait for its chunk tasks, in its scratch ``folder``."""
-    return folder / "composites"
+    """Where the blocks of months of the tile with scratch ``folder`` wait for its chunk tasks:
+    in the Dask worker's local directory (where Dask spills memory), else the system's temporary
+    folder. Composites are tens of times the size of the maps: they stay off the output disk."""
+    try:
+        from distributed import get_worker
+
+        space = Path(get_worker().local_directory)
+    except (ImportError, ValueError):
+        space = Path(tempfile.gettempdir())
+    return space / "timesenclip-composites" / hashlib.sha256(str(folder).encode()).hexdigest()[:16]
 
 
 def process_chunk(task: ChunkTask, settings: ChunkSettings, *blocks: BlockReport) -> ChunkReport:
@@ -179,9 +189,12 @@ def process_chunk(task: ChunkTask, settings: ChunkSettings, *blocks: BlockReport
     seconds: dict[str, float] = {}
 
     start = time.perf_counter()
-    window = Window(chunk.col, chunk.row, chunk.width, chunk.height)
     stored = [block.stored for block in blocks]
-    cube = stored_chunk(stored, task.items, chunk.tile.grid, window, settings.cube)
+    if all_here(stored):
+        window = Window(chunk.col, chunk.row, chunk.width, chunk.height)
+        cube = stored_chunk(stored, task.items, chunk.tile.grid, window, settings.cube)
+    else:  # on another machine than its tile's blocks (or they were lost): its own reads
+        cube = composite_chunk(task.items, chunk.grid, settings.cube)
     composite, valid_months = cube.composite, cube.valid_months
     if task.inside is not None:
         composite[:, :, ~task.inside] = np.nan
@@ -232,14 +245,22 @@ def process_chunk(task: ChunkTask, settings: ChunkSettings, *blocks: BlockReport
     return report
 
 
-def finish_tile(plan: TilePlan, settings: ChunkSettings, *reports: ChunkReport) -> TileReport:
+def finish_tile(
+    plan: TilePlan, settings: ChunkSettings, *reports: ChunkReport | BlockReport
+) -> TileReport:
     """Join the tile's chunk pieces into one raster per layer, then mark the tile done.
 
-    ``reports`` are the tile's chunk results: passing them makes the scheduler run this task
-    only after every chunk, and recompute lost chunks first. A tile with a scene left out for a
+    ``reports`` are the tile's chunk results, and its blocks' (whose files it removes): passing
+    them makes the scheduler run this task only after every chunk, and recompute lost chunks
+    first. A tile with a scene left out for a
     transient failure is not marked done and the pieces of those chunks are removed, so the next
     run redoes those chunks (and only those).
     """
+    blocks = [r.stored for r in reports if isinstance(r, BlockReport)]
+    reports = tuple(r for r in reports if isinstance(r, ChunkReport))
+    for stored in blocks:
+        if stored.folder is not None:
+            shutil.rmtree(stored.folder, ignore_errors=True)
     if plan.done:
         return TileReport.read(plan.folder)
     start = time.perf_counter()
@@ -277,7 +298,6 @@ def finish_tile(plan: TilePlan, settings: ChunkSettings, *reports: ChunkReport) 
         write_text_atomic(done_path(plan.folder), json.dumps(report.__dict__))
     for piece in pieces.values():
         piece.unlink(missing_ok=True)
-    shutil.rmtree(composites_path(plan.folder), ignore_errors=True)
     return report
 
 
