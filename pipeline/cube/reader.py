@@ -35,6 +35,7 @@ from rasterio.windows import Window
 from pipeline.cube.read_retry import (
     DEFAULT_RETRY,
     ReadRetry,
+    clear_cache,
     error_text,
     is_transient,
     read_with_retries,
@@ -229,12 +230,14 @@ def asset_placement(
     ref: ItemRef, name: str, grid: Grid, sign_hrefs: bool = False, pool: DatasetPool = POOL
 ) -> Placement | None:
     """Where asset ``name`` of ``ref`` sits on ``grid``; None when it cannot be opened (the read
-    that follows then says why)."""
+    that follows then says why: what GDAL remembers of the failure is forgotten, or it would
+    answer that read with "does not exist" in place of the server's error)."""
     b = ASSETS.index(name)
     href = _signed(ref.hrefs[b]) if sign_hrefs else ref.hrefs[b]
     try:
         return placement(href, grid, pool, ref.grids[b] if ref.grids else None)
     except (RasterioError, OSError, BadAssetError):
+        clear_cache(ref.hrefs[b])
         return None
 
 
