@@ -97,10 +97,12 @@ def month_groups(
 ) -> list[tuple[np.ndarray, np.ndarray | None]]:
     """``(pixel indices, months present)`` per month pattern with at least ``min_group``
     pixels, largest first, then ``(the other pixels, None)``: those run with the mask."""
-    patterns, inverse, counts = np.unique(
-        month_mask, axis=0, return_inverse=True, return_counts=True
-    )
-    order = np.argsort(inverse.ravel(), kind="stable")
+    # Each pattern as one integer, the first month its highest bit, so integers sort as the
+    # rows would: sorting integers is many times quicker than sorting rows.
+    bits = 1 << np.arange(month_mask.shape[1] - 1, -1, -1, dtype=np.int64)
+    codes, inverse, counts = np.unique(month_mask @ bits, return_inverse=True, return_counts=True)
+    order = np.argsort(inverse, kind="stable")
+    patterns = (codes[:, None] & bits) > 0
     groups = zip(patterns, np.split(order, np.cumsum(counts)[:-1]), strict=True)
     big, rest = [], []
     for pattern, pixels in groups:

@@ -50,5 +50,6 @@ def normalize(dn: ArrayT, band_axis: int = -1, conventions: Conventions | None =
         x = np.take(x, index, axis=band_axis)
     low = np.asarray(conv.low, dtype=x.dtype).reshape(shape)
     high = np.asarray(conv.high, dtype=x.dtype).reshape(shape)
-    x = (x - low) / high
-    return np.clip(x, 0.0, 1.0) if conv.clamp else x  # clip keeps NaN
+    x = x - low  # a new array: the rest is done in place
+    x /= high
+    return np.clip(x, 0.0, 1.0, out=x) if conv.clamp else x  # clip keeps NaN

@@ -48,9 +48,15 @@ def pixel_series(
     have a value, so months without a valid observation are left out, not invented.
     """
     months, bands, h, w = composite.shape
-    series = np.ascontiguousarray(composite.reshape(months, bands, h * w).transpose(2, 0, 1))
-    present = np.isfinite(series).all(axis=2)
-    return normalize(series.astype(np.float32, copy=False), conventions=conventions), present
+    grid = composite.reshape(months, bands, h * w)
+    present = np.logical_and.reduce(np.isfinite(grid), axis=1).T
+    # Normalised where each band is a row, then to pixel-major a month (ten rows) at a time:
+    # one (T x 10, pixels) transpose crawls through memory, ten rows stream.
+    normalised = normalize(grid, band_axis=1, conventions=conventions)
+    series = np.empty((h * w, months, normalised.shape[1]), np.float32)
+    for month in range(months):
+        series[:, month] = normalised[month].T
+    return series, np.ascontiguousarray(present)
 
 
 def embed_series(
