@@ -1,43 +1,50 @@
-"""Per-chunk cost of a chunk's composites: our reader against odc-stac, with and without latency.
+"""Composites against their decode floor: whole ``timesenclip run`` s and one chunk alone, with
+and without latency.
 
-Writes ``--base`` synthetic scenes (10 bands + SCL, 20 m bands and SCL at native 20 m), rewritten
-as COGs tiled like Earth Search's Sentinel-2 COGs (1024-px DEFLATE tiles, four overview levels,
-header first), and serves them over loopback HTTP (``fixtures.file_server``). A run of N scenes
-repeats the base scenes under new names (hard links, dates shifted by hours, same month), so
-GDAL caches nothing across them. One chunk of ``--chunk`` px is composited per measure:
+``--base`` synthetic scenes of ``--size`` px (``fixtures.synthetic``, 30 % clouds, 20 m bands and
+SCL at 20 m) are rewritten as COGs in Earth Search's layout (1024-px DEFLATE tiles, predictor 2,
+four overviews, header first) and served over loopback HTTP (``fixtures.file_server``, in this
+process) with and without ``--latency`` ms a request. A set of N scenes repeats them under new
+names (hard links; dates shifted by hours within the month), so no cache is shared between
+scenes. For each N of ``--scenes``, in one run and each in a process of its own:
 
-- ``ours``: ``pipeline.cube.composite.composite_chunk`` (``pipeline.cube.reader``: rasterio,
-  reads in flight across blocks of months, aligned grids read plainly);
-- ``ours serial``: the same with each block read, then reduced, on one thread (no read-ahead),
-  so its time is exactly its reads + its medians + everything else: the chunk's overhead
-  besides reading pixels and taking medians is that rest;
-- ``ours read``: only the reads (``read_scenes`` of every scene in one call);
-- ``odc-stac``: ``odc.stac.load`` of the chunk's geobox (no Dask, ``pool`` threads, cloud
-  defaults), then the same masking and median as ours.
+- floor: every asset of every scene decoded once, whole, at its own resolution (uint16 and
+  uint8, one thread, local files): CPU seconds.
+- run: ``timesenclip run`` over the scenes' area (items from a file, a tiny random encoder, one
+  class task, default settings otherwise): CPU seconds of its whole process tree
+  (``RUSAGE_CHILDREN`` once reaped) less its own embed and classify seconds (its summary), the
+  ratio of that to the floor, wall seconds, cores busy (CPU / (wall x cores)), the largest peak
+  memory (VmHWM, sampled) of a process other than the client, requests per asset. At 0 ms, and
+  at ``--latency`` ms a request.
+- split: the run's compositing alone (``pipeline.cube.area.composite_area`` over the scenes'
+  grid, every block of months, medians on one thread): CPU seconds of decoding (the reader
+  threads), masking, medians (``pipeline.cube.median``) and the rest.
+- chunk: one 512-px chunk composited alone, as ``build_cube`` and a chunk task that cannot
+  reach its tile's blocks do (``composite_chunk``), and by odc-stac (``odc.stac.load`` of the
+  chunk's geobox, then our medians), against the chunk's share of the floor; both must equal a
+  reference (numpy ``nanmedian`` of every band on the 10 m grid), as must the split's stored
+  tokens of that chunk.
 
-Every measure runs in its own child process and reports its own peak memory (VmHWM); configs
-are interleaved and repeated, and medians are printed. Ours must equal a reference composite
-(each file read whole with rasterio, 20 m upsampled by ``np.repeat``, ``numpy.nanmedian``).
-
-    python bench/cube.py --latency 20                 # 24 and 300 scenes, 3 repeats
-    python bench/cube.py --latency 20 --scenes 24 --repeats 1
+    python bench/cube.py [--scenes 24 72 300] [--latency 20] [--size 2048] [--data DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import hashlib
 import json
 import os
 import platform
-import statistics
+import resource
+import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
-from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
@@ -47,9 +54,14 @@ if __package__ in (None, ""):  # run as a file, bench/ comes first on sys.path, 
 
 from bench.machine import machine
 
+REPO = Path(__file__).resolve().parents[1]
 MEASURE = "--measure"
-METHODS = ("ours", "ours serial", "ours read", "odc-stac", "reference")
 TILE = 1024
+CHUNK = 512
+ORIGIN = (500000.0, 4800000.0)
+EPSG = 32631
+CLOUD_FRACTION = 0.3
+SPLIT = ("decode", "masking", "median", "rest")
 
 
 def write_scenes(root: Path, size: int, base: int) -> list[dict]:
@@ -61,7 +73,13 @@ def write_scenes(root: Path, size: int, base: int) -> list[dict]:
 
     dates = [datetime.date(2023, 1 + i * 12 // base, 5 + 15 * (i % 2)) for i in range(base)]
     written = write_synthetic_collection(
-        root / "draft", shape=(size, size), dates=dates, boa_offset_applied=None
+        root / "draft",
+        origin=ORIGIN,
+        epsg=EPSG,
+        shape=(size, size),
+        dates=dates,
+        cloud_fraction=CLOUD_FRACTION,
+        boa_offset_applied=None,
     )
     for item in written.items:
         for asset in item["assets"].values():
@@ -81,6 +99,7 @@ def write_scenes(root: Path, size: int, base: int) -> list[dict]:
                 )
             draft.unlink()
             asset["href"] = str(target)
+    shutil.rmtree(root / "draft")
     return written.items
 
 
@@ -106,14 +125,19 @@ def scene_set(items: list[dict], root: Path, count: int) -> list[dict]:
     return out
 
 
-def chunk_grid(size: int, chunk: int):
-    """The chunk: ``chunk`` px square at (chunk, chunk) of the scene grid, inside one tile."""
+def scene_grid(size: int):
     from pipeline.geo.grid import Grid
 
-    xmin, ymax = 500000.0, 4800000.0
-    return Grid(32631, (xmin, ymax - 10.0 * size, xmin + 10.0 * size, ymax), 10.0).window(
-        chunk, chunk, chunk, chunk
-    )
+    xmin, ymax = ORIGIN
+    return Grid(EPSG, (xmin, ymax - 10.0 * size, xmin + 10.0 * size, ymax), 10.0)
+
+
+def chunk_window(size: int):
+    """A 512-px chunk placed as the run's chunks are on these scenes (2048 px: across 10 m
+    blocks)."""
+    from rasterio.windows import Window
+
+    return Window(size // 2 - 176, size // 2 - 256, CHUNK, CHUNK)
 
 
 def _refs(items: list[dict]):
@@ -122,113 +146,138 @@ def _refs(items: list[dict]):
     return [item_ref(item) for item in items]
 
 
-class _InlineExecutor:
-    """A stand-in for ``ThreadPoolExecutor`` that runs each call at once, on the caller's thread."""
-
-    def __init__(self, workers: int) -> None:
-        pass
-
-    def __enter__(self) -> _InlineExecutor:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-    def submit(self, fn, *args) -> Future:
-        future: Future = Future()
-        future.set_result(fn(*args))
-        return future
+def _digest(composite: np.ndarray, valid: np.ndarray) -> str:
+    data = np.nan_to_num(composite, nan=-1.0).tobytes() + valid.astype(np.uint8).tobytes()
+    return hashlib.sha256(data).hexdigest()[:12]
 
 
-def _timed(module, name: str, spent: list[float]) -> None:
-    """Make ``module.name`` add its wall time per call to ``spent``."""
-    fn = getattr(module, name)
-
-    def timed(*args):
-        start = time.perf_counter()
-        try:
-            return fn(*args)
-        finally:
-            spent.append(time.perf_counter() - start)
-
-    setattr(module, name, timed)
+# --- the measures, each in a child process ------------------------------------------------------
 
 
-def ours(items: list[dict], grid, concurrency: int, serial: bool = False) -> dict:
-    """``composite_chunk`` as a worker runs it; with ``serial`` each block is read, then reduced,
-    on one thread, so the chunk's time is exactly reads + medians + everything else."""
-    import pipeline.cube.composite as cube
+def floor(items: list[dict], size: int) -> dict:
+    """Every asset of every scene decoded once, whole, at its own resolution, one thread."""
+    import rasterio
 
-    reads: list[float] = []
-    medians: list[float] = []
-    _timed(cube, "_read", reads)
-    _timed(cube, "_reduce", medians)
-    if serial:
-        cube.ThreadPoolExecutor = _InlineExecutor
-    result = cube.composite_chunk(
-        _refs(items), grid, cube.CubeOptions(read_concurrency=concurrency)
-    )
+    start = time.process_time()
+    for item in items:
+        for asset in item["local"].values():
+            with rasterio.open(asset) as src:
+                src.read(1)
+    return {"cpu": time.process_time() - start}
+
+
+def split(items: list[dict], size: int) -> dict:
+    """The run's compositing alone, its CPU time split by what it does."""
+    from rasterio.windows import Window
+
+    import pipeline.cube.composite as composite
+    import pipeline.cube.observations as observations
+    from pipeline.cube.area import composite_area, stored_chunk
+    from pipeline.cube.composite import CubeOptions, month_blocks
+
+    spent = {"median": 0.0, "masking": 0.0}
+
+    def timed(module, name: str, key: str) -> None:
+        function = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            start = time.thread_time()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                spent[key] += time.thread_time() - start
+
+        setattr(module, name, wrapper)
+
+    timed(observations, "median_over_time", "median")
+    timed(composite, "masked_tokens", "masking")  # medians included: taken off below
+    grid, options, refs = scene_grid(size), CubeOptions(), _refs(items)
+    area = Window(0, 0, size, size)
+    with tempfile.TemporaryDirectory(prefix="bench_split_") as folder:
+        start, main = time.process_time(), time.thread_time()
+        stored = [
+            composite_area(refs, grid, area, i, options, Path(folder), threads=1)
+            for i in range(len(month_blocks(options)))
+        ]
+        total, main = time.process_time() - start, time.thread_time() - main
+        cube = stored_chunk(stored, refs, grid, chunk_window(size), options)
+    masking = spent["masking"] - spent["median"]
     return {
-        "arrays": (result.composite, result.valid_months),
-        "read_s": sum(reads),
-        "reduce_s": sum(medians),
+        "cpu": total,
+        "decode": total - main,
+        "masking": masking,
+        "median": spent["median"],
+        "rest": main - masking - spent["median"],
+        "digest": _digest(cube.composite, cube.valid_months),
     }
 
 
-def ours_serial(items: list[dict], grid, concurrency: int) -> dict:
-    return ours(items, grid, concurrency, serial=True)
+def chunk_ours(items: list[dict], size: int) -> dict:
+    """One chunk composited alone: ``composite_chunk``."""
+    from pipeline.cube.composite import CubeOptions, composite_chunk
+
+    grid = scene_grid(size)
+    window = chunk_window(size)
+    part = grid.window(window.row_off, window.col_off, window.height, window.width)
+    start = time.process_time()
+    cube = composite_chunk(_refs(items), part, CubeOptions())
+    return {
+        "cpu": time.process_time() - start,
+        "digest": _digest(cube.composite, cube.valid_months),
+    }
 
 
-def ours_read(items: list[dict], grid, concurrency: int) -> dict:
-    from pipeline.cube.composite import CubeOptions
-    from pipeline.cube.reader import read_scenes
-
-    options = CubeOptions(read_concurrency=concurrency)
-    read_scenes(_refs(items), grid, resampling_of=options.resampling_of, concurrency=concurrency)
-    return {}
-
-
-def odc_stac(items: list[dict], grid, concurrency: int) -> dict:
-    """odc-stac's load of the chunk, then our masking and median on what it read."""
+def chunk_odc(items: list[dict], size: int) -> dict:
+    """odc-stac's load of the chunk (uint16, 0 = no data), then our masks and medians."""
     import odc.stac
     import pystac
     from odc.geo.geobox import GeoBox
+    from rasterio.windows import Window
 
-    import pipeline.cube.composite as cube
+    from pipeline.cube.composite import CubeOptions, in_time_order, month_blocks, reduce_window
     from pipeline.cube.reader import SceneRead
-    from pipeline.search.items import ASSETS
+    from pipeline.search.items import ASSETS, SCL
     from pipeline.search.stac import EARTH_SEARCH_ASSETS
 
+    grid = scene_grid(size)
+    window = chunk_window(size)
+    part = grid.window(window.row_off, window.col_off, window.height, window.width)
+    start = time.process_time()
     odc.stac.configure_rio(cloud_defaults=True)
-    refs = cube._in_order(_refs(items))
-    geobox = GeoBox.from_bbox(grid.bounds, grid.crs, resolution=grid.resolution)
-    keys = [EARTH_SEARCH_ASSETS[band] for band in ASSETS]
+    refs = in_time_order(_refs(items))
     by_id = {item["id"]: item for item in items}
+    keys = [EARTH_SEARCH_ASSETS[band] for band in ASSETS]
     data = odc.stac.load(
         [pystac.Item.from_dict(by_id[r.id]) for r in refs],  # in time order, as ours
         bands=keys,
-        geobox=geobox,
+        geobox=GeoBox.from_bbox(part.bounds, part.crs, resolution=part.resolution),
         groupby="id",
         resampling="nearest",
-        dtype="float32",
-        nodata=float("nan"),
-        pool=concurrency,
+        dtype="uint16",
+        nodata=0,
+        pool=16,
     )
     layers = {band: data[key].values for band, key in zip(ASSETS, keys, strict=True)}
-    options = cube.CubeOptions()
-    composite = np.full((12, 10, *grid.shape), np.nan, np.float32)
-    valid = np.zeros(grid.shape, np.uint8)
-    for i, block, group in cube._groups(refs, options):
-        index = [refs.index(r) for r in group]
-        read = SceneRead({band: values[index] for band, values in layers.items()}, group)
-        tokens, has_data = cube._reduce(read, options, block)
-        composite[i : i + 1] = tokens
+    layers[SCL] = layers[SCL].astype(np.uint8)
+    options = CubeOptions()
+    composite = np.full((12, 10, CHUNK, CHUNK), np.nan, np.float32)
+    valid = np.zeros((CHUNK, CHUNK), np.uint8)
+    whole = Window(0, 0, CHUNK, CHUNK)
+    for i, block in enumerate(month_blocks(options)):
+        index = [k for k, r in enumerate(refs) if r.month in block]
+        if not index:
+            continue
+        read = SceneRead(
+            {b: v[index] for b, v in layers.items()}, [refs[k] for k in index], [], whole
+        )
+        tokens, has_data = reduce_window(read, options, block)
+        composite[i] = tokens.full(slice(0, CHUNK), slice(0, CHUNK))[0]
         valid += has_data.sum(axis=0, dtype=np.uint8)
-    return {"arrays": (composite, valid)}
+    return {"cpu": time.process_time() - start, "digest": _digest(composite, valid)}
 
 
-def reference(items: list[dict], grid, concurrency: int) -> dict:
-    """Each local file read whole, 20 m upsampled by repetition, ``numpy.nanmedian`` per month."""
+def chunk_reference(items: list[dict], size: int) -> dict:
+    """Each local file read, 20 m bands repeated onto the 10 m grid, ``numpy.nanmedian``."""
     import rasterio
     from rasterio.windows import Window
 
@@ -237,34 +286,28 @@ def reference(items: list[dict], grid, concurrency: int) -> dict:
     from pipeline.search.sentinel2 import DEFAULT_CLOUD_MASK
     from pipeline.search.stac import EARTH_SEARCH_ASSETS
 
-    row = round((4800000.0 - grid.bounds[3]) / 10)
-    col = round((grid.bounds[0] - 500000.0) / 10)
-    height, width = grid.shape
+    window = chunk_window(size)
+    row, col = window.row_off, window.col_off
 
     def read(href: str) -> np.ndarray:
         with rasterio.open(href) as src:
             k = round(src.res[0] / 10)
-            window = Window(col // k, row // k, -(-width // k) + 1, -(-height // k) + 1)
-            data = src.read(1, window=window, boundless=False)
+            data = src.read(1, window=Window(col // k, row // k, CHUNK // k + 1, CHUNK // k + 1))
         data = np.repeat(np.repeat(data, k, 0), k, 1)
-        return data[row % k : row % k + height, col % k : col % k + width]
+        return data[row % k : row % k + CHUNK, col % k : col % k + CHUNK]
 
     months = np.array([int(item["properties"]["datetime"][5:7]) for item in items])
-    composite = np.full((12, len(BANDS), height, width), np.nan, np.float32)
-    valid = np.zeros((height, width), np.uint8)
+    composite = np.full((12, len(BANDS), CHUNK, CHUNK), np.nan, np.float32)
+    valid = np.zeros((CHUNK, CHUNK), np.uint8)
     for month in range(1, 13):
-        month_items = [item for item, m in zip(items, months, strict=True) if m == month]
-        if not month_items:
+        chosen = [item for item, m in zip(items, months, strict=True) if m == month]
+        if not chosen:
             continue
-        href = {key: [it["assets"][key]["href"] for it in month_items] for key in ("scl",)}
-        scl = np.stack([read(h) for h in href["scl"]])
+        scl = np.stack([read(it["local"]["scl"]) for it in chosen])
         values = np.stack(
-            [
-                np.stack([read(it["assets"][EARTH_SEARCH_ASSETS[b]]["href"]) for b in BANDS])
-                for it in month_items
-            ]
+            [np.stack([read(it["local"][EARTH_SEARCH_ASSETS[b]]) for b in BANDS]) for it in chosen]
         ).astype(np.float32)
-        offsets = np.array([harmonization(it).offset for it in month_items], np.float32)
+        offsets = np.array([harmonization(it).offset for it in chosen], np.float32)
         dropped = np.isin(scl, DEFAULT_CLOUD_MASK) | (scl == 0) | (values == 0).any(axis=1)
         values -= offsets[:, None, None, None]
         values[np.broadcast_to(dropped[:, None], values.shape)] = np.nan
@@ -272,68 +315,34 @@ def reference(items: list[dict], grid, concurrency: int) -> dict:
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels
             composite[month - 1] = np.nanmedian(values, axis=0)
         valid += (~dropped).any(axis=0)
-    return {"arrays": (composite, valid)}
+    return {"digest": _digest(composite, valid)}
 
 
 MEASURES = {
-    "ours": ours,
-    "ours serial": ours_serial,
-    "ours read": ours_read,
-    "odc-stac": odc_stac,
-    "reference": reference,
+    "floor": floor,
+    "split": split,
+    "chunk ours": chunk_ours,
+    "chunk odc-stac": chunk_odc,
+    "chunk reference": chunk_reference,
 }
 
 
-def _peak_kib() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
+def _peak_kib(pid: int | str = "self") -> int:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
     return 0
 
 
-def measure(
-    method: str, items_path: Path, url: str, size: int, chunk: int, concurrency: int
-) -> None:
-    """Child process: time one chunk read from ``url``; print a JSON line with its own peak."""
-    import dask
-    import dask.highlevelgraph
-
-    import pipeline.cube.composite  # noqa: F401  (imports are not part of the measure)
+def measure(method: str, items_path: Path, size: int) -> None:
+    """Child process: one measure; prints a JSON line with its own peak memory."""
+    import pipeline.cube.area  # noqa: F401  (imports are not part of the measure)
     from pipeline.cube.reader import GDAL_OPTIONS, configure_gdal
 
     configure_gdal(GDAL_OPTIONS)  # as a worker does from its chunk settings
-    graphs = []
-    init = dask.highlevelgraph.HighLevelGraph.__init__
-
-    def counted(self, *args, **kwargs):
-        graphs.append(1)
-        init(self, *args, **kwargs)
-
-    dask.highlevelgraph.HighLevelGraph.__init__ = counted  # a task must build no Dask graph
-    items = json.loads(items_path.read_text())
-    root = items_path.parent
-    if method != "reference":
-        for item in items:
-            for asset in item["assets"].values():
-                asset["href"] = f"{url}/{Path(asset['href']).relative_to(root).as_posix()}"
-    grid = chunk_grid(size, chunk)
-    start = time.perf_counter()
-    out = MEASURES[method](items, grid, concurrency)
-    seconds = time.perf_counter() - start
-    arrays = out.pop("arrays", ())
-    digest = hashlib.sha256(b"".join(np.nan_to_num(a, nan=-1.0).tobytes() for a in arrays))
-    print(
-        json.dumps(
-            {
-                "seconds": seconds,
-                "peak_kib": _peak_kib(),
-                "digest": digest.hexdigest()[:12] if arrays else "",
-                "assets": 11 * len(items),
-                "dask_graphs": len(graphs),
-                **out,
-            }
-        )
-    )
+    out = MEASURES[method](json.loads(items_path.read_text()), size)
+    print(json.dumps({**out, "peak_kib": _peak_kib()}))
 
 
 def run_child(args: list[str], timeout: float) -> dict:
@@ -342,6 +351,89 @@ def run_child(args: list[str], timeout: float) -> dict:
     if done.returncode != 0:
         raise SystemExit(f"child {args[:1]} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# --- whole runs -------------------------------------------------------------------------------
+
+
+def write_models(root: Path) -> dict:
+    """A tiny random encoder checkpoint and CLIP: the model's own arithmetic costs nothing."""
+    from encoder.checkpoint import EncoderMetadata, save_checkpoint
+    from fixtures.tiny import tiny_encoder, write_tiny_clip
+
+    clip = write_tiny_clip(root / "clip", embed_dim=32)
+    checkpoint = root / "encoder.pt"
+    metadata = EncoderMetadata(clip_model=f"local-dir:{clip}")
+    save_checkpoint(tiny_encoder(32), checkpoint, metadata=metadata)
+    return {"checkpoint": str(checkpoint), "clip": {"model": f"local-dir:{clip}"}, "device": "cpu"}
+
+
+def workflow(items_path: Path, model: dict, size: int, out: Path) -> dict:
+    """The workflow a user would write: the scenes' area, default settings otherwise."""
+    from rasterio.warp import transform_bounds
+
+    grid = scene_grid(size)
+    bbox = transform_bounds(grid.crs, "EPSG:4326", *grid.bounds)
+    return {
+        "name": "bench",
+        "year": 2023,
+        "regions": [{"name": "area", "bbox": [round(v, 6) for v in bbox]}],
+        "stac": {"file": str(items_path), "collection": "sentinel-2-l2a"},
+        "model": model,
+        "tasks": [{"name": "land_cover", "classes": "land_cover"}],
+        "outputs": {"dir": str(out)},
+    }
+
+
+def _tree_peaks(root: int, peaks: dict[int, int], done: threading.Event) -> None:
+    """Sample the VmHWM of every process under ``root`` until ``done``."""
+    import psutil
+
+    while not done.wait(0.2):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            for proc in psutil.Process(root).children(recursive=True):
+                peaks[proc.pid] = max(peaks.get(proc.pid, 0), _peak_kib(proc.pid))
+
+
+def whole_run(path: Path, timeout: float) -> dict:
+    """``timesenclip run`` of the workflow at ``path``: its tree's CPU, wall and peak memory."""
+    import yaml
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "run", str(path)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    peaks: dict[int, int] = {}
+    done = threading.Event()
+    sampler = threading.Thread(target=_tree_peaks, args=(process.pid, peaks, done), daemon=True)
+    sampler.start()
+    out, _ = process.communicate(timeout=timeout)
+    wall = time.perf_counter() - start
+    done.set()
+    sampler.join()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if process.returncode:
+        raise SystemExit(f"the run of {path} failed (exit {process.returncode}):\n{out[-3000:]}")
+    stages = {}
+    for line in out.splitlines():  # "time per stage (summed over workers): cube 1.0 s, ..."
+        if line.startswith("time per stage"):
+            for part in line.partition(":")[2].split(","):
+                name, seconds, _ = part.split()
+                stages[name] = float(seconds)
+    outputs = Path(yaml.safe_load(path.read_text())["outputs"]["dir"])
+    shutil.rmtree(outputs, ignore_errors=True)
+    return {
+        "cpu": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime,
+        "wall": wall,
+        "stages": stages,
+        "worker_peak_kib": max(peaks.values(), default=0),
+    }
 
 
 def versions() -> str:
@@ -355,117 +447,147 @@ def versions() -> str:
     )
 
 
-def _spread(values: list[float]) -> str:
-    return f"{min(values):.2f}-{max(values):.2f}"
+def load() -> str:
+    return ", ".join(f"{v:.1f}" for v in os.getloadavg())
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == MEASURE:
         parser = argparse.ArgumentParser(prog=f"cube.py {MEASURE}")
-        parser.add_argument("method", choices=METHODS)
+        parser.add_argument("method", choices=list(MEASURES))
         parser.add_argument("items", type=Path)
-        parser.add_argument("url")
-        for name in ("size", "chunk", "concurrency"):
-            parser.add_argument(f"--{name}", type=int, required=True)
+        parser.add_argument("--size", type=int, required=True)
         a = parser.parse_args(sys.argv[2:])
-        measure(a.method, a.items, a.url, a.size, a.chunk, a.concurrency)
+        measure(a.method, a.items, a.size)
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=1024, help="scene width and height in px")
-    parser.add_argument("--chunk", type=int, default=512, help="chunk width and height in px")
+    parser.add_argument("--size", type=int, default=2048, help="scene width and height in px")
     parser.add_argument("--base", type=int, default=12, help="distinct scenes written")
-    parser.add_argument("--scenes", type=int, nargs="+", default=[24, 300])
+    parser.add_argument("--scenes", type=int, nargs="+", default=[24, 72, 300])
     parser.add_argument("--latency", type=float, default=20.0, help="ms per request")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--concurrency", type=int, default=16, help="cube.read_concurrency")
-    parser.add_argument("--timeout", type=float, default=600, help="s per child")
+    parser.add_argument("--data", type=Path, help="keep the scenes here (reused when present)")
+    parser.add_argument("--timeout", type=float, default=1800, help="s per measure")
     args = parser.parse_args()
 
     from fixtures.file_server import serve_files
 
     begin = time.perf_counter()
-    rows = []
+    print(f"load average at start: {load()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_cube_") as tmp:
-        root = Path(tmp)
-        start = time.perf_counter()
-        base = write_scenes(root, args.size, args.base)
-        print(f"wrote {args.base} scenes in {time.perf_counter() - start:.0f} s", flush=True)
-        # The servers run here, so their work is not in a child's time or memory.
+        work = Path(tmp)
+        root = args.data or work / "data"
+        listing = root / f"items-{args.size}-{args.base}.json"
+        if not listing.exists():
+            start = time.perf_counter()
+            listing.parent.mkdir(parents=True, exist_ok=True)
+            listing.write_text(json.dumps(write_scenes(root, args.size, args.base)))
+            print(f"wrote {args.base} scenes in {time.perf_counter() - start:.0f} s", flush=True)
+        base = json.loads(listing.read_text())
+        model = write_models(work)
+        rows = []
+        # The servers run here, so their work is in no measure's time or memory.
         with serve_files(root) as plain, serve_files(root, latency_ms=args.latency) as slow:
-            servers = {0.0: plain, args.latency: slow}
             for count in args.scenes:
-                items_path = root / f"items_{count}.json"
-                items_path.write_text(json.dumps(scene_set(base, root, count)))
-                common = ["--size", str(args.size), "--chunk", str(args.chunk)]
-                common += ["--concurrency", str(args.concurrency)]
+                scenes = scene_set(base, root, count)
+                row: dict = {"scenes": count, "assets": 11 * count}
+                for latency, server in ((0.0, plain), (args.latency, slow)):
+                    items = []
+                    for item in scenes:
+                        served = server.served_item(item)
+                        served["local"] = {k: a["href"] for k, a in item["assets"].items()}
+                        items.append(served)
+                    items_path = work / f"items-{count}-{latency:g}.json"
+                    items_path.write_text(json.dumps(items))
+                    ndjson = work / f"items-{count}-{latency:g}.ndjson"
+                    ndjson.write_text("".join(json.dumps(i) + "\n" for i in items))
+                    if latency == 0.0:
+                        for method in MEASURES:
+                            size = ["--size", str(args.size)]
+                            row[method] = run_child([method, str(items_path), *size], args.timeout)
+                            print(f"{count} {method}: {row[method]}", flush=True)
+                    path = work / f"workflow-{count}-{latency:g}.yaml"
+                    out = work / f"out-{count}-{latency:g}"
+                    path.write_text(json.dumps(workflow(ndjson, model, args.size, out)))
+                    requests = sum(server.counts.values())
+                    result = whole_run(path, args.timeout)
+                    result["requests"] = sum(server.counts.values()) - requests
+                    row[f"run {latency:g}"] = result
+                    print(f"{count} run {latency:g} ms: {result} (load {load()})", flush=True)
+                rows.append(row)
+        report(rows, args)
+    print(f"\nload average at end: {load()}; total {time.perf_counter() - begin:.0f} s")
 
-                def child(method: str, latency: float, items_path=items_path, common=common):
-                    server = servers[latency]
-                    before = sum(server.counts.values())
-                    out = run_child([method, str(items_path), server.url, *common], args.timeout)
-                    requests = sum(server.counts.values()) - before
-                    return {**out, "requests_per_asset": requests / out["assets"]}
 
-                ref = child("reference", 0.0)["digest"]
-                configs = [(m, lat) for m in ("ours", "odc-stac") for lat in (0.0, args.latency)]
-                configs += [("ours serial", 0.0), ("ours read", 0.0)]
-                results: dict = {c: [] for c in configs}
-                for repeat in range(args.repeats):  # interleaved: each repeat runs every config
-                    for method, lat in configs:
-                        out = child(method, lat)
-                        results[(method, lat)].append(out)
-                        print(f"{count} {method} {lat:g} ms #{repeat}: {out}", flush=True)
-                rows.append((count, ref, results))
-
+def report(rows: list[dict], args: argparse.Namespace) -> None:
+    cores = os.cpu_count() or 1
+    chunks = (args.size / CHUNK) ** 2  # 512-px chunks in the scenes' area
     print(f"\nmachine: {machine()}\nversions: {versions()}")
     print(
-        f"scenes {args.size} px, COG tiles {TILE} px DEFLATE + 4 overviews, chunk {args.chunk} px,"
-        f" read_concurrency {args.concurrency}, {args.repeats} repeats (median, min-max)\n"
+        f"scenes {args.size} px, COG tiles {TILE} px DEFLATE + predictor 2, {CLOUD_FRACTION:.0%} "
+        f"clouds; runs at default settings (tile 4096, chunk 512 px) with a tiny encoder\n"
     )
     print(
-        "| scenes | method | latency ms | s per chunk | spread | vs no latency | peak MiB "
-        "| requests/asset | = reference |"
+        "| scenes | latency ms | floor CPU s | run CPU s | embed + classify s | ours CPU s "
+        "| ours / floor | wall s | cores busy | worker VmHWM MiB | requests/asset | vs 0 ms |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for count, ref, results in rows:
-        for (method, lat), outs in results.items():
-            seconds = [o["seconds"] for o in outs]
-            base_s = statistics.median(o["seconds"] for o in results[(method, 0.0)])
-            same = {o["digest"] for o in outs}
-            check = "" if not outs[0]["digest"] else ("yes" if same == {ref} else "NO")
-            print(
-                f"| {count} | {method} | {lat:g} | {statistics.median(seconds):.2f} | "
-                f"{_spread(seconds)} | {statistics.median(seconds) / base_s:.2f}x | "
-                f"{statistics.median(o['peak_kib'] for o in outs) / 1024:.0f} | "
-                f"{statistics.median(o['requests_per_asset'] for o in outs):.2f} | {check} |"
-            )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        floor_cpu = row["floor"]["cpu"]
+        first = None
+        for key in (k for k in row if k.startswith("run ")):
+            run = row[key]
+            stages = run["stages"]
+            ours = run["cpu"] - stages.get("embed", 0.0) - stages.get("classify", 0.0)
+            first = first or run
+            cells = [
+                row["scenes"],
+                key.split()[1],
+                f"{floor_cpu:.1f}",
+                f"{run['cpu']:.1f}",
+                f"{stages.get('embed', 0.0) + stages.get('classify', 0.0):.1f}",
+                f"{ours:.1f}",
+                f"{ours / floor_cpu:.2f}x",
+                f"{run['wall']:.1f}",
+                f"{run['cpu'] / (run['wall'] * cores):.2f}",
+                f"{run['worker_peak_kib'] / 1024:,.0f}",
+                f"{run['requests'] / row['assets']:.2f}",
+                f"CPU {run['cpu'] / first['cpu']:.2f}x, wall {run['wall'] / first['wall']:.2f}x",
+            ]
+            print("| " + " | ".join(str(c) for c in cells) + " |")
     print(
-        "\n| scenes | ours s | serial s | its reads s | its medians s | overhead s | of reads "
-        "| reads alone s | dask graphs |"
+        "\n| scenes | composites CPU s | decode s | masking s | medians s | rest s | / floor "
+        "| peak MiB |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for count, _, results in rows:
-        serial = results[("ours serial", 0.0)]
-        # Per repeat, so the three parts come from the same chunk: nothing here overlaps.
-        overheads = [o["seconds"] - o["read_s"] - o["reduce_s"] for o in serial]
-        read_s = statistics.median(o["read_s"] for o in serial)
-        overhead = statistics.median(overheads)
-        graphs = max(
-            o["dask_graphs"] for outs in results.values() for o in outs if "dask_graphs" in o
-        )
-        cells = [
-            statistics.median(o["seconds"] for o in results[("ours", 0.0)]),
-            statistics.median(o["seconds"] for o in serial),
-            read_s,
-            statistics.median(o["reduce_s"] for o in serial),
-            overhead,
-        ]
-        alone = statistics.median(o["seconds"] for o in results[("ours read", 0.0)])
+    print("|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        split = row["split"]
+        parts = [f"{split[k]:.1f} ({100 * split[k] / split['cpu']:.0f} %)" for k in SPLIT]
         print(
-            f"| {count} | {' | '.join(f'{c:.2f}' for c in cells)} | "
-            f"{100 * overhead / read_s:.1f} % | {alone:.2f} | {graphs} |"
+            f"| {row['scenes']} | {split['cpu']:.1f} | {' | '.join(parts)} | "
+            f"{split['cpu'] / row['floor']['cpu']:.2f}x | {split['peak_kib'] / 1024:,.0f} |"
         )
-    print(f"\ntotal {time.perf_counter() - begin:.0f} s")
+    print(
+        "\n| scenes | chunk's floor share s | ours whole run, per chunk s | composite_chunk s "
+        "| odc-stac s | peak MiB ours / odc-stac | = reference (chunk, odc-stac, stored) |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        run = row["run 0"]
+        stages = run["stages"]
+        ours = run["cpu"] - stages.get("embed", 0.0) - stages.get("classify", 0.0)
+        share = row["floor"]["cpu"] / chunks
+        ref = row["chunk reference"]["digest"]
+        same = [
+            "yes" if row[k]["digest"] == ref else "NO"
+            for k in ("chunk ours", "chunk odc-stac", "split")
+        ]
+        mine, odc = row["chunk ours"], row["chunk odc-stac"]
+        print(
+            f"| {row['scenes']} | {share:.2f} | {ours / chunks:.2f} ({ours / chunks / share:.1f}x) "
+            f"| {mine['cpu']:.2f} ({mine['cpu'] / share:.1f}x) | {odc['cpu']:.2f} "
+            f"({odc['cpu'] / share:.1f}x) | {mine['peak_kib'] / 1024:,.0f} / "
+            f"{odc['peak_kib'] / 1024:,.0f} | {', '.join(same)} |"
+        )
 
 
 if __name__ == "__main__":

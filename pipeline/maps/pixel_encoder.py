@@ -16,6 +16,9 @@ from pipeline.maps.classify import Plan
 
 log = logging.getLogger(__name__)
 
+_PIXEL_BLOCK = 4096  # pixels a series is made of at a time
+_ROWS_AT_ONCE = 65536  # pixels embedded at a time
+
 # A Dask worker runs several tasks in threads: they share one model, loaded once.
 _LOAD_LOCK = threading.Lock()
 
@@ -50,12 +53,16 @@ def pixel_series(
     months, bands, h, w = composite.shape
     grid = composite.reshape(months, bands, h * w)
     present = np.logical_and.reduce(np.isfinite(grid), axis=1).T
-    # Normalised where each band is a row, then to pixel-major a month (ten rows) at a time:
-    # one (T x 10, pixels) transpose crawls through memory, ten rows stream.
-    normalised = normalize(grid, band_axis=1, conventions=conventions)
-    series = np.empty((h * w, months, normalised.shape[1]), np.float32)
-    for month in range(months):
-        series[:, month] = normalised[month].T
+    series = np.empty((h * w, months, bands), np.float32)
+    # A block of pixels at a time, small enough to stay in cache: normalised where each band is
+    # a row, then to pixel-major a month (ten rows) at a time. One (T x 10, pixels) transpose of
+    # the whole would crawl through memory.
+    for start in range(0, h * w, _PIXEL_BLOCK):
+        part = normalize(
+            grid[:, :, start : start + _PIXEL_BLOCK], band_axis=1, conventions=conventions
+        )
+        for month in range(months):
+            series[start : start + _PIXEL_BLOCK, month] = part[month].T
     return series, np.ascontiguousarray(present)
 
 
@@ -75,14 +82,17 @@ def embed_series(
     """
     out = np.full((series.shape[0], model.config.dim), np.nan, dtype=np.float32)
     rows = np.flatnonzero(present.any(axis=1))
-    out[rows] = embed(
-        model,
-        torch.from_numpy(series[rows]),
-        torch.from_numpy(present[rows]),
-        batch_size=batch_size,
-        runtime=runtime,
-        precision=precision,
-    ).numpy()
+    # A part at a time: the rows taken are a copy, kept small.
+    for start in range(0, len(rows), _ROWS_AT_ONCE):
+        part = rows[start : start + _ROWS_AT_ONCE]
+        out[part] = embed(
+            model,
+            torch.from_numpy(series[part]),
+            torch.from_numpy(present[part]),
+            batch_size=batch_size,
+            runtime=runtime,
+            precision=precision,
+        ).numpy()
     return out
 
 

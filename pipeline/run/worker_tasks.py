@@ -204,6 +204,8 @@ def process_chunk(task: ChunkTask, settings: ChunkSettings, *blocks: BlockReport
     start = time.perf_counter()
     model = cached_encoder(settings.checkpoint, settings.device, settings.conventions)
     series, present = pixel_series(composite, model.conventions)
+    used, skipped = sorted({r.id for r in cube.used}), cube.skipped
+    del cube, composite  # the series hold what the encoder needs: memory for the next chunk
     shape = (chunk.height, chunk.width)
     layers = {VALID_MONTHS: valid_months}
     run = {"runtime": settings.runtime, "precision": settings.precision}
@@ -236,9 +238,7 @@ def process_chunk(task: ChunkTask, settings: ChunkSettings, *blocks: BlockReport
             for name, values in plan.score(embeddings, settings.confidence).items():
                 layers[name] = values.reshape(shape)
     seconds["classify"] = time.perf_counter() - start
-    report = ChunkReport(
-        chunk.id, chunk.pixels, seconds, sorted({r.id for r in cube.used}), cube.skipped
-    )
+    report = ChunkReport(chunk.id, chunk.pixels, seconds, used, skipped)
     task.piece.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(task.piece) as tmp, tmp.open("wb") as out:
         np.savez_compressed(out, report=json.dumps(report.__dict__), **layers)
