@@ -1,0 +1,212 @@
+"""Slurm and PBS clusters (dask-jobqueue): a job's options from the workflow over the user's or
+site's ``jobqueue.yaml``, workers that retire before their walltime, and adaptive scaling that
+replaces every job whose workers have gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import weakref
+from pathlib import Path
+from typing import Any
+
+from pipeline.workflow.jobs import walltime_seconds, worker_lifetime
+from pipeline.workflow.schema import DaskConfig
+from timesenclip.common.errors import TimeSenCLIPError
+
+log = logging.getLogger(__name__)
+
+CLUSTER_CLASSES = {"slurm": "SLURMCluster", "pbs": "PBSCluster"}
+SUBMIT = {"slurm": "sbatch", "pbs": "qsub"}
+DEFAULT_DASHBOARD = "127.0.0.1:8787"
+
+
+def _configured(kind: str, key: str, default: Any = None) -> Any:
+    """A value of the ``jobqueue.<kind>`` section of the Dask config (jobqueue.yaml)."""
+    import dask.config
+
+    return dask.config.get(f"jobqueue.{kind}.{key}", default)
+
+
+def job_cores(config: DaskConfig) -> int:
+    """Cores of one job: the workflow's, else jobqueue.yaml's."""
+    return int(config.jobs.cores or _configured(config.kind, "cores"))
+
+
+def shared_folder(config: DaskConfig, outputs: Path) -> Path:
+    """Where temporary credentials go for the workers to read: the workflow's
+    ``shared_temp_directory``, else jobqueue.yaml's, else the outputs folder (which the
+    workers write to, so they share it)."""
+    configured = _configured(config.kind, "shared-temp-directory")
+    if config.shared_temp_directory is not None:
+        return config.shared_temp_directory
+    if configured:
+        return Path(os.path.expandvars(configured)).expanduser()
+    return outputs
+
+
+def job_walltime(config: DaskConfig) -> tuple[str | None, float | None]:
+    """The jobs' walltime as given (the workflow's, else jobqueue.yaml's) and in seconds."""
+    kind = config.kind
+    text = config.jobs.walltime or _configured(kind, "walltime")
+    if text is None:
+        return None, None
+    try:
+        return text, walltime_seconds(str(text), kind)
+    except ValueError as err:
+        raise TimeSenCLIPError(
+            f"the walltime {text!r} of jobqueue.yaml (jobqueue.{kind}.walltime) does not parse: "
+            f"{err}. Correct it there, or give dask.jobs.walltime in the workflow."
+        ) from None
+
+
+def lifetime_arguments(config: DaskConfig) -> list[str]:
+    """``--lifetime`` and ``--lifetime-stagger`` of the workers, so they retire before their
+    job's walltime; none when the site's worker-extra-args already set a lifetime, or no
+    walltime is known."""
+    if any(a.startswith("--lifetime") for a in _configured(config.kind, "worker-extra-args", [])):
+        return []
+    _, walltime = job_walltime(config)
+    lifetime, stagger = config.lifetime_seconds()
+    if walltime is None:
+        if lifetime is None:
+            return []
+        walltime = float("inf")  # jobs without a limit: workers retire when told to
+    try:
+        lifetime, stagger = worker_lifetime(walltime, lifetime, stagger)
+    except ValueError as err:
+        raise TimeSenCLIPError(f"dask.lifetime: {err}.") from None
+    return ["--lifetime", f"{round(lifetime)}s", "--lifetime-stagger", f"{round(stagger)}s"]
+
+
+def cluster_options(config: DaskConfig, security) -> dict:
+    """The keyword arguments of dask-jobqueue's cluster class: what the workflow gives, the
+    rest left to jobqueue.yaml; the dashboard on localhost unless asked otherwise."""
+    kind, jobs = config.kind, config.jobs
+    for key in ("cores", "memory"):
+        if getattr(jobs, key) is None and _configured(kind, key) is None:
+            raise TimeSenCLIPError(
+                f"the {kind} jobs have no {key}: give dask.jobs.{key} in the workflow, or "
+                f"jobqueue.{kind}.{key} in jobqueue.yaml (~/.config/dask/)."
+            )
+    given = {
+        "cores": jobs.cores,
+        "memory": jobs.memory,
+        "processes": jobs.processes,
+        "walltime": jobs.walltime,
+        "queue": jobs.queue,
+        "account": jobs.account,
+        "job_extra_directives": jobs.directives,
+        "job_script_prologue": jobs.prologue,
+        "interface": jobs.interface,
+        "local_directory": jobs.local_directory,
+        "log_directory": None if jobs.log_directory is None else str(jobs.log_directory),
+    }
+    scheduler = dict(_configured(kind, "scheduler-options", {}) or {})
+    if config.dashboard is False:
+        scheduler.update(dashboard=False, dashboard_address="127.0.0.1:0")
+    else:
+        scheduler["dashboard_address"] = (
+            config.dashboard or scheduler.get("dashboard_address") or DEFAULT_DASHBOARD
+        )
+    return {
+        **{key: value for key, value in given.items() if value is not None},
+        "worker_extra_args": [
+            *_configured(kind, "worker-extra-args", []),
+            *lifetime_arguments(config),
+        ],
+        "scheduler_options": scheduler,
+        "security": security,
+    }
+
+
+def batch_cluster(config: DaskConfig, security):
+    """dask-jobqueue's cluster for ``config``: its scheduler runs here, no job submitted yet."""
+    import dask_jobqueue
+
+    cls = getattr(dask_jobqueue, CLUSTER_CLASSES[config.kind])
+    options = cluster_options(config, security)
+    try:
+        return cls(**options)
+    except RuntimeError as err:  # "Cluster failed to start", e.g. no such network interface
+        cause = err.__cause__ or err
+        raise TimeSenCLIPError(
+            f"cannot start the Dask scheduler of the {config.kind} cluster here: {cause}. Check "
+            "dask.jobs.interface and dask.dashboard in the workflow, and jobqueue.yaml."
+        ) from None
+
+
+def start_jobs(cluster, config: DaskConfig) -> None:
+    """Submit the first job now, so that a job the batch system refuses fails the run at once
+    with its reason; then request jobs adaptively between ``min_jobs`` and ``max_jobs``."""
+    cluster.scale(jobs=max(config.min_jobs, 1))
+    try:
+        cluster.sync(cluster._correct_state)  # the submission itself, awaited
+    except FileNotFoundError:
+        raise TimeSenCLIPError(
+            f"{SUBMIT[config.kind]} was not found: run timesenclip on a machine of the "
+            f"{config.kind} cluster (a login node), where jobs can be submitted."
+        ) from None
+    except RuntimeError as err:  # the submit command's own error
+        reason = str(err).rpartition("stderr:")[2].strip() or str(err)
+        raise TimeSenCLIPError(
+            f"{SUBMIT[config.kind]} refused the workers' job: {reason}. Check dask.jobs (cores, "
+            "memory, walltime, queue, account, directives) against the site's limits; "
+            "`timesenclip run WORKFLOW --dry-run` prints the job script."
+        ) from None
+    cluster.adapt(
+        Adaptive=_replacing_adaptive(),
+        minimum_jobs=config.min_jobs,
+        maximum_jobs=config.max_jobs,
+    )
+
+
+def _replacing_adaptive():
+    """Dask's ``Adaptive``, replacing jobs whose workers have all gone (retired at their
+    lifetime, killed at the walltime, cancelled): Dask's own keeps counting such a job while
+    its target is unchanged, and never replaces it (dask/distributed#3154, #9102)."""
+    import dask.config
+    from dask.utils import parse_timedelta
+    from distributed.deploy.adaptive import Adaptive
+
+    # The cluster itself forgets a lost single-worker job after this long; this waits twice
+    # as long, so it catches only what the cluster misses (jobs of several processes).
+    grace = 2 * parse_timedelta(dask.config.get("distributed.deploy.lost-worker-timeout"))
+
+    class ReplacingAdaptive(Adaptive):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            # Weak: the cluster checks at its close that every job it still knows was closed.
+            self.arrived = weakref.WeakSet()  # jobs at least one of whose workers connected
+            self.gone_since = weakref.WeakKeyDictionary()  # job -> when its last worker left
+
+        async def recommendations(self, target: int) -> dict:
+            await self._replace_ended_jobs()
+            return await super().recommendations(target)
+
+        async def _replace_ended_jobs(self) -> None:
+            cluster, observed, now = self.cluster, self.observed, time.monotonic()
+            for name, job in list(cluster.workers.items()):
+                group = cluster.worker_spec.get(name, {}).get("group", [""])
+                if any(f"{name}{suffix}" in observed for suffix in group):
+                    self.arrived.add(job)
+                    self.gone_since.pop(job, None)
+                elif job in self.arrived and now - self.gone_since.setdefault(job, now) > grace:
+                    log.info("job %s of worker %s has ended: replacing it", job.job_id, name)
+                    del cluster.workers[name]
+                    self.arrived.discard(job)
+                    await job.close()  # cancels it, should any of it still hold a node
+            if len(self.requested) < len(self.plan):  # planned jobs no longer there
+                await self.scale_up(len(self.plan))
+
+    return ReplacingAdaptive
+
+
+def job_script(config: DaskConfig, cluster) -> str:
+    """What the run submits for each job, as the dry run shows it."""
+    return (
+        f"{config.kind} jobs: {config.min_jobs} to {config.max_jobs}, each submitted "
+        f"({SUBMIT[config.kind]}) with this script:\n{cluster.job_script()}"
+    )
