@@ -18,6 +18,7 @@ import yaml
 from fixtures.slurm import single_node_slurm, slurm_unavailable
 from pipeline.run.execute import run_workflow
 from pipeline.workflow.load import load_workflow
+from timesenclip.common.errors import TimeSenCLIPError
 
 REPO = Path(__file__).resolve().parents[1]
 UNAVAILABLE = slurm_unavailable()
@@ -149,3 +150,24 @@ def test_workers_retire_before_a_short_walltime_and_new_jobs_finish_the_same_map
     ended = re.findall(r"_job_complete: JobId=(\d+) WEXITSTATUS 0", slurm.controller_log())
     assert set(jobs) & set(ended)  # a job ended by itself, its worker retired
     assert "Time limit exhausted" not in slurm.controller_log()
+
+
+def test_a_job_the_batch_system_refuses_fails_the_run_at_once_with_its_reason(
+    slurm, demo_inputs, workflow_file, tmp_path, monkeypatch
+):
+    from pipeline.run.cluster import dask_cluster
+
+    _, workflow, _ = demo_inputs
+    monkeypatch.setenv("SLURM_CONF", slurm.env["SLURM_CONF"])
+    dask = {"cluster": "slurm", "jobs": {**JOB, "memory": "64GiB"}}  # the node has 4 GiB
+    path = workflow_file(tmp_path, workflow, outputs={"dir": str(tmp_path / "maps")}, dask=dask)
+    before = slurm.submitted()
+    with (
+        pytest.raises(TimeSenCLIPError) as info,
+        dask_cluster(load_workflow(path), "cpu"),
+    ):
+        pass
+    message = str(info.value)
+    assert message.startswith("sbatch refused the workers' job: sbatch: error: ")
+    assert "configuration is not available" in message and "--dry-run" in message
+    assert slurm.submitted() == before and not slurm.jobs("PENDING,RUNNING")

@@ -139,27 +139,38 @@ def batch_cluster(config: DaskConfig, security):
 
 
 def start_jobs(cluster, config: DaskConfig) -> None:
-    """Submit the first job now, so that a job the batch system refuses fails the run at once
+    """Submit the first jobs now, so that a job the batch system refuses fails the run at once
     with its reason; then request jobs adaptively between ``min_jobs`` and ``max_jobs``."""
-    cluster.scale(jobs=max(config.min_jobs, 1))
+    from distributed.core import Status
+
+    for _ in range(max(config.min_jobs, 1)):
+        cluster.worker_spec.update(cluster.new_worker_spec())
     try:
         cluster.sync(cluster._correct_state)  # the submission itself, awaited
-    except FileNotFoundError:
-        raise TimeSenCLIPError(
-            f"{SUBMIT[config.kind]} was not found: run timesenclip on a machine of the "
-            f"{config.kind} cluster (a login node), where jobs can be submitted."
-        ) from None
-    except RuntimeError as err:  # the submit command's own error
-        reason = str(err).rpartition("stderr:")[2].strip() or str(err)
-        raise TimeSenCLIPError(
-            f"{SUBMIT[config.kind]} refused the workers' job: {reason}. Check dask.jobs (cores, "
-            "memory, walltime, queue, account, directives) against the site's limits; "
-            "`timesenclip run WORKFLOW --dry-run` prints the job script."
-        ) from None
+    except (FileNotFoundError, RuntimeError) as err:
+        for job in cluster.workers.values():
+            if job.job_id is None:  # never submitted: the cluster must not wait for it
+                job.status = Status.failed
+        raise _refused(err, config.kind) from None
     cluster.adapt(
         Adaptive=_replacing_adaptive(),
         minimum_jobs=config.min_jobs,
         maximum_jobs=config.max_jobs,
+    )
+
+
+def _refused(err: Exception, kind: str) -> TimeSenCLIPError:
+    """The one-paragraph error of a submission that failed."""
+    if isinstance(err, FileNotFoundError):
+        return TimeSenCLIPError(
+            f"{SUBMIT[kind]} was not found: run timesenclip on a machine of the {kind} "
+            "cluster (a login node), where jobs can be submitted."
+        )
+    reason = str(err).rpartition("stderr:")[2].strip() or str(err)
+    return TimeSenCLIPError(
+        f"{SUBMIT[kind]} refused the workers' job: {reason}. Check dask.jobs (cores, memory, "
+        "walltime, queue, account, directives) against the site's limits; "
+        "`timesenclip run WORKFLOW --dry-run` prints the job script."
     )
 
 
