@@ -13,14 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.workflow.jobs import walltime_seconds, worker_lifetime
-from pipeline.workflow.schema import DaskConfig
+from pipeline.workflow.schema import DEFAULT_DASHBOARD, DaskConfig
 from timesenclip.common.errors import TimeSenCLIPError
 
 log = logging.getLogger(__name__)
 
 CLUSTER_CLASSES = {"slurm": "SLURMCluster", "pbs": "PBSCluster"}
 SUBMIT = {"slurm": "sbatch", "pbs": "qsub"}
-DEFAULT_DASHBOARD = "127.0.0.1:8787"
 
 
 def _configured(kind: str, key: str, default: Any = None) -> Any:
@@ -28,6 +27,10 @@ def _configured(kind: str, key: str, default: Any = None) -> Any:
     import dask.config
 
     return dask.config.get(f"jobqueue.{kind}.{key}", default)
+
+
+def _worker_extra_args(kind: str) -> list[str]:
+    return list(_configured(kind, "worker-extra-args") or [])
 
 
 def job_cores(config: DaskConfig) -> int:
@@ -47,14 +50,14 @@ def shared_folder(config: DaskConfig, outputs: Path) -> Path:
     return outputs
 
 
-def job_walltime(config: DaskConfig) -> tuple[str | None, float | None]:
-    """The jobs' walltime as given (the workflow's, else jobqueue.yaml's) and in seconds."""
+def job_walltime(config: DaskConfig) -> float | None:
+    """Seconds of the jobs' walltime: the workflow's, else jobqueue.yaml's."""
     kind = config.kind
     text = config.jobs.walltime or _configured(kind, "walltime")
     if text is None:
-        return None, None
+        return None
     try:
-        return text, walltime_seconds(str(text), kind)
+        return walltime_seconds(str(text), kind)
     except ValueError as err:
         raise TimeSenCLIPError(
             f"the walltime {text!r} of jobqueue.yaml (jobqueue.{kind}.walltime) does not parse: "
@@ -66,9 +69,9 @@ def lifetime_arguments(config: DaskConfig) -> list[str]:
     """``--lifetime`` and ``--lifetime-stagger`` of the workers, so they retire before their
     job's walltime; none when the site's worker-extra-args already set a lifetime, or no
     walltime is known."""
-    if any(a.startswith("--lifetime") for a in _configured(config.kind, "worker-extra-args", [])):
+    if any(a.startswith("--lifetime") for a in _worker_extra_args(config.kind)):
         return []
-    _, walltime = job_walltime(config)
+    walltime = job_walltime(config)
     lifetime, stagger = config.lifetime_seconds()
     if walltime is None:
         if lifetime is None:
@@ -113,10 +116,7 @@ def cluster_options(config: DaskConfig, security) -> dict:
         )
     return {
         **{key: value for key, value in given.items() if value is not None},
-        "worker_extra_args": [
-            *_configured(kind, "worker-extra-args", []),
-            *lifetime_arguments(config),
-        ],
+        "worker_extra_args": [*_worker_extra_args(kind), *lifetime_arguments(config)],
         "scheduler_options": scheduler,
         "security": security,
     }
@@ -175,16 +175,16 @@ def _refused(err: Exception, kind: str) -> TimeSenCLIPError:
 
 
 def _replacing_adaptive():
-    """Dask's ``Adaptive``, replacing jobs whose workers have all gone (retired at their
-    lifetime, killed at the walltime, cancelled): Dask's own keeps counting such a job while
-    its target is unchanged, and never replaces it (dask/distributed#3154, #9102)."""
+    """Dask's ``Adaptive``, replacing the jobs whose workers have all gone (retired at their
+    lifetime, killed at the walltime, cancelled). The cluster forgets a lost job of one worker
+    by itself but not a job of several worker processes, and Dask's ``Adaptive`` replaces
+    neither while its target stays the same (dask/distributed#3154, #9102)."""
     import dask.config
     from dask.utils import parse_timedelta
     from distributed.deploy.adaptive import Adaptive
 
-    # The cluster itself forgets a lost single-worker job after this long; this waits twice
-    # as long, so it catches only what the cluster misses (jobs of several processes).
-    grace = 2 * parse_timedelta(dask.config.get("distributed.deploy.lost-worker-timeout"))
+    # As long as the cluster waits for a lost single worker: a nanny may be restarting it.
+    grace = parse_timedelta(dask.config.get("distributed.deploy.lost-worker-timeout"))
 
     class ReplacingAdaptive(Adaptive):
         def __init__(self, *args, **kwargs) -> None:
@@ -194,23 +194,25 @@ def _replacing_adaptive():
             self.gone_since = weakref.WeakKeyDictionary()  # job -> when its last worker left
 
         async def recommendations(self, target: int) -> dict:
-            await self._replace_ended_jobs()
+            await self._forget_ended_jobs()
+            if len(self.requested) < len(self.plan):  # planned jobs no longer there
+                await self.scale_up(len(self.plan))
             return await super().recommendations(target)
 
-        async def _replace_ended_jobs(self) -> None:
+        async def _forget_ended_jobs(self) -> None:
             cluster, observed, now = self.cluster, self.observed, time.monotonic()
             for name, job in list(cluster.workers.items()):
-                group = cluster.worker_spec.get(name, {}).get("group", [""])
+                group = cluster.worker_spec.get(name, {}).get("group")
+                if not group:
+                    continue
                 if any(f"{name}{suffix}" in observed for suffix in group):
                     self.arrived.add(job)
                     self.gone_since.pop(job, None)
                 elif job in self.arrived and now - self.gone_since.setdefault(job, now) > grace:
-                    log.info("job %s of worker %s has ended: replacing it", job.job_id, name)
+                    log.info("job %s of workers %s has ended: replacing it", job.job_id, name)
                     del cluster.workers[name]
                     self.arrived.discard(job)
                     await job.close()  # cancels it, should any of it still hold a node
-            if len(self.requested) < len(self.plan):  # planned jobs no longer there
-                await self.scale_up(len(self.plan))
 
     return ReplacingAdaptive
 

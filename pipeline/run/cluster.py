@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from pipeline.workflow.jobs import BATCH_SYSTEMS
-from pipeline.workflow.schema import DaskConfig, TlsFiles, Workflow
+from pipeline.workflow.schema import DEFAULT_DASHBOARD, DaskConfig, TlsFiles, Workflow
 from timesenclip.common.atomic import atomic_path
 from timesenclip.common.errors import TimeSenCLIPError
 
@@ -86,7 +86,7 @@ def _local(config: DaskConfig, security, device: str, stack) -> RunCluster:
     else:
         n_workers = max(1, cores // 4)
     threads = config.threads_per_worker or max(1, cores // n_workers)
-    dashboard = None if config.dashboard is False else config.dashboard or "127.0.0.1:8787"
+    dashboard = None if config.dashboard is False else config.dashboard or DEFAULT_DASHBOARD
     cluster = stack.enter_context(
         LocalCluster(
             n_workers=n_workers,
@@ -123,8 +123,15 @@ def _dashboard_link(cluster, address: str | None) -> str | None:
         return None
     host = address.rpartition(":")[0].strip("[]")
     if host in ("", "0.0.0.0", "::"):
-        host = socket.getfqdn()
+        host = _this_host()
     return f"http://{host}:{port}/status"
+
+
+def _this_host() -> str:
+    """This machine's name as others reach it: its full name, else its host name (a machine
+    whose full name resolves to localhost)."""
+    name = socket.getfqdn()
+    return name if "." in name else socket.gethostname()
 
 
 def _announce(cluster: RunCluster, config: DaskConfig) -> None:
@@ -143,7 +150,7 @@ def _announce(cluster: RunCluster, config: DaskConfig) -> None:
             link.hostname,
             link.port,
             getpass.getuser(),
-            socket.getfqdn(),
+            _this_host(),
             link.port,
         )
 

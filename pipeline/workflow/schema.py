@@ -487,6 +487,7 @@ TlsSpec = Annotated[
     Discriminator(lambda v: "files" if isinstance(v, dict | TlsFiles) else "mode"),
 ]
 
+DEFAULT_DASHBOARD = "127.0.0.1:8787"  # of a cluster the run starts: reached by ssh tunnel
 _DASHBOARD_RE = re.compile(r"[\w.\-]*:\d{1,5}")
 _LOCAL_ONLY = ("n_workers", "threads_per_worker")
 _BATCH_ONLY = ("jobs", "min_jobs", "max_jobs", "lifetime", "lifetime_stagger")
