@@ -22,44 +22,36 @@ from pipeline.workflow.load import WorkflowError, parse_workflow, with_cluster
 from timesenclip.common.errors import TimeSenCLIPError
 
 pytest.importorskip("dask_jobqueue", reason='dask-jobqueue: pip install "timesenclip[hpc]"')
+MONTPELLIER = Path(__file__).resolve().parents[1] / "workflows" / "montpellier-2023.yaml"
 
 
 def workflow_with(folder: Path, dask_section: dict):
-    """A small valid workflow (no file read) with ``dask_section``."""
-    data = {
-        "name": "w",
-        "year": 2023,
-        "regions": [{"name": "r", "bbox": [3.8, 43.55, 3.95, 43.65]}],
-        "stac": {"url": "https://example.org/v1"},
-        "model": {"checkpoint": "hf-hub:owner/repo/encoder.pt"},
-        "tasks": [{"name": "land_cover", "classes": "land_cover"}],
-        "outputs": {"dir": str(folder / "maps")},
-        "dask": dask_section,
-    }
-    return parse_workflow(data, base_dir=folder)
+    """The README's example workflow with ``dask_section``, its maps in ``folder``."""
+    data = yaml.safe_load(MONTPELLIER.read_text())
+    data["outputs"]["dir"] = str(folder / "maps")
+    return parse_workflow({**data, "dask": dask_section}, base_dir=folder)
 
 
-@pytest.mark.parametrize(
-    ("text", "system", "seconds"),
-    [
-        ("90", "slurm", 5400),  # Slurm: minutes
-        ("90", "pbs", 90),  # PBS: seconds
-        ("30:00", "slurm", 1800),
-        ("30:00", "pbs", 1800),
-        ("02:00:00", "pbs", 7200),
-        ("1-02", "slurm", 93600),
-        ("1-02:30", "slurm", 95400),
-        ("2-00:00:30", "slurm", 172830),
-    ],
-)
-def test_walltimes_read_as_each_batch_system_reads_them(text, system, seconds):
-    assert walltime_seconds(text, system) == seconds
+WALLTIMES = {  # seconds as Slurm and as PBS read them; None: refused
+    "90": (5400, 90),  # Slurm: minutes, PBS: seconds
+    "30:00": (1800, 1800),
+    "02:00:00": (7200, 7200),
+    "1-02": (93600, None),
+    "1-02:30": (95400, None),
+    "2-00:00:30": (172830, None),
+    "2h": (None, None),
+    "": (None, None),
+}
 
 
-@pytest.mark.parametrize(("text", "system"), [("2h", "slurm"), ("1-00:00:00", "pbs"), ("", "pbs")])
-def test_walltimes_a_batch_system_would_refuse(text, system):
-    with pytest.raises(ValueError, match="walltime is HH:MM:SS"):
-        walltime_seconds(text, system)
+@pytest.mark.parametrize("text", WALLTIMES)
+def test_walltimes_read_as_each_batch_system_reads_them(text):
+    for system, seconds in zip(("slurm", "pbs"), WALLTIMES[text], strict=True):
+        if seconds is None:
+            with pytest.raises(ValueError, match="walltime is HH:MM:SS"):
+                walltime_seconds(text, system)
+        else:
+            assert walltime_seconds(text, system) == seconds
 
 
 def test_worker_lifetime_keeps_a_tenth_of_the_walltime_at_most_ten_minutes():
@@ -214,8 +206,7 @@ def test_the_cluster_override_drops_the_other_clusters_keys(tmp_path):
 def test_validate_names_the_extra_to_install_without_dask_jobqueue(tmp_path, capsys, monkeypatch):
     data = yaml.safe_dump({"dask": {"cluster": "slurm", "jobs": {"walltime": "01:00:00"}}})
     path = tmp_path / "w.yaml"
-    path.write_text((Path(__file__).parents[1] / "workflows/montpellier-2023.yaml").read_text())
-    path.write_text(path.read_text().rsplit("dask:", 1)[0] + data)
+    path.write_text(MONTPELLIER.read_text().rsplit("dask:", 1)[0] + data)
     real = jobs.importlib.util.find_spec
     monkeypatch.setattr(
         jobs.importlib.util,

@@ -96,6 +96,9 @@ def _resolve(value: str | Path, info: ValidationInfo) -> Path:
     return (base / path).resolve()
 
 
+ResolvedPath = Annotated[Path, AfterValidator(_resolve)]
+
+
 def _existing(path: Path, what: str, info: ValidationInfo, *, folder: bool = False) -> Path:
     if not (path.is_dir() if folder else path.is_file()):
         base = Path((info.context or {}).get("base_dir", ".")).resolve()
@@ -445,7 +448,7 @@ class JobsConfig(_Model):
     prologue: list[str] | None = None  # job-script lines run before the worker starts
     interface: str | None = None  # network interface of the scheduler and workers, e.g. ib0
     local_directory: str | None = None  # worker scratch on the compute node, e.g. $TMPDIR
-    log_directory: Path | None = None  # the jobs' output and error files
+    log_directory: ResolvedPath | None = None  # the jobs' output and error files
 
     @field_validator("walltime", mode="before")
     @classmethod
@@ -453,11 +456,6 @@ class JobsConfig(_Model):
         if isinstance(value, int | float):  # YAML reads an unquoted 1:00:00 as 3600
             raise ValueError('write the walltime in quotes, e.g. walltime: "02:00:00"')
         return value
-
-    @field_validator("log_directory")
-    @classmethod
-    def _resolve_logs(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        return None if value is None else _resolve(value, info)
 
     @model_validator(mode="after")
     def _processes_fit(self) -> JobsConfig:
@@ -523,7 +521,7 @@ class DaskConfig(_Model):
     tls: TlsSpec | None = None
     # Where temporary credentials are written for the workers to read (shared with them);
     # default: jobqueue.yaml's shared-temp-directory, else the outputs folder.
-    shared_temp_directory: Path | None = None
+    shared_temp_directory: ResolvedPath | None = None
     # The scheduler's dashboard, HOST:PORT (":8787" listens on every interface) or false;
     # default 127.0.0.1:8787, reached from elsewhere through an ssh tunnel.
     dashboard: str | Literal[False] | None = None
@@ -550,11 +548,6 @@ class DaskConfig(_Model):
         if isinstance(value, str) and not _DASHBOARD_RE.fullmatch(value):
             raise ValueError("expected HOST:PORT such as 127.0.0.1:8787, :8787 or false")
         return value
-
-    @field_validator("shared_temp_directory")
-    @classmethod
-    def _resolve_shared(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        return None if value is None else _resolve(value, info)
 
     @property
     def kind(self) -> str:
