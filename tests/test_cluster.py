@@ -4,8 +4,12 @@ the dashboard, the performance report and progress off a terminal."""
 
 from __future__ import annotations
 
+import importlib.util
 import io
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import dask
@@ -21,8 +25,13 @@ from pipeline.workflow.jobs import walltime_seconds, worker_lifetime
 from pipeline.workflow.load import WorkflowError, parse_workflow, with_cluster
 from timesenclip.common.errors import TimeSenCLIPError
 
-pytest.importorskip("dask_jobqueue", reason='dask-jobqueue: pip install "timesenclip[hpc]"')
-MONTPELLIER = Path(__file__).resolve().parents[1] / "workflows" / "montpellier-2023.yaml"
+# Slurm and PBS workflows, and their clusters, need the hpc extra.
+HPC = pytest.mark.skipif(
+    importlib.util.find_spec("dask_jobqueue") is None,
+    reason='needs dask-jobqueue: pip install "timesenclip[hpc]"',
+)
+REPO = Path(__file__).resolve().parents[1]
+MONTPELLIER = REPO / "workflows" / "montpellier-2023.yaml"
 
 
 def workflow_with(folder: Path, dask_section: dict):
@@ -83,6 +92,7 @@ JOBS = {  # what the workflow gives
 }
 
 
+@HPC
 @pytest.mark.parametrize(
     ("system", "directives", "header"),
     [
@@ -112,6 +122,7 @@ JOBS = {  # what the workflow gives
     ],
 )
 def test_job_scripts_take_the_workflow_over_jobqueue_yaml(system, directives, header, tmp_path):
+    pytest.importorskip("dask_jobqueue")  # its defaults first: the site's go over them
     workflow = workflow_with(
         tmp_path, {"cluster": system, "jobs": {**JOBS, "directives": directives}, "max_jobs": 6}
     )
@@ -140,6 +151,7 @@ def test_job_scripts_take_the_workflow_over_jobqueue_yaml(system, directives, he
     assert not list((tmp_path / "maps").glob(".timesenclip-*"))  # removed with the cluster
 
 
+@HPC
 def test_tls_can_be_turned_off_or_use_ones_own_certificates(tmp_path):
     from distributed import Security
 
@@ -156,25 +168,28 @@ def test_tls_can_be_turned_off_or_use_ones_own_certificates(tmp_path):
     assert f"--tls-key {tmp_path / 'me.key'}" in text
 
 
+@HPC
 def test_the_dashboard_listens_on_localhost_unless_asked(tmp_path):
     default = workflow_with(tmp_path, {"cluster": "slurm", "jobs": JOBS})
     open_to_all = workflow_with(tmp_path, {"cluster": "slurm", "jobs": JOBS, "dashboard": ":0"})
     from pipeline.run.batch import cluster_options
 
-    assert cluster_options(default.dask, None)["scheduler_options"] == {
+    assert cluster_options(default.dask, None, tmp_path)["scheduler_options"] == {
         "dashboard_address": "127.0.0.1:8787"
     }
-    assert cluster_options(open_to_all.dask, None)["scheduler_options"] == {
+    assert cluster_options(open_to_all.dask, None, tmp_path)["scheduler_options"] == {
         "dashboard_address": ":0"
     }
 
 
+@HPC
 def test_jobs_without_cores_or_memory_anywhere_are_a_clear_error(tmp_path):
     workflow = workflow_with(tmp_path, {"cluster": "pbs", "jobs": {"cores": 2}})
     with pytest.raises(TimeSenCLIPError, match=r"no memory: give dask\.jobs\.memory .* jobqueue"):
         describe_cluster(workflow)
 
 
+@HPC
 def test_a_missing_submit_command_is_a_clear_error(tmp_path, monkeypatch):
     workflow = workflow_with(tmp_path, {"cluster": "slurm", "jobs": JOBS, "tls": False})
     monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch
@@ -185,6 +200,7 @@ def test_a_missing_submit_command_is_a_clear_error(tmp_path, monkeypatch):
         pass
 
 
+@HPC
 def test_the_cluster_override_drops_the_other_clusters_keys(tmp_path):
     slurm = workflow_with(tmp_path, {"cluster": "slurm", "jobs": JOBS, "max_jobs": 3})
     local = with_cluster(slurm, "local")
@@ -283,15 +299,27 @@ def test_a_local_run_logs_its_dashboard_and_keeps_its_performance_report(local_r
     assert not list(report.parent.glob(f".{report.name}.tmp-*"))
 
 
-def test_a_dry_run_prints_the_job_script(demo_inputs, workflow_file, tmp_path, capsys):
+@HPC
+def test_a_dry_run_prints_the_job_script(demo_inputs, workflow_file, tmp_path):
+    """In a fresh ``timesenclip``, the site's jobqueue.yaml over dask-jobqueue's defaults."""
     _, workflow, _ = demo_inputs
     path = workflow_file(tmp_path, workflow, outputs={"dir": str(tmp_path / "maps")})
-    site = {"jobqueue.pbs.cores": 2, "jobqueue.pbs.memory": "4GB", "jobqueue.pbs.queue": "short"}
-    with dask.config.set(site):
-        assert main(["run", str(path), "--dry-run", "--cluster", "pbs"]) == 0
-    out = capsys.readouterr().out
+    config = tmp_path / "dask-config"
+    config.mkdir()
+    site = {"jobqueue": {"pbs": {"cores": 2, "memory": "4GB", "queue": "short"}}}
+    (config / "jobqueue.yaml").write_text(yaml.safe_dump(site))
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "run", str(path), "--dry-run", "--cluster", "pbs"],
+        env={**os.environ, "DASK_CONFIG": str(config), "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
     assert "region synthetic: 4 tile(s)" in out  # the plan
     assert "pbs jobs: 1 to 4, each submitted (qsub) with this script:" in out
-    assert "#PBS -q short" in out and "#PBS -l walltime=00:30:00" in out  # jobqueue's default
-    assert "--lifetime 1620s --lifetime-stagger 90s" in out
+    assert "#PBS -q short" in out and "#PBS -l select=1:ncpus=2:mem=3815MB" in out
+    assert "#PBS -l walltime=00:30:00" in out  # dask-jobqueue's default
+    assert "--lifetime 1620s --lifetime-stagger 90s" in out  # derived from it
     assert not (tmp_path / "maps" / "synthetic").exists()

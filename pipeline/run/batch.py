@@ -25,6 +25,7 @@ SUBMIT = {"slurm": "sbatch", "pbs": "qsub"}
 def _configured(kind: str, key: str, default: Any = None) -> Any:
     """A value of the ``jobqueue.<kind>`` section of the Dask config (jobqueue.yaml)."""
     import dask.config
+    import dask_jobqueue  # noqa: F401  (adds dask-jobqueue's defaults to the Dask config)
 
     return dask.config.get(f"jobqueue.{kind}.{key}", default)
 
@@ -84,7 +85,7 @@ def lifetime_arguments(config: DaskConfig) -> list[str]:
     return ["--lifetime", f"{round(lifetime)}s", "--lifetime-stagger", f"{round(stagger)}s"]
 
 
-def cluster_options(config: DaskConfig, security) -> dict:
+def cluster_options(config: DaskConfig, security, outputs: Path) -> dict:
     """The keyword arguments of dask-jobqueue's cluster class: what the workflow gives, the
     rest left to jobqueue.yaml; the dashboard on localhost unless asked otherwise."""
     kind, jobs = config.kind, config.jobs
@@ -119,15 +120,18 @@ def cluster_options(config: DaskConfig, security) -> dict:
         "worker_extra_args": [*_worker_extra_args(kind), *lifetime_arguments(config)],
         "scheduler_options": scheduler,
         "security": security,
+        # Given, as jobqueue.yaml's pbs section lacks it (a KeyError otherwise); the run's
+        # credentials are already files there (pipeline.run.cluster), so none is written.
+        "shared_temp_directory": str(shared_folder(config, outputs)),
     }
 
 
-def batch_cluster(config: DaskConfig, security):
+def batch_cluster(config: DaskConfig, security, outputs: Path):
     """dask-jobqueue's cluster for ``config``: its scheduler runs here, no job submitted yet."""
     import dask_jobqueue
 
     cls = getattr(dask_jobqueue, CLUSTER_CLASSES[config.kind])
-    options = cluster_options(config, security)
+    options = cluster_options(config, security, outputs)
     try:
         return cls(**options)
     except RuntimeError as err:  # "Cluster failed to start", e.g. no such network interface

@@ -46,7 +46,7 @@ def dask_cluster(workflow: Workflow, device: str, report: Path | None = None) ->
         elif config.kind == "local":
             cluster = _local(config, security, device, stack)
         else:
-            cluster = _batch(config, security, stack)
+            cluster = _batch(config, security, workflow.outputs.dir, stack)
         stack.enter_context(cluster.client)
         _announce(cluster, config)
         if report is not None:
@@ -101,12 +101,12 @@ def _local(config: DaskConfig, security, device: str, stack) -> RunCluster:
     return RunCluster(client, "local", _dashboard_link(cluster, dashboard))
 
 
-def _batch(config: DaskConfig, security, stack) -> RunCluster:
+def _batch(config: DaskConfig, security, outputs: Path, stack) -> RunCluster:
     from distributed import Client
 
     from pipeline.run.batch import batch_cluster, job_cores, start_jobs
 
-    cluster = stack.enter_context(batch_cluster(config, security))
+    cluster = stack.enter_context(batch_cluster(config, security, outputs))
     start_jobs(cluster, config)
     client = Client(cluster, security=security)
     options = cluster.scheduler_spec["options"]
@@ -223,5 +223,5 @@ def describe_cluster(workflow: Workflow) -> str:
 
     with contextlib.ExitStack() as stack:
         security = _security(config, workflow.outputs.dir, stack)
-        cluster = stack.enter_context(batch_cluster(config, security))
+        cluster = stack.enter_context(batch_cluster(config, security, workflow.outputs.dir))
         return job_script(config, cluster)
