@@ -353,7 +353,11 @@ def _set(path: str, value):
         (_set("dask", {"n_workers": 0}), ["dask.n_workers", "got 0"]),
         (
             _set("dask", {"cluster": "tcp://scheduler:8786", "n_workers": 4}),
-            ["dask (line", "got n_workers with cluster 'tcp://scheduler:8786'", "change cluster"],
+            [
+                "dask (line",
+                "got n_workers with cluster 'tcp://scheduler:8786'",
+                "n_workers is for a local cluster only: drop them or change cluster",
+            ],
         ),
         (
             _set("dask", {"cluster": "slurm", "threads_per_worker": 2, "dashboard": ":8787"}),
@@ -361,7 +365,7 @@ def _set(path: str, value):
         ),
         (
             _set("dask", {"jobs": {"cores": 4}}),
-            ["dask (line", "got jobs with cluster 'local'", "a slurm or pbs one"],
+            ["dask (line", "got jobs with cluster 'local'", "jobs is for slurm and pbs only"],
         ),
         (
             _set("dask", {"cluster": "slurm", "jobs": {"walltime": "2h"}}),

@@ -487,9 +487,13 @@ TlsSpec = Annotated[
 
 DEFAULT_DASHBOARD = "127.0.0.1:8787"  # of a cluster the run starts: reached by ssh tunnel
 _DASHBOARD_RE = re.compile(r"[\w.\-]*:\d{1,5}")
-_LOCAL_ONLY = ("n_workers", "threads_per_worker")
-_BATCH_ONLY = ("jobs", "min_jobs", "max_jobs", "lifetime", "lifetime_stagger")
-_STARTED_ONLY = ("dashboard", "shared_temp_directory")  # for clusters the run starts itself
+_BATCH_KEYS = ("jobs", "min_jobs", "max_jobs", "lifetime", "lifetime_stagger")
+# Keys that apply to some clusters only: (those clusters' kinds, their name, the keys).
+_SOME_CLUSTERS = (
+    (("local",), "a local cluster", ("n_workers", "threads_per_worker")),
+    (BATCH_SYSTEMS, "slurm and pbs", (*_BATCH_KEYS, "shared_temp_directory")),
+    (("local", *BATCH_SYSTEMS), "a cluster the run starts", ("dashboard",)),
+)
 
 
 def _duration(value: str) -> str:
@@ -563,6 +567,7 @@ class DaskConfig(_Model):
 
     @property
     def no_worker_seconds(self) -> float:
+        """``no_worker_timeout``, or its default for this kind of cluster."""
         if self.no_worker_timeout is not None:
             return self.no_worker_timeout
         return 3600.0 if self.kind in BATCH_SYSTEMS else 120.0
@@ -570,21 +575,21 @@ class DaskConfig(_Model):
     @staticmethod
     def foreign_keys(kind: str) -> tuple[str, ...]:
         """The keys that do not apply to a cluster of ``kind`` (see :attr:`kind`)."""
-        return (
-            *(_LOCAL_ONLY if kind != "local" else ()),
-            *(_BATCH_ONLY if kind not in BATCH_SYSTEMS else ()),
-            *(_STARTED_ONLY if kind == "address" else ()),
-        )
+        return tuple(key for kinds, _, keys in _SOME_CLUSTERS if kind not in kinds for key in keys)
 
     @model_validator(mode="after")
     def _fits_the_cluster(self) -> DaskConfig:
         kind = self.kind
         if wrong := [name for name in self.foreign_keys(kind) if name in self.model_fields_set]:
+            groups = [([k for k in keys if k in wrong], name) for _, name, keys in _SOME_CLUSTERS]
+            where = "; ".join(
+                f"{', '.join(keys)} {'is' if len(keys) == 1 else 'are'} for {name} only"
+                for keys, name in groups
+                if keys
+            )
             raise ValueError(
-                f"got {', '.join(wrong)} with cluster {self.cluster!r}; n_workers and "
-                "threads_per_worker size a local cluster, jobs, min_jobs, max_jobs, lifetime "
-                "and lifetime_stagger a slurm or pbs one, and a running scheduler has its own "
-                "dashboard and workers: drop them or change cluster"
+                f"got {', '.join(wrong)} with cluster {self.cluster!r}; {where}: drop them or "
+                "change cluster"
             )
         if kind == "address" and self.tls == "temporary":
             raise ValueError(
@@ -617,7 +622,9 @@ class DaskConfig(_Model):
         try:
             worker_lifetime(walltime, *self.lifetime_seconds())
         except ValueError as err:
-            raise ValueError(f"got lifetime {self.lifetime!r}; {err}") from None
+            given = {"lifetime": self.lifetime, "lifetime_stagger": self.lifetime_stagger}
+            got = " and ".join(f"{k} {v!r}" for k, v in given.items() if v is not None)
+            raise ValueError(f"got {got}; {err}") from None
 
     def lifetime_seconds(self) -> tuple[float | None, float | None]:
         """``lifetime`` and ``lifetime_stagger`` in seconds (None where left out)."""
