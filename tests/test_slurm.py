@@ -74,7 +74,11 @@ def test_a_slurm_run_equals_a_local_run_keeps_other_clients_out_and_survives_a_c
     jobqueue = {**JOB, "walltime": "00:10:00", "log-directory": str(tmp_path / "job-logs")}
     (config / "jobqueue.yaml").write_text(yaml.safe_dump({"jobqueue": {"slurm": jobqueue}}))
     maps = tmp_path / "maps"
-    path = workflow_file(tmp_path, workflow, outputs={**workflow["outputs"], "dir": str(maps)})
+    # A local cluster's size, which --cluster slurm drops; a run that loses every worker for
+    # good fails within minutes rather than the hour a batch queue is given.
+    dask = {"n_workers": 1, "no_worker_timeout": 180}
+    outputs = {**workflow["outputs"], "dir": str(maps)}
+    path = workflow_file(tmp_path, workflow, outputs=outputs, dask=dask)
     log = tmp_path / "run.log"
     env = {**slurm.env, "DASK_CONFIG": str(config), "PYTHONPATH": str(REPO)}
     with log.open("wb") as out:
@@ -140,7 +144,7 @@ def test_workers_retire_before_a_short_walltime_and_new_jobs_finish_the_same_map
     logs = tmp_path / "job-logs"
     jobs = {**JOB, "cores": 2, "memory": "3GiB", "processes": 2, "walltime": "00:00:30"}
     jobs["log_directory"] = str(logs)
-    dask = {"cluster": "slurm", "jobs": jobs, "min_jobs": 1, "max_jobs": 1}
+    dask = {"cluster": "slurm", "jobs": jobs, "min_jobs": 1, "max_jobs": 1, "no_worker_timeout": 180}
     outputs = {**workflow["outputs"], "dir": str(tmp_path / "maps"), "embeddings": False}
     path = workflow_file(tmp_path, workflow, outputs=outputs, dask=dask)
     before = set(slurm.submitted())
