@@ -144,7 +144,8 @@ def test_workers_retire_before_a_short_walltime_and_new_jobs_finish_the_same_map
     logs = tmp_path / "job-logs"
     jobs = {**JOB, "cores": 2, "memory": "3GiB", "processes": 2, "walltime": "00:00:30"}
     jobs["log_directory"] = str(logs)
-    dask = {"cluster": "slurm", "jobs": jobs, "min_jobs": 1, "max_jobs": 1, "no_worker_timeout": 180}
+    dask = {"cluster": "slurm", "jobs": jobs, "min_jobs": 1, "max_jobs": 1}
+    dask["no_worker_timeout"] = 180
     outputs = {**workflow["outputs"], "dir": str(tmp_path / "maps"), "embeddings": False}
     path = workflow_file(tmp_path, workflow, outputs=outputs, dask=dask)
     before = set(slurm.submitted())
