@@ -132,9 +132,10 @@ def test_a_slurm_run_equals_a_local_run_keeps_other_clients_out_and_survives_a_c
 def test_workers_retire_before_a_short_walltime_and_new_jobs_finish_the_same_maps(
     slurm, demo_inputs, local_run, workflow_file, tmp_path, monkeypatch
 ):
-    """A 30 s walltime (Slurm rounds it up to a minute) for one job at a time of two worker
-    processes: they retire after 27 +- 2 s, before the batch system would kill them, and the
-    next jobs carry the work to the end."""
+    """A 20 s walltime (Slurm rounds it up to a minute) for one job at a time of two worker
+    processes: they retire after 18 +- 1 s, before the batch system would kill them, and the
+    next jobs carry the work to the end. Three copies of the demo region make the run outlast
+    a lifetime on any machine."""
     local_maps, _, _ = local_run
     _, workflow, _ = demo_inputs
     for name, value in slurm.env.items():
@@ -142,18 +143,21 @@ def test_workers_retire_before_a_short_walltime_and_new_jobs_finish_the_same_map
     monkeypatch.setenv("PYTHONPATH", str(REPO))
     monkeypatch.setenv("DASK_LOGGING__DISTRIBUTED", "info")  # the workers say why they close
     logs = tmp_path / "job-logs"
-    jobs = {**JOB, "cores": 2, "memory": "3GiB", "processes": 2, "walltime": "00:00:30"}
+    jobs = {**JOB, "cores": 2, "memory": "3GiB", "processes": 2, "walltime": "00:00:20"}
     jobs["log_directory"] = str(logs)
     dask = {"cluster": "slurm", "jobs": jobs, "min_jobs": 1, "max_jobs": 1}
     dask["no_worker_timeout"] = 180
+    (region,) = workflow["regions"]
+    regions = [{**region, "name": f"copy{k}"} for k in range(3)]
     outputs = {**workflow["outputs"], "dir": str(tmp_path / "maps"), "embeddings": False}
-    path = workflow_file(tmp_path, workflow, outputs=outputs, dask=dask)
+    path = workflow_file(tmp_path, workflow, regions=regions, outputs=outputs, dask=dask)
     before = set(slurm.submitted())
     # How long a lost worker may take to come back before its job counts as ended: short, as
     # nothing here restarts a worker, to keep the test short.
     with dask_config.set({"distributed.deploy.lost-worker-timeout": "3s"}):
         run_workflow(load_workflow(path), progress=False)
-    assert_same_maps(tmp_path / "maps" / "synthetic", local_maps)
+    for k in range(3):
+        assert_same_maps(tmp_path / "maps" / f"copy{k}", local_maps)
     submitted = [job for job in slurm.submitted() if job not in before]
     assert len(submitted) > dask["max_jobs"]  # workers turned over mid-run
     reasons = "".join(log.read_text() for log in logs.glob("*.err"))

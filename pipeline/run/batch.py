@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 
 CLUSTER_CLASSES = {"slurm": "SLURMCluster", "pbs": "PBSCluster"}
 SUBMIT = {"slurm": "sbatch", "pbs": "qsub"}
+# Checks (a second apart) that must all find a job unneeded before it is given back: Dask's 3
+# would cancel a job that waited long in the queue at any dip in the work, losing its place.
+RELEASE_AFTER = 60
 
 
 def _configured(kind: str, key: str, default: Any = None) -> Any:
@@ -160,6 +163,7 @@ def start_jobs(cluster, config: DaskConfig) -> None:
         Adaptive=_replacing_adaptive(),
         minimum_jobs=config.min_jobs,
         maximum_jobs=config.max_jobs,
+        wait_count=RELEASE_AFTER,
     )
 
 
