@@ -15,9 +15,9 @@ from collections.abc import Callable, Sequence
 
 from encoder.errors import TimeSenCLIPError
 from encoder.version import package_version
-from pipeline.commands import maps, stores, training
+from pipeline.commands import assess, maps, stores, training
 
-COMMANDS = (*maps.COMMANDS, *stores.COMMANDS, *training.COMMANDS)
+COMMANDS = (*maps.COMMANDS, *stores.COMMANDS, *assess.COMMANDS, *training.COMMANDS)
 VERBS: dict[str, Callable[[argparse.Namespace], int]] = {c.name: c.handler for c in COMMANDS}
 
 

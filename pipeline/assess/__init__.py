@@ -1,0 +1,1 @@
+"""Map accuracy, error-adjusted and zonal areas; uses only maps, geo, encoder, common (below it)."""
