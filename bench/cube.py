@@ -6,8 +6,8 @@ header first), and serves them over loopback HTTP (``fixtures.file_server``). A 
 repeats the base scenes under new names (hard links, dates shifted by hours, same month), so
 GDAL caches nothing across them. One chunk of ``--chunk`` px is composited per measure:
 
-- ``ours``: ``pipeline.cube.composite_chunk`` (``pipeline.reader``: rasterio, reads in flight
-  across blocks of months, aligned grids read plainly);
+- ``ours``: ``pipeline.cube.composite.composite_chunk`` (``pipeline.cube.reader``: rasterio,
+  reads in flight across blocks of months, aligned grids read plainly);
 - ``ours serial``: the same with each block read, then reduced, on one thread (no read-ahead),
   so its time is exactly its reads + its medians + everything else: the chunk's overhead
   besides reading pixels and taking medians is that rest;
@@ -108,7 +108,7 @@ def scene_set(items: list[dict], root: Path, count: int) -> list[dict]:
 
 def chunk_grid(size: int, chunk: int):
     """The chunk: ``chunk`` px square at (chunk, chunk) of the scene grid, inside one tile."""
-    from pipeline.grid import Grid
+    from pipeline.geo.grid import Grid
 
     xmin, ymax = 500000.0, 4800000.0
     return Grid(32631, (xmin, ymax - 10.0 * size, xmin + 10.0 * size, ymax), 10.0).window(
@@ -117,7 +117,7 @@ def chunk_grid(size: int, chunk: int):
 
 
 def _refs(items: list[dict]):
-    from pipeline.items import item_ref
+    from pipeline.search.items import item_ref
 
     return [item_ref(item) for item in items]
 
@@ -157,7 +157,7 @@ def _timed(module, name: str, spent: list[float]) -> None:
 def ours(items: list[dict], grid, concurrency: int, serial: bool = False) -> dict:
     """``composite_chunk`` as a worker runs it; with ``serial`` each block is read, then reduced,
     on one thread, so the chunk's time is exactly reads + medians + everything else."""
-    import pipeline.cube as cube
+    import pipeline.cube.composite as cube
 
     reads: list[float] = []
     medians: list[float] = []
@@ -180,8 +180,8 @@ def ours_serial(items: list[dict], grid, concurrency: int) -> dict:
 
 
 def ours_read(items: list[dict], grid, concurrency: int) -> dict:
-    from pipeline.cube import CubeOptions
-    from pipeline.reader import read_scenes
+    from pipeline.cube.composite import CubeOptions
+    from pipeline.cube.reader import read_scenes
 
     options = CubeOptions(read_concurrency=concurrency)
     read_scenes(_refs(items), grid, resampling_of=options.resampling_of, concurrency=concurrency)
@@ -194,10 +194,10 @@ def odc_stac(items: list[dict], grid, concurrency: int) -> dict:
     import pystac
     from odc.geo.geobox import GeoBox
 
-    import pipeline.cube as cube
-    from pipeline.items import ASSETS
-    from pipeline.reader import SceneRead
-    from pipeline.stac import EARTH_SEARCH_ASSETS
+    import pipeline.cube.composite as cube
+    from pipeline.cube.reader import SceneRead
+    from pipeline.search.items import ASSETS
+    from pipeline.search.stac import EARTH_SEARCH_ASSETS
 
     odc.stac.configure_rio(cloud_defaults=True)
     refs = cube._in_order(_refs(items))
@@ -233,9 +233,9 @@ def reference(items: list[dict], grid, concurrency: int) -> dict:
     from rasterio.windows import Window
 
     from encoder.preprocess import BANDS
-    from pipeline.harmonize import harmonization
-    from pipeline.sentinel2 import DEFAULT_CLOUD_MASK
-    from pipeline.stac import EARTH_SEARCH_ASSETS
+    from pipeline.search.harmonize import harmonization
+    from pipeline.search.sentinel2 import DEFAULT_CLOUD_MASK
+    from pipeline.search.stac import EARTH_SEARCH_ASSETS
 
     row = round((4800000.0 - grid.bounds[3]) / 10)
     col = round((grid.bounds[0] - 500000.0) / 10)
@@ -298,8 +298,8 @@ def measure(
     import dask
     import dask.highlevelgraph
 
-    import pipeline.cube  # noqa: F401  (imports are not part of the measure)
-    from pipeline.reader import GDAL_OPTIONS, configure_gdal
+    import pipeline.cube.composite  # noqa: F401  (imports are not part of the measure)
+    from pipeline.cube.reader import GDAL_OPTIONS, configure_gdal
 
     configure_gdal(GDAL_OPTIONS)  # as a worker does from its chunk settings
     graphs = []

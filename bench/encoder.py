@@ -80,7 +80,7 @@ def synthetic_composite(size: int = 64, seed: int = 0) -> np.ndarray:
 def agreement_inputs(realdata: Path = REALDATA) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Normalised ``(series, present)`` of the real patch (when there) and synthetic scenes,
     pixels with at least one month."""
-    from pipeline.pixel_encoder import pixel_series
+    from pipeline.maps.pixel_encoder import pixel_series
 
     composites = {"synthetic": synthetic_composite()}
     if (realdata / PATCH).is_dir():

@@ -52,15 +52,15 @@ import urllib3
 import yaml
 
 from bench.machine import machine
-from encoder.errors import TimeSenCLIPError
 from fixtures.demo import write_demo_inputs
 from fixtures.file_server import FileServer, serve_files
 from fixtures.lock_holder import LockHolderError, hold_lock
 from fixtures.stac_proxy import serve_stac_proxy
 from fixtures.stac_server import serve_stac
 from pipeline.cli import main
-from pipeline.run import RunSummary, run_workflow
-from pipeline.workflow_file import load_workflow
+from pipeline.run.execute import RunSummary, run_workflow
+from pipeline.workflow.load import load_workflow
+from timesenclip.common.errors import TimeSenCLIPError
 
 DATES = [date(2023, month, 15) for month in (3, 6, 8, 10)]
 REGION = "synthetic"

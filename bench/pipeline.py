@@ -100,8 +100,8 @@ def prepare(root: Path, side: int, scales: list[int], full_model: bool) -> dict:
 
 def run_one(workflow_path: Path) -> None:
     """Child process: run one workflow and print its summary as JSON."""
-    from pipeline.run import run_workflow
-    from pipeline.workflow_file import load_workflow
+    from pipeline.run.execute import run_workflow
+    from pipeline.workflow.load import load_workflow
 
     summary = run_workflow(load_workflow(workflow_path), progress=False)
     print(json.dumps({"pixels": summary.pixels, "seconds": dict(summary.seconds)}))

@@ -68,7 +68,7 @@ OTHER_ASSETS = ("scl", "aot", "wvp", "visual", "thumbnail")
 
 def squares(bbox: tuple[float, float, float, float]) -> Iterator[tuple[int, float, float, list]]:
     """(epsg, x0, y0, lon/lat ring) of the MGRS-like squares meeting ``bbox`` (northern zones)."""
-    from pipeline.grid import transformer
+    from pipeline.geo.grid import transformer
 
     west, south, east, north = bbox
     for zone in range(int((west + 180) // 6) + 1, int((east + 180) // 6) + 2):
@@ -284,8 +284,8 @@ def peak_kib() -> int:
 
 def child(workflow_path: Path | None, describe_too: bool) -> None:
     """Plan one workflow (or only import the planner) and print one JSON line of figures."""
-    from pipeline.plan import RegionTarget, describe, make_plan
-    from pipeline.workflow_file import load_workflow
+    from pipeline.plan.plan import RegionTarget, describe, make_plan
+    from pipeline.workflow.load import load_workflow
 
     figures: dict = {"seconds": 0.0}
     if workflow_path is not None:

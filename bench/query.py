@@ -72,11 +72,11 @@ def main() -> None:
 
     from fixtures.demo import write_demo_inputs
     from fixtures.stac_server import serve_stac
-    from pipeline.embeddings import open_store
-    from pipeline.query import query_store
-    from pipeline.reclassify import classify_store
-    from pipeline.run import run_workflow
-    from pipeline.workflow_file import load_workflow
+    from pipeline.run.execute import run_workflow
+    from pipeline.store.embeddings import open_store
+    from pipeline.store.query import query_store
+    from pipeline.store.reclassify import classify_store
+    from pipeline.workflow.load import load_workflow
 
     seconds: dict[tuple[str, str], list[float]] = {}
     sizes: dict[str, tuple[float, float]] = {}

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from encoder.model import EncoderConfig, TimeSenCLIPEncoder
     from encoder.preprocess import BANDS, normalize
 
-# Exported lazily (PEP 562): importing a light submodule such as encoder.errors must not pull in
+# Exported lazily (PEP 562): importing a light submodule such as encoder.classes must not pull in
 # torch and huggingface_hub through this file, or the command line's deferred imports are lost.
 _EXPORTS = {
     "BANDS": "encoder.preprocess",

@@ -21,8 +21,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from encoder.errors import TimeSenCLIPError
 from encoder.model import positions
+from timesenclip.common.errors import TimeSenCLIPError
 
 AUGMENTATIONS = ("median", "quarter_drop", "subset")
 TSMIXAUG = ("median", "quarter_drop")

@@ -20,12 +20,14 @@ import torch
 from huggingface_hub import errors as hub_errors
 from torch import Tensor
 
-from encoder.atomic import atomic_path
 from encoder.conventions import ConventionOverrides, Conventions
-from encoder.errors import TimeSenCLIPError
-from encoder.files import file_sha256 as file_sha256  # re-exported: callers import it here
 from encoder.model import EncoderConfig, TimeSenCLIPEncoder
-from encoder.version import package_version
+from timesenclip.common.atomic import atomic_path
+from timesenclip.common.errors import TimeSenCLIPError
+from timesenclip.common.files import (
+    file_sha256 as file_sha256,  # re-exported: callers import it here
+)
+from timesenclip.common.version import package_version
 
 log = logging.getLogger(__name__)
 

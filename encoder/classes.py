@@ -3,7 +3,7 @@
 Prompt rule: every prompt of a class (its explicit ``prompts``, else its name) is formatted with
 every template, so the default template set ``class_names`` ("{}") gives the bare names the
 reference zero-shot code encodes. No torch here: the command line lists and checks classes
-without loading a model. Map colours are chosen in ``pipeline.style``.
+without loading a model. Map colours are chosen in ``pipeline.maps.style``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from encoder.errors import TimeSenCLIPError
+from timesenclip.common.errors import TimeSenCLIPError
 
 # Public set name -> key under `tasks` in classes.yaml (the short keys are accepted as aliases).
 _SET_KEYS = {
@@ -32,7 +32,7 @@ _SET_KEYS = {
 @dataclass(frozen=True)
 class ClassSpec:
     """A target class: display name, optional explicit prompts, optional map colour (checked by
-    ``pipeline.style``)."""
+    ``pipeline.maps.style``)."""
 
     name: str
     prompts: tuple[str, ...] | None = None
@@ -53,7 +53,7 @@ class ClassSpec:
         if self.color is not None:
             if not isinstance(self.color, str):
                 raise TimeSenCLIPError(f"class {self.name!r}: colour {self.color!r} is not text")
-            # Whether it is a colour is pipeline.style's rule, checked where maps are styled.
+            # Whether it is a colour is pipeline.maps.style's rule, checked where maps are styled.
             object.__setattr__(self, "color", self.color.strip().lower())
 
 

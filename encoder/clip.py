@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from encoder.errors import TimeSenCLIPError
+from timesenclip.common.errors import TimeSenCLIPError
 
 SCHEMAS = ("local-dir:", "hf-hub:")
 

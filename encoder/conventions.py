@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from encoder.errors import TimeSenCLIPError
+from timesenclip.common.errors import TimeSenCLIPError
 
 BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
 # Published constants per band of BANDS; the model divides by HIGH (not HIGH - LOW), as trained.
@@ -30,7 +30,7 @@ B4_FIRST = ("B04", "B03", "B02", *BANDS[3:])
 SINGLE_TOKEN_POSITIONS = ("mean", "january")
 # How the pipeline composites this model's input: masked_median, our SCL-masked NaN-aware median
 # (the default, also for published weights: it keeps clouds out); reference, the published
-# training rule (pipeline.temporal.reference_composite), for parity studies.
+# training rule (pipeline.cube.temporal.reference_composite), for parity studies.
 COMPOSITE_RULES = ("masked_median", "reference")
 
 

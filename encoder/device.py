@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from encoder.errors import TimeSenCLIPError
+from timesenclip.common.errors import TimeSenCLIPError
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:

@@ -30,7 +30,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from encoder.atomic import atomic_path, write_text_atomic
 from encoder.conventions import (
     B4_FIRST,
     BANDS,
@@ -39,7 +38,6 @@ from encoder.conventions import (
     Conventions,
 )
 from encoder.device import resolve_device
-from encoder.errors import TimeSenCLIPError, TrainingError
 from encoder.ground import GroundEmbeddings, PhotoPooling
 from encoder.inference import embed
 from encoder.label_routes import LabelRouter, check_task
@@ -48,6 +46,8 @@ from encoder.pairs_assembly import AssembleStats, assemble_pairs
 from encoder.pairs_store import read_pairs
 from encoder.preprocess import normalize
 from encoder.sen4map import iter_sen4map
+from timesenclip.common.atomic import atomic_path, write_text_atomic
+from timesenclip.common.errors import TimeSenCLIPError, TrainingError
 
 log = logging.getLogger(__name__)
 

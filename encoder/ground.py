@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from encoder.atomic import atomic_path
 from encoder.clip import open_clip_model
 from encoder.device import resolve_device
-from encoder.errors import TimeSenCLIPError
+from timesenclip.common.atomic import atomic_path
+from timesenclip.common.errors import TimeSenCLIPError
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from encoder.conventions import Conventions
-from encoder.errors import TimeSenCLIPError
+from timesenclip.common.errors import TimeSenCLIPError
 
 SEASONS = 4  # seasonal input: one token per block of 3 consecutive months
 PRECISIONS = ("fp32", "bf16")  # of inference (eval_layers)

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from encoder.errors import TimeSenCLIPError
 from encoder.preprocess import BANDS
+from timesenclip.common.errors import TimeSenCLIPError
 
 MONTHS = 12
 

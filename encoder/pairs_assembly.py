@@ -1,7 +1,7 @@
 """Pairs from points read from a source: photos and task labels attached, unusable points dropped,
 written chunk by chunk into a pairs store.
 
-Readers: ``encoder.sen4map`` (Sen4Map HDF5) and ``pipeline.pairs_from_cube`` (the pipeline's own
+Readers: ``encoder.sen4map`` (Sen4Map HDF5) and ``pipeline.cube.samples`` (the pipeline's own
 cubes at a points file).
 """
 

@@ -146,7 +146,7 @@ def open_pairs(path: str | Path):
     if group.attrs.get("format") != PAIRS_FORMAT:
         raise PairsError(
             f"{path} is not a timesenclip pairs store (format {group.attrs.get('format')!r}); "
-            "write one with encoder.sen4map.pairs_from_sen4map or pipeline.pairs_from_cube"
+            "write one with encoder.sen4map.pairs_from_sen4map or pipeline.cube.samples"
         )
     return group
 

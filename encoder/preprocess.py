@@ -11,7 +11,7 @@ from encoder.conventions import BANDS as BANDS  # re-exported: callers import th
 from encoder.conventions import HIGH as HIGH
 from encoder.conventions import LOW as LOW
 from encoder.conventions import Conventions
-from encoder.errors import TimeSenCLIPError
+from timesenclip.common.errors import TimeSenCLIPError
 
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 DEFAULT_CONVENTIONS = Conventions()

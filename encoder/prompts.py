@@ -17,8 +17,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from encoder.atomic import atomic_path
-
 # Class sets and templates live in encoder.classes (no torch there, so the command line's light
 # verbs stay light); re-exported for the callers that take them together with the text encoder.
 from encoder.classes import (  # noqa: F401
@@ -34,8 +32,9 @@ from encoder.classes import (  # noqa: F401
 )
 from encoder.clip import clip_pretrained, open_clip_model
 from encoder.device import resolve_device
-from encoder.errors import TimeSenCLIPError
-from encoder.files import file_sha256
+from timesenclip.common.atomic import atomic_path
+from timesenclip.common.errors import TimeSenCLIPError
+from timesenclip.common.files import file_sha256
 
 _CACHE_FORMAT = "timesenclip-prompts-v1"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")

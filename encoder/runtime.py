@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from encoder.atomic import atomic_path
-from encoder.errors import TimeSenCLIPError
 from encoder.model import PRECISIONS, TimeSenCLIPEncoder
+from timesenclip.common.atomic import atomic_path
+from timesenclip.common.errors import TimeSenCLIPError
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.nn.functional import normalize
 
-from encoder.errors import TimeSenCLIPError
+from timesenclip.common.errors import TimeSenCLIPError
 
 
 @dataclass

@@ -13,9 +13,9 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from encoder.errors import TimeSenCLIPError
-from encoder.version import package_version
 from pipeline.commands import assess, maps, stores, training
+from timesenclip.common.errors import TimeSenCLIPError
+from timesenclip.common.version import package_version
 
 COMMANDS = (*maps.COMMANDS, *stores.COMMANDS, *assess.COMMANDS, *training.COMMANDS)
 VERBS: dict[str, Callable[[argparse.Namespace], int]] = {c.name: c.handler for c in COMMANDS}
@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # spawns (which read the environment); keep that for -vv.
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
         logging.getLogger("distributed").setLevel(logging.WARNING)
-        # pipeline.stac logs each retry once; urllib3 would log it a second time.
+        # pipeline.search.stac logs each retry once; urllib3 would log it a second time.
         logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     # huggingface_hub prints through a handler of its own: passed on to ours too, every line of
     # it would appear twice.
@@ -91,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         return 130
     except BaseException as err:  # disk and cluster failures get a message; the rest are bugs
-        from pipeline.cluster_errors import CLUSTER_EXIT, cluster_failure_message
+        from pipeline.run.cluster_errors import CLUSTER_EXIT, cluster_failure_message
 
         if isinstance(err, OSError) and (message := os_error_message(err)):
             print(f"error: {message}", file=sys.stderr)

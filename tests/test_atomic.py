@@ -2,7 +2,7 @@
 
 import pytest
 
-from encoder.atomic import atomic_path, scratch_path, write_text_atomic
+from timesenclip.common.atomic import atomic_path, scratch_path, write_text_atomic
 
 
 def test_success_renames_the_temporary_file(tmp_path):
@@ -55,7 +55,7 @@ def test_write_text_atomic(tmp_path):
 
 
 def test_remove_stale_temporaries_keeps_real_files(tmp_path):
-    from encoder.atomic import _sibling, remove_stale_temporaries
+    from timesenclip.common.atomic import _sibling, remove_stale_temporaries
 
     keep = [tmp_path / "map.tif", tmp_path / ".hidden", tmp_path / "sub" / "x.tif.tmp-notours"]
     for path in keep:

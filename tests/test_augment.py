@@ -13,8 +13,8 @@ from encoder.augment import (
     random_subset,
     recipe_kinds,
 )
-from encoder.errors import TimeSenCLIPError
 from fixtures.tiny import tiny_encoder
+from timesenclip.common.errors import TimeSenCLIPError
 
 N, T, D = 64, 12, 8
 

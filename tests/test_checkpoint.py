@@ -24,10 +24,10 @@ from encoder.checkpoint import (
     load_encoder,
     save_checkpoint,
 )
-from encoder.files import file_sha256 as shared_file_sha256
 from encoder.model import EncoderConfig, TimeSenCLIPEncoder
 from encoder.preprocess import BANDS
 from fixtures.tiny import tiny_encoder
+from timesenclip.common.files import file_sha256 as shared_file_sha256
 
 # Published files carry no head count, so the loader assumes the published 8: test models use 8.
 TINY = {"dim": 32, "depth": 2, "heads": 8, "ff_dim": 16}
@@ -285,7 +285,7 @@ def test_tiny_encoder_keeps_the_global_generator():
 
 def test_package_exports_lazily():
     code = (
-        "import sys, encoder, encoder.errors, encoder.files\n"
+        "import sys, encoder, timesenclip.common.errors, timesenclip.common.files\n"
         "assert not {'torch', 'huggingface_hub'} & set(sys.modules), sorted(sys.modules)\n"
         "from encoder import load_encoder, BANDS\n"
         "assert 'torch' in sys.modules and load_encoder.__module__ == 'encoder.checkpoint'"

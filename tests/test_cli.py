@@ -13,9 +13,9 @@ import pytest
 
 from encoder.classes import template_set_names
 from encoder.prompts import class_set, class_set_names
-from encoder.version import package_version
 from pipeline.cli import VERBS, build_parser, main, os_error_message
-from pipeline.style import class_colors
+from pipeline.maps.style import class_colors
+from timesenclip.common.version import package_version
 
 REPO = Path(__file__).resolve().parents[1]
 MONTPELLIER = REPO / "workflows" / "montpellier-2023.yaml"

@@ -15,7 +15,7 @@ from distributed.client import ClosedClientError, FutureCancelledError
 from distributed.scheduler import NoWorkerError
 
 from pipeline import cli
-from pipeline.cluster_errors import CLUSTER_EXIT, ClusterFailureError, cluster_failure_message
+from pipeline.run.cluster_errors import CLUSTER_EXIT, ClusterFailureError, cluster_failure_message
 
 RESUME = "then run the same command again"
 

@@ -10,9 +10,8 @@ import rasterio
 import rasterio.shutil
 from affine import Affine
 
-from encoder.errors import TimeSenCLIPError
-from pipeline import cog
-from pipeline.cog import (
+from pipeline.maps import cog
+from pipeline.maps.cog import (
     CogError,
     class_category_names,
     class_colormap,
@@ -21,6 +20,7 @@ from pipeline.cog import (
     read_category_names,
     write_cog,
 )
+from timesenclip.common.errors import TimeSenCLIPError
 
 CLASSES = [(1, "water", "#1f78b4"), (2, "tree cover", "#33a02c"), (3, "crops & grass", "#ffff64")]
 TRANSFORM = Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 4800000.0)

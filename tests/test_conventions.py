@@ -19,8 +19,8 @@ from encoder.conventions import (
 from encoder.preprocess import normalize
 from fixtures.tiny import tiny_encoder
 from pipeline.cli import main
-from pipeline.pixel_encoder import cached_encoder, pixel_series
-from pipeline.workflow import ModelConfig
+from pipeline.maps.pixel_encoder import cached_encoder, pixel_series
+from pipeline.workflow.schema import ModelConfig
 
 REFERENCE_CHANNELS = ["B4", "B3", "B2", "B5", "B6", "B7", "B8", "B8A", "B11", "B12"]
 

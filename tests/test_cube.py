@@ -13,11 +13,11 @@ from affine import Affine
 from pyproj import Transformer
 from rasterio.warp import transform_bounds
 
-from encoder.errors import TimeSenCLIPError
 from encoder.preprocess import BANDS
 from fixtures.synthetic import write_synthetic_collection
-from pipeline.cube import BadAssetError, build_cube, nanmedian_time
-from pipeline.sentinel2 import BANDS_20M, DEFAULT_CLOUD_MASK, REFERENCE_ZERO_CLASSES
+from pipeline.cube.composite import BadAssetError, build_cube, nanmedian_time
+from pipeline.search.sentinel2 import BANDS_20M, DEFAULT_CLOUD_MASK, REFERENCE_ZERO_CLASSES
+from timesenclip.common.errors import TimeSenCLIPError
 
 YEAR = 2023
 SMALL_DATES = [datetime.date(YEAR, 1, 5), datetime.date(YEAR, 1, 20), datetime.date(YEAR, 3, 5)]
@@ -192,7 +192,7 @@ def test_missing_asset_raises_naming_item_and_asset(small):
 def test_missing_asset_is_skipped_with_a_warning(small, caplog):
     items = copy.deepcopy(small.items)
     del items[1]["assets"]["scl"]
-    with caplog.at_level(logging.WARNING, logger="pipeline.cube"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.cube.composite"):
         cube = small_cube(small, items, on_bad_asset="skip").compute()
     assert small.scenes[1].id in caplog.text
     assert cube.attrs["skipped_item_ids"] == [small.scenes[1].id]
@@ -222,7 +222,7 @@ def test_unreadable_asset_raises_naming_item_asset_and_href(small, unreadable):
 
 def test_unreadable_asset_is_skipped_with_a_warning(small, unreadable, caplog):
     items, href = unreadable
-    with caplog.at_level(logging.WARNING, logger="pipeline.cube"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.cube.composite"):
         cube = small_cube(small, items, on_bad_asset="skip").compute()
     assert small.scenes[1].id in caplog.text and href in caplog.text
     kept = [small.scenes[0], small.scenes[2]]
@@ -231,9 +231,9 @@ def test_unreadable_asset_is_skipped_with_a_warning(small, unreadable, caplog):
 
 def test_a_month_whose_only_scene_is_unreadable_stays_empty(small, tmp_path):
     """Lazy cube and chunk task alike: March's one scene left out leaves March NaN, not an error."""
-    from pipeline.cube import CubeOptions, composite_chunk
-    from pipeline.grid import Grid
-    from pipeline.items import usable_refs
+    from pipeline.cube.composite import CubeOptions, composite_chunk
+    from pipeline.geo.grid import Grid
+    from pipeline.search.items import usable_refs
 
     items = copy.deepcopy(small.items)
     items[2]["assets"]["scl"]["href"] = str(tmp_path / "absent_scl.tif")
@@ -290,7 +290,7 @@ def test_items_outside_the_year_or_the_bounds(small, caplog):
     with pytest.raises(TimeSenCLIPError, match="no usable Sentinel-2 item for 2024"):
         build_cube(small.items, epsg=small.epsg, bounds=small.bounds, year=2024)
     far = (600000.0, 4700000.0, 600160.0, 4700160.0)
-    with caplog.at_level(logging.WARNING, logger="pipeline.cube"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.cube.composite"):
         cube = build_cube(small.items, epsg=small.epsg, bounds=far, year=YEAR).compute()
     assert "overlaps" in caplog.text
     assert np.isnan(cube["composite"].values).all() and (cube["valid_months"].values == 0).all()
@@ -330,9 +330,9 @@ def test_nanmedian_time_equals_numpy():
 
 @pytest.mark.parametrize("temporal", ["seasonal", "annual"])
 def test_seasonal_and_annual_tokens_are_medians_of_their_observations(small, temporal):
-    from pipeline.cube import CubeOptions, composite_chunk
-    from pipeline.grid import Grid
-    from pipeline.items import usable_refs
+    from pipeline.cube.composite import CubeOptions, composite_chunk
+    from pipeline.geo.grid import Grid
+    from pipeline.search.items import usable_refs
 
     refs, _ = usable_refs(small.items, YEAR, "raise")
     grid = Grid(small.epsg, small.bounds, 10.0)

@@ -20,9 +20,9 @@ from rasterio.warp import transform_bounds, transform_geom
 
 from encoder.preprocess import BANDS
 from fixtures.stac_server import serve_stac
-from pipeline.cog import write_cog
-from pipeline.cube import build_cube
-from pipeline.stac import EARTH_SEARCH_ASSETS, StacSource, search_items
+from pipeline.cube.composite import build_cube
+from pipeline.maps.cog import write_cog
+from pipeline.search.stac import EARTH_SEARCH_ASSETS, StacSource, search_items
 
 EPSG = 32633
 L1C_ORDER = (

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from encoder.errors import TimeSenCLIPError
 from fixtures.demo import demo_folder, demo_stamp, earlier_demo, run_demo
+from timesenclip.common.errors import TimeSenCLIPError
 
 
 def test_default_folder_is_in_the_cache_not_the_working_folder(monkeypatch, tmp_path):

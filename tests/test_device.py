@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from encoder.device import resolve_device
-from encoder.errors import TimeSenCLIPError
+from timesenclip.common.errors import TimeSenCLIPError
 
 
 def fake_gpus(monkeypatch, count: int) -> None:

@@ -22,13 +22,13 @@ from encoder.prompts import TextEncoder, class_set
 from encoder.zeroshot import score
 from fixtures.stac_server import serve_stac
 from fixtures.synthetic import write_synthetic_collection
-from pipeline.cog import read_category_names
-from pipeline.cube import build_cube
-from pipeline.outputs import OUTSIDE_REGION
-from pipeline.pixel_encoder import embed_series, pixel_series
-from pipeline.run import run_workflow
-from pipeline.tiles import Tile, region_mask
-from pipeline.workflow_file import load_workflow
+from pipeline.cube.composite import build_cube
+from pipeline.geo.tiles import Tile, region_mask
+from pipeline.maps.cog import read_category_names
+from pipeline.maps.outputs import OUTSIDE_REGION
+from pipeline.maps.pixel_encoder import embed_series, pixel_series
+from pipeline.run.execute import run_workflow
+from pipeline.workflow.load import load_workflow
 
 REPO = Path(__file__).resolve().parents[1]
 LAYERS = ("land_cover", "custom", "land_cover_confidence", "custom_confidence", "valid_months")

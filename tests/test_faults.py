@@ -25,13 +25,13 @@ from fixtures.file_server import serve_files
 from fixtures.stac_proxy import serve_stac_proxy
 from fixtures.stac_server import serve_stac
 from fixtures.synthetic import write_synthetic_collection
-from pipeline.grid import Grid
-from pipeline.items import BadAssetError, HrefNotAllowedError, check_hrefs, item_ref
-from pipeline.plan import RegionTarget, make_plan
-from pipeline.read_retry import ReadRetry, is_retryable, is_transient
-from pipeline.reader import GDAL_OPTIONS, read_scenes
-from pipeline.run import run_workflow
-from pipeline.workflow_file import load_workflow
+from pipeline.cube.read_retry import ReadRetry, is_retryable, is_transient
+from pipeline.cube.reader import GDAL_OPTIONS, read_scenes
+from pipeline.geo.grid import Grid
+from pipeline.plan.plan import RegionTarget, make_plan
+from pipeline.run.execute import run_workflow
+from pipeline.search.items import BadAssetError, HrefNotAllowedError, check_hrefs, item_ref
+from pipeline.workflow.load import load_workflow
 
 DATES = [date(2023, month, 15) for month in (3, 6, 8, 10)]
 EXTRA = "extra"  # a small collection over one tile only, so faults can be aimed at that tile
@@ -331,7 +331,7 @@ def test_a_local_api_needs_its_folder_allowed_at_planning(inputs, tmp_path, work
 
 
 def test_a_file_source_allows_its_own_folder_by_default(tmp_path, workflow_file):
-    from pipeline.workflow import StacConfig
+    from pipeline.workflow.schema import StacConfig
 
     items = tmp_path / "stac" / "items.json"
     items.parent.mkdir()

@@ -7,7 +7,7 @@ import logging
 import pystac
 import pytest
 
-from pipeline.harmonize import Harmonization, harmonization
+from pipeline.search.harmonize import Harmonization, harmonization
 
 
 def _items(path):
@@ -108,7 +108,7 @@ def test_flag_false_keeps_the_offset_and_flag_true_wins():
 
 
 def test_missing_baseline_assumes_no_offset_and_warns(caplog):
-    with caplog.at_level(logging.WARNING, logger="pipeline.harmonize"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.search.harmonize"):
         result = harmonization(_item(**{"s2:processing_baseline": "unknown"}))
     assert result == Harmonization("x", 0, "no processing baseline found: assumed no offset, 0")
     assert "unreadable s2:processing_baseline 'unknown'" in caplog.text

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from fixtures.lock_holder import hold_lock
-from pipeline.lock import LOCK_NAME, FolderLockedError, acquire, output_lock, release
+from pipeline.run.lock import LOCK_NAME, FolderLockedError, acquire, output_lock, release
 
 
 def test_a_second_process_is_refused_naming_the_first(tmp_path):

@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from encoder.conventions import Conventions
-from encoder.errors import TimeSenCLIPError
 from encoder.model import EncoderConfig, TimeSenCLIPEncoder
+from timesenclip.common.errors import TimeSenCLIPError
 
 TINY = {"dim": 32, "depth": 2, "heads": 4, "ff_dim": 16}
 TOL = 1e-5

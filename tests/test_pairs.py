@@ -18,9 +18,9 @@ from encoder.preprocess import BANDS
 from encoder.prompts import class_set, reference_classes
 from encoder.sen4map import Sen4MapLayout, pairs_from_sen4map
 from fixtures.synthetic import write_synthetic_collection
-from pipeline.cube import build_cube
-from pipeline.pairs_from_cube import PointsError, pairs_from_cube, read_points, sample_cube
-from pipeline.stac import StacSource
+from pipeline.cube.composite import build_cube
+from pipeline.cube.samples import PointsError, pairs_from_cube, read_points, sample_cube
+from pipeline.search.stac import StacSource
 
 # The file order of a Sen4Map-like patch: 12 bands, named the short way, not in model order.
 FILE_BANDS = ["B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B11", "B12"][::-1]

@@ -8,7 +8,7 @@ import torch
 from encoder import inference
 from encoder.preprocess import normalize
 from fixtures.tiny import tiny_encoder
-from pipeline.pixel_encoder import embed_series, pixel_series
+from pipeline.maps.pixel_encoder import embed_series, pixel_series
 
 
 def composite(seed: int = 0) -> np.ndarray:

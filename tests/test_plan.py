@@ -10,10 +10,10 @@ import rustac
 import yaml
 
 from fixtures.synthetic import write_synthetic_collection
-from pipeline.chunks import tile_chunks
-from pipeline.plan import RegionTarget, describe, make_plan, tile_bytes
-from pipeline.stac import StacSource, search_boxes
-from pipeline.workflow_file import load_workflow
+from pipeline.geo.chunks import tile_chunks
+from pipeline.plan.plan import RegionTarget, describe, make_plan, tile_bytes
+from pipeline.search.stac import StacSource, search_boxes
+from pipeline.workflow.load import load_workflow
 
 
 def workflow_for(folder: Path, items_file: Path, bbox, scenes: Path, **cube) -> Path:
@@ -203,7 +203,7 @@ def test_items_without_bbox_reach_every_box_and_duplicates_are_kept_once(scenes,
 
 
 def test_the_plan_keeps_item_refs_only(scenes, tmp_path):
-    from pipeline.items import ItemRef, usable_refs
+    from pipeline.search.items import ItemRef, usable_refs
 
     root, items = scenes
     _, plan = plan_for(tmp_path, write_items(tmp_path, items, "ndjson"), root)

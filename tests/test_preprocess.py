@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from encoder.errors import TimeSenCLIPError
 from encoder.preprocess import BANDS, HIGH, LOW, normalize
+from timesenclip.common.errors import TimeSenCLIPError
 
 
 def test_band_order_and_constants():

@@ -9,8 +9,6 @@ import torch
 import yaml
 
 from encoder import prompts
-from encoder.errors import TimeSenCLIPError
-from encoder.files import file_sha256
 from encoder.prompts import (
     ClassSpec,
     TextEncoder,
@@ -23,6 +21,8 @@ from encoder.prompts import (
     template_set_names,
 )
 from fixtures.tiny import write_tiny_clip
+from timesenclip.common.errors import TimeSenCLIPError
+from timesenclip.common.files import file_sha256
 
 YAML_PATH = Path(__file__).resolve().parents[1] / "encoder" / "data" / "classes.yaml"
 TINY_CFG = {

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.provenance import record_outputs, verify_outputs, write_provenance
+from pipeline.maps.provenance import record_outputs, verify_outputs, write_provenance
 
 
 @dataclasses.dataclass
@@ -76,7 +76,7 @@ def test_outputs_are_recorded_and_verified(tmp_path):
 
 
 def test_verify_does_not_hash_a_file_whose_size_and_time_match(tmp_path, monkeypatch):
-    from pipeline import provenance
+    from pipeline.maps import provenance
 
     (tmp_path / "a.tif").write_bytes(b"x" * 100)
     record = record_outputs(tmp_path, [tmp_path / "a.tif"])

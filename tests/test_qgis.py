@@ -21,11 +21,11 @@ import pytest
 from affine import Affine
 
 from encoder.classes import ClassSpec
-from pipeline.classify import TaskPlan
-from pipeline.cog import write_cog
-from pipeline.map_sidecars import describe_map, map_style
-from pipeline.outputs import CLASS_NODATA, CONFIDENCE_NODATA
-from pipeline.style import CONFIDENCE_RAMP, VALID_MONTHS_RAMP, class_colors
+from pipeline.maps.classify import TaskPlan
+from pipeline.maps.cog import write_cog
+from pipeline.maps.outputs import CLASS_NODATA, CONFIDENCE_NODATA
+from pipeline.maps.sidecars import describe_map, map_style
+from pipeline.maps.style import CONFIDENCE_RAMP, VALID_MONTHS_RAMP, class_colors
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "render_outputs.py"

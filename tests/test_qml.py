@@ -4,9 +4,9 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from encoder.errors import TimeSenCLIPError
-from pipeline.qml import write_qml, write_ramp_qml
-from pipeline.style import CONFIDENCE_RAMP, VALID_MONTHS_RAMP, StyleError
+from pipeline.maps.qml import write_qml, write_ramp_qml
+from pipeline.maps.style import CONFIDENCE_RAMP, VALID_MONTHS_RAMP, StyleError
+from timesenclip.common.errors import TimeSenCLIPError
 
 CLASSES = [
     (1, "water", "#1F78B4"),

@@ -34,14 +34,14 @@ from fixtures.realdata import PATCH, real_patch_composite
 from fixtures.stac_server import serve_stac
 from fixtures.synthetic import LAND_CLASSES
 from fixtures.tiny import tiny_encoder, write_tiny_clip
-from pipeline.classify import classify, plan_task
 from pipeline.cli import main
-from pipeline.cube import build_cube
-from pipeline.embeddings import decode_embeddings, encode_embeddings
-from pipeline.pixel_encoder import embed_series, pixel_series
-from pipeline.run import run_workflow
-from pipeline.tiles import Tile, region_mask
-from pipeline.workflow_file import WorkflowError, load_workflow, parse_workflow
+from pipeline.cube.composite import build_cube
+from pipeline.geo.tiles import Tile, region_mask
+from pipeline.maps.classify import classify, plan_task
+from pipeline.maps.pixel_encoder import embed_series, pixel_series
+from pipeline.run.execute import run_workflow
+from pipeline.store.embeddings import decode_embeddings, encode_embeddings
+from pipeline.workflow.load import WorkflowError, load_workflow, parse_workflow
 
 TEXTS = ["dense forest", "Open water!"]
 SLUGS = ["dense_forest", "open_water"]

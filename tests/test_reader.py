@@ -10,9 +10,9 @@ from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from pipeline import reader
-from pipeline.grid import Grid
-from pipeline.reader import DatasetPool, read_band
+from pipeline.cube import reader
+from pipeline.cube.reader import DatasetPool, read_band
+from pipeline.geo.grid import Grid
 
 
 def _write(path, res: float, shape: tuple[int, int], nodata: int | None) -> None:
@@ -93,8 +93,8 @@ def test_a_chunk_builds_no_dask_graph(tmp_path, monkeypatch):
     import dask.highlevelgraph
 
     from fixtures.synthetic import write_synthetic_collection
-    from pipeline.cube import CubeOptions, composite_chunk
-    from pipeline.items import item_ref
+    from pipeline.cube.composite import CubeOptions, composite_chunk
+    from pipeline.search.items import item_ref
 
     written = write_synthetic_collection(tmp_path, shape=(32, 32))
     graphs = []

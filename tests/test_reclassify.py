@@ -3,7 +3,7 @@
 import pytest
 
 from encoder.prompts import ClassSpec, class_set
-from pipeline.reclassify import parse_classes
+from pipeline.store.reclassify import parse_classes
 
 
 @pytest.mark.parametrize("text", ["lc", "land_cover", " Land-Cover ", "LC"])

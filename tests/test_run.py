@@ -21,14 +21,14 @@ from encoder.prompts import TextEncoder, class_set
 from encoder.zeroshot import score
 from fixtures.stac_server import serve_stac
 from pipeline.cli import main
-from pipeline.cog import read_category_names
-from pipeline.cube import build_cube
-from pipeline.outputs import OUTSIDE_REGION
-from pipeline.pixel_encoder import embed_series, pixel_series
-from pipeline.run import run_workflow
-from pipeline.style import class_colors
-from pipeline.tiles import Tile, region_mask
-from pipeline.workflow_file import load_workflow
+from pipeline.cube.composite import build_cube
+from pipeline.geo.tiles import Tile, region_mask
+from pipeline.maps.cog import read_category_names
+from pipeline.maps.outputs import OUTSIDE_REGION
+from pipeline.maps.pixel_encoder import embed_series, pixel_series
+from pipeline.maps.style import class_colors
+from pipeline.run.execute import run_workflow
+from pipeline.workflow.load import load_workflow
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -280,7 +280,7 @@ def test_hub_checkpoints_reach_workers_as_hub_sources(
     demo_inputs, tmp_path, monkeypatch, workflow_file
 ):
     """Workers (maybe on other machines) fetch a hub checkpoint themselves, not our cache path."""
-    from pipeline import run
+    from pipeline.run import execute as run
 
     _, workflow, _ = demo_inputs
     local = workflow["model"]["checkpoint"]

@@ -18,13 +18,13 @@ import rasterio
 import yaml
 from affine import Affine
 
-from encoder.atomic import atomic_path, write_text_atomic
-from encoder.files import file_sha256
 from pipeline.cli import main
-from pipeline.cog import write_cog
-from pipeline.lock import LOCK_NAME
-from pipeline.run import run_workflow
-from pipeline.workflow_file import load_workflow
+from pipeline.maps.cog import write_cog
+from pipeline.run.execute import run_workflow
+from pipeline.run.lock import LOCK_NAME
+from pipeline.workflow.load import load_workflow
+from timesenclip.common.atomic import atomic_path, write_text_atomic
+from timesenclip.common.files import file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 MAPS = ("land_cover.tif", "custom.tif", "land_cover_confidence.tif", "valid_months.tif")

@@ -14,14 +14,14 @@ import torch
 
 from bench.encoder import agreement, agreement_inputs, class_vectors, published_model
 from encoder import inference, runtime
-from encoder.errors import TimeSenCLIPError
 from encoder.inference import device_embed_scores, embed, embed_scores, month_groups
 from encoder.model import PRECISIONS
 from encoder.prompts import ClassSpec
 from fixtures.tiny import tiny_encoder
-from pipeline.classify import SimilarityPlan, TaskPlan
-from pipeline.pixel_encoder import embed_series, score_series
-from pipeline.workflow_file import WorkflowError, parse_workflow
+from pipeline.maps.classify import SimilarityPlan, TaskPlan
+from pipeline.maps.pixel_encoder import embed_series, score_series
+from pipeline.workflow.load import WorkflowError, parse_workflow
+from timesenclip.common.errors import TimeSenCLIPError
 
 CPU = torch.device("cpu")
 RUNS = [("onnx", "fp32"), ("torch", "bf16")]  # each against torch float32

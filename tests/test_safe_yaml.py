@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from encoder.errors import TimeSenCLIPError
-from encoder.safe_yaml import MAX_VALUES, parse_yaml, short_repr
 from encoder.training.config import TrainConfigError, load_config
-from pipeline.workflow_file import WorkflowError, load_workflow
+from pipeline.workflow.load import WorkflowError, load_workflow
+from timesenclip.common.errors import TimeSenCLIPError
+from timesenclip.common.safe_yaml import MAX_VALUES, parse_yaml, short_repr
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -113,7 +113,7 @@ def test_workflow_and_training_config_refuse_bombs(tmp_path):
 def _peak_memory_kib(path: Path) -> int:
     """VmHWM of a fresh process that validates ``path`` (a user error is expected or not)."""
     code = textwrap.dedent(f"""\
-        from pipeline.workflow_file import load_workflow, WorkflowError
+        from pipeline.workflow.load import load_workflow, WorkflowError
         try:
             load_workflow({str(path)!r})
         except WorkflowError:

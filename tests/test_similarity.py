@@ -10,12 +10,12 @@ import pytest
 import rasterio
 from affine import Affine
 
-from encoder.errors import TimeSenCLIPError
-from pipeline.cog import write_cog
-from pipeline.embeddings import decode_embeddings, encode_embeddings
-from pipeline.map_sidecars import describe_ramp
-from pipeline.qml import ramp_qml_text
-from pipeline.similarity import ScoreRamp, change, cosine, exemplar, slugify, unique_slugs
+from pipeline.maps.cog import write_cog
+from pipeline.maps.qml import ramp_qml_text
+from pipeline.maps.sidecars import describe_ramp
+from pipeline.maps.similarity import ScoreRamp, change, cosine, exemplar, slugify, unique_slugs
+from pipeline.store.embeddings import decode_embeddings, encode_embeddings
+from timesenclip.common.errors import TimeSenCLIPError
 
 TRANSFORM = Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 4800000.0)
 

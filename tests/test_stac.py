@@ -9,10 +9,9 @@ from http.server import BaseHTTPRequestHandler
 import pystac
 import pytest
 
-from encoder.errors import TimeSenCLIPError
 from fixtures.loopback import serve_http
 from fixtures.synthetic import write_synthetic_collection
-from pipeline.stac import (
+from pipeline.search.stac import (
     EARTH_SEARCH_ASSETS,
     PLANETARY_COMPUTER_ASSETS,
     EmptySearchError,
@@ -22,6 +21,7 @@ from pipeline.stac import (
     band_assets,
     search_items,
 )
+from timesenclip.common.errors import TimeSenCLIPError
 
 WORLD = (-180.0, -90.0, 180.0, 90.0)
 FAST = RetryPolicy(attempts=4, backoff_factor=0.01, timeout=10)
@@ -175,7 +175,7 @@ def test_provider_detection_and_source_validation(tmp_path):
     "bbox", [(10, 50, 5, 51), (10, 50, 11), (200, 0, 201, 1), (0, -95, 1, 0), ("a", 0, 1, 1), None]
 )
 def test_bad_bbox_is_a_clear_error(tmp_path, bbox):
-    # One bbox rule for regions and searches (pipeline.tiles.check_bbox).
+    # One bbox rule for regions and searches (pipeline.geo.tiles.check_bbox).
     with pytest.raises(TimeSenCLIPError, match=r"bbox|longitudes|latitudes|west must"):
         search_items(StacSource(file=tmp_path / "none.json"), bbox, 2023)
 
@@ -317,7 +317,7 @@ def test_paging_stops_on_an_empty_page_and_filters_collections(chain):
 def test_paging_keeps_the_collection_asked_for(chain, realdata, caplog):
     server, manifest = chain("es_v1_filter")
     source = StacSource(url=server.base, collection="sentinel-2-c1-l2a", retry=FAST)
-    with caplog.at_level(logging.INFO, logger="pipeline.stac"):
+    with caplog.at_level(logging.INFO, logger="pipeline.search.stac"):
         items = search_items(source, WORLD, 2025)
     features = [f for entry in manifest for f in _features(realdata / entry["file"])]
     expected = [f["id"] for f in features if f["collection"] == "sentinel-2-c1-l2a"]
@@ -345,7 +345,10 @@ def test_paging_deduplicates_and_stops_on_repeated_pages(realdata, caplog):
     def looping(body):
         return 200, _page(first, {"token": "again"}, server.base), {}
 
-    with stub_api(looping) as server, caplog.at_level(logging.WARNING, logger="pipeline.stac"):
+    with (
+        stub_api(looping) as server,
+        caplog.at_level(logging.WARNING, logger="pipeline.search.stac"),
+    ):
         items = search_items(StacSource(url=server.base, retry=FAST), WORLD, 2019)
     assert [item.id for item in items] == [f["id"] for f in first]
     assert len(server.requests) == 2
@@ -377,7 +380,10 @@ def test_retries_on_503_and_429_then_succeeds(caplog):
         (429, {"detail": "slow down"}, {"Retry-After": "0"}),
         OK,
     )
-    with stub_api(respond) as server, caplog.at_level(logging.WARNING, logger="pipeline.stac"):
+    with (
+        stub_api(respond) as server,
+        caplog.at_level(logging.WARNING, logger="pipeline.search.stac"),
+    ):
         source = StacSource(url=server.base, max_cloud_cover=50, retry=FAST)
         items = search_items(source, WORLD, 2023)
     assert [item.id for item in items] == ["a"]  # "b" is too cloudy
@@ -434,7 +440,7 @@ def test_search_through_rustac_pages_and_filters(rustac_api, caplog):
 
     clouds = {item["id"]: item["properties"]["eo:cloud_cover"] for item in synthetic.items[1:]}
     limit = sorted(clouds.values())[len(clouds) // 2]
-    with caplog.at_level(logging.INFO, logger="pipeline.stac"):
+    with caplog.at_level(logging.INFO, logger="pipeline.search.stac"):
         clear = search_items(StacSource(url=url, max_cloud_cover=limit, retry=FAST), bbox, 2023)
     assert [item.id for item in clear] == [i for i, c in clouds.items() if c <= limit]
     assert f"{sum(c > limit for c in clouds.values())} too cloudy" in caplog.text

@@ -11,10 +11,10 @@ from pystac.extensions.projection import ProjectionExtension
 from pystac.extensions.raster import RasterExtension
 from rasterio.warp import transform_bounds
 
-from pipeline.cog import class_category_names, class_colormap, confidence_percent, write_cog
-from pipeline.qml import write_qml, write_ramp_qml
-from pipeline.stac_output import StacOutputError, class_item, write_item
-from pipeline.style import CONFIDENCE_RAMP
+from pipeline.maps.cog import class_category_names, class_colormap, confidence_percent, write_cog
+from pipeline.maps.qml import write_qml, write_ramp_qml
+from pipeline.maps.stac_items import StacOutputError, class_item, write_item
+from pipeline.maps.style import CONFIDENCE_RAMP
 
 CLASSES = [(1, "water", "#1f78b4"), (2, "tree cover", "#33a02c"), (3, "crops/grass", "#ffff64")]
 TRANSFORM = Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 4800000.0)

@@ -4,9 +4,8 @@ import re
 
 import pytest
 
-from encoder.errors import TimeSenCLIPError
 from encoder.prompts import class_set, class_set_names, resolve_classes
-from pipeline.style import (
+from pipeline.maps.style import (
     CONFIDENCE_RAMP,
     VALID_MONTHS_RAMP,
     StyleError,
@@ -16,6 +15,7 @@ from pipeline.style import (
     palette_color,
     parse_color,
 )
+from timesenclip.common.errors import TimeSenCLIPError
 
 HEX = re.compile(r"^#[0-9a-f]{6}$")
 

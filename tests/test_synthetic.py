@@ -7,15 +7,15 @@ import pystac
 import pytest
 import rasterio
 
-from encoder.errors import TimeSenCLIPError
 from encoder.preprocess import BANDS
 from fixtures.synthetic import (
     LAND_CLASSES,
     default_dates,
     write_synthetic_collection,
 )
-from pipeline.sentinel2 import BANDS_20M
-from pipeline.stac import EARTH_SEARCH_ASSETS
+from pipeline.search.sentinel2 import BANDS_20M
+from pipeline.search.stac import EARTH_SEARCH_ASSETS
+from timesenclip.common.errors import TimeSenCLIPError
 
 DATES = [datetime.date(2023, 1, 5), datetime.date(2023, 4, 20), datetime.date(2023, 7, 5)]
 

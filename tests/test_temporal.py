@@ -4,8 +4,8 @@ independent per-pixel computations."""
 import numpy as np
 import pytest
 
-from encoder.errors import TimeSenCLIPError
-from pipeline.temporal import block_medians, lower_nanmedian_time, reference_composite
+from pipeline.cube.temporal import block_medians, lower_nanmedian_time, reference_composite
+from timesenclip.common.errors import TimeSenCLIPError
 
 SEASONS = [(1, 2, 3), (4, 5, 6), (7, 8, 9), (10, 11, 12)]
 

@@ -8,8 +8,8 @@ from pyproj import Transformer
 from pyproj.aoi import AreaOfInterest
 from pyproj.database import query_utm_crs_info
 
-from encoder.errors import TimeSenCLIPError
-from pipeline.tiles import Tile, region_mask, tiles_for_region, utm_epsg, zone_groups
+from pipeline.geo.tiles import Tile, region_mask, tiles_for_region, utm_epsg, zone_groups
+from timesenclip.common.errors import TimeSenCLIPError
 
 MONTPELLIER = (3.80, 43.55, 3.95, 43.65)
 ACROSS_6E = (5.9, 45.0, 6.1, 45.1)

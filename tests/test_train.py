@@ -10,7 +10,6 @@ import torch.nn.functional as F
 import yaml
 
 from encoder.checkpoint import load_encoder
-from encoder.errors import TrainingError
 from encoder.model import TimeSenCLIPEncoder
 from encoder.pairs_store import write_pairs
 from encoder.prompts import TextEncoder
@@ -21,6 +20,7 @@ from encoder.training.state import latest_checkpoint, read_train_state
 from encoder.training.trainer import Trainer, run_training
 from fixtures.pairs import synthetic_pairs
 from fixtures.tiny import write_tiny_clip
+from timesenclip.common.errors import TrainingError
 
 DIM = 32
 TINY_MODEL = {"dim": DIM, "depth": 1, "heads": 4, "ff_dim": 32, "dropout": 0.1}

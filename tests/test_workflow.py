@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from encoder.errors import TimeSenCLIPError
-from pipeline.workflow_file import WorkflowError, load_workflow, parse_workflow
+from pipeline.workflow.load import WorkflowError, load_workflow, parse_workflow
+from timesenclip.common.errors import TimeSenCLIPError
 
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from encoder.errors import TimeSenCLIPError
 from encoder.zeroshot import cosine_logits, score
+from timesenclip.common.errors import TimeSenCLIPError
 
 
 @pytest.fixture

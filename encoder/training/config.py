@@ -50,11 +50,11 @@ from pydantic import (
 )
 
 from encoder import augment
-from encoder.config_errors import problem_report
 from encoder.conventions import ConventionOverrides
-from encoder.errors import TimeSenCLIPError
 from encoder.label_routes import TASKS
-from encoder.safe_yaml import parse_yaml
+from timesenclip.common.config_errors import problem_report
+from timesenclip.common.errors import TimeSenCLIPError
+from timesenclip.common.safe_yaml import parse_yaml
 
 
 class TrainConfigError(TimeSenCLIPError):

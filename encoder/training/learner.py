@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from encoder import augment
-from encoder.errors import TrainingError
 from encoder.ground import PhotoPooling
 from encoder.model import TimeSenCLIPEncoder
+from timesenclip.common.errors import TrainingError
 
 
 class ContrastiveLearner(nn.Module):

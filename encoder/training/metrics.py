@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from encoder.atomic import atomic_path
+from timesenclip.common.atomic import atomic_path
 
 
 class MetricsLog:

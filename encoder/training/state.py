@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from encoder.errors import TrainingError
+from timesenclip.common.errors import TrainingError
 
 STATE_FORMAT = "timesenclip-train-state"
 STATE_SUFFIX = ".train_state.pt"

@@ -17,10 +17,8 @@ import torch
 from torch import Tensor
 
 from encoder import augment
-from encoder.atomic import atomic_path
 from encoder.conventions import Conventions
 from encoder.device import resolve_device
-from encoder.errors import TrainingError
 from encoder.inference import embed
 from encoder.model import TimeSenCLIPEncoder
 from encoder.training.config import TrainedEncoderConfig, TrainingConfig, load_config
@@ -36,6 +34,8 @@ from encoder.training.state import (
     state_path,
     step_path,
 )
+from timesenclip.common.atomic import atomic_path
+from timesenclip.common.errors import TrainingError
 
 log = logging.getLogger(__name__)
 

@@ -1,1 +1,1 @@
-"""Map accuracy, error-adjusted and zonal areas; uses only maps, geo, encoder, common (below it)."""
+"""Map accuracy and areas: samples, reference points, estimators, zones. Uses maps, geo, encoder."""

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from encoder.errors import TimeSenCLIPError
 from pipeline.assess.classmap import BLOCK, ClassMap
 from pipeline.assess.estimators import Accuracy, estimate
 from pipeline.assess.reference import Reference, ReferenceSource, load_reference
+from timesenclip.common.errors import TimeSenCLIPError
 
 OLOFSSON = "Olofsson et al. (2014): the strata are the map's classes"
 STEHMAN = "Stehman (2014): the strata differ from the map's classes"

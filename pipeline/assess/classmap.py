@@ -18,9 +18,9 @@ from pyproj import CRS as ProjCRS
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
-from encoder.errors import TimeSenCLIPError
-from pipeline.cog import read_category_names
-from pipeline.outputs import CLASS_NODATA, NODATA_NAME
+from pipeline.maps.cog import read_category_names
+from pipeline.maps.outputs import CLASS_NODATA, NODATA_NAME
+from timesenclip.common.errors import TimeSenCLIPError
 
 BLOCK = 1024
 """Side of the square blocks a map is read in (1 MiB of uint8 pixels each)."""

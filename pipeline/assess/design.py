@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 import rasterio
 
-from encoder.errors import TimeSenCLIPError
 from pipeline.assess.classmap import BLOCK, Census, ClassMap
 from pipeline.assess.tables import write_points
+from timesenclip.common.errors import TimeSenCLIPError
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from encoder.errors import TimeSenCLIPError
+from timesenclip.common.errors import TimeSenCLIPError
 
 Z95 = NormalDist().inv_cdf(0.975)
 """The normal quantile of a two-sided 95 % interval (1.95996...)."""

@@ -17,7 +17,7 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 
-from encoder.errors import TimeSenCLIPError
+from timesenclip.common.errors import TimeSenCLIPError
 
 LUCAS_TASKS = ("land_cover", "land_use")
 COORDINATES = ("theoretical", "gps")

@@ -11,10 +11,10 @@ from pathlib import Path
 import geopandas as gpd
 import pandas as pd
 
-from encoder.errors import TimeSenCLIPError
-from encoder.safe_yaml import parse_yaml
 from pipeline.assess.lucas import LucasFilter, read_lucas
 from pipeline.assess.tables import read_vector
+from timesenclip.common.errors import TimeSenCLIPError
+from timesenclip.common.safe_yaml import parse_yaml
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from encoder.atomic import atomic_path, write_text_atomic
-from encoder.version import package_version
 from pipeline.assess.assessment import Assessment
 from pipeline.assess.estimators import Z95
 from pipeline.assess.tables import write_table
+from timesenclip.common.atomic import atomic_path, write_text_atomic
+from timesenclip.common.version import package_version
 
 REPORT_FORMATS = ("md", "html")
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import geopandas as gpd
 import pandas as pd
 
-from encoder.atomic import atomic_path
-from encoder.errors import TimeSenCLIPError
+from timesenclip.common.atomic import atomic_path
+from timesenclip.common.errors import TimeSenCLIPError
 
 VECTOR_SUFFIXES = (".gpkg", ".geojson", ".json", ".shp", ".parquet", ".geoparquet")
 _LON = ("lon", "longitude", "long", "x")

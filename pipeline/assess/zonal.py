@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import rasterio
 
-from encoder.errors import TimeSenCLIPError
 from pipeline.assess.classmap import ClassMap
 from pipeline.assess.tables import read_vector, write_table
+from timesenclip.common.errors import TimeSenCLIPError
 
 ZONE_SUFFIXES = (".gpkg", ".geojson", ".json", ".shp")
 TABLE_SUFFIXES = (".csv", ".parquet", ".geoparquet")

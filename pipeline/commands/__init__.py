@@ -1,2 +1,1 @@
-"""The verbs of the ``timesenclip`` command line, one module per group, each verb's arguments next
-to its handler; ``pipeline.cli`` puts them together."""
+"""The command line's verbs, arguments beside handlers. Uses every stage, lazily."""

@@ -20,8 +20,8 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
 
 @command("run", "map the regions of a workflow YAML", _run_arguments)
 def run(args: argparse.Namespace) -> int:
-    from pipeline.run import run_workflow
-    from pipeline.workflow_file import load_workflow
+    from pipeline.run.execute import run_workflow
+    from pipeline.workflow.load import load_workflow
 
     workflow = load_workflow(args.workflow)
     try:
@@ -43,7 +43,7 @@ def _validate_arguments(p: argparse.ArgumentParser) -> None:
 
 @command("validate", "check a workflow YAML without doing any work", _validate_arguments)
 def validate(args: argparse.Namespace) -> int:
-    from pipeline.workflow_file import load_workflow
+    from pipeline.workflow.load import load_workflow
 
     workflow = load_workflow(args.workflow)
     regions = ", ".join(r.name for r in workflow.regions)
@@ -59,7 +59,7 @@ def _classes_arguments(p: argparse.ArgumentParser) -> None:
 @command("classes", "list the built-in class sets, or the classes of one", _classes_arguments)
 def classes(args: argparse.Namespace) -> int:
     from encoder.classes import class_set, class_set_names
-    from pipeline.style import class_colors
+    from pipeline.maps.style import class_colors
 
     if args.set is None:
         for name in class_set_names():

@@ -34,7 +34,7 @@ def _classify_arguments(p: argparse.ArgumentParser) -> None:
 
 @command("classify", "re-classify a stored embeddings.zarr with new classes", _classify_arguments)
 def classify(args: argparse.Namespace) -> int:
-    from pipeline.reclassify import classify_store
+    from pipeline.store.reclassify import classify_store
 
     return print_paths(
         classify_store(
@@ -58,7 +58,7 @@ def _query_arguments(p: argparse.ArgumentParser) -> None:
 
 @command("query", "similarity map of a kept store to each of some texts", _query_arguments)
 def query(args: argparse.Namespace) -> int:
-    from pipeline.query import query_store
+    from pipeline.store.query import query_store
 
     return print_paths(
         query_store(
@@ -84,7 +84,7 @@ def _similar_arguments(p: argparse.ArgumentParser) -> None:
 
 @command("similar", "similarity map of a kept store to exemplar pixels", _similar_arguments)
 def similar(args: argparse.Namespace) -> int:
-    from pipeline.query import similar_store
+    from pipeline.store.query import similar_store
 
     return print_paths(
         similar_store(
@@ -106,7 +106,7 @@ def _change_arguments(p: argparse.ArgumentParser) -> None:
 
 @command("change", "per-pixel embedding change between two years' stores", _change_arguments)
 def change(args: argparse.Namespace) -> int:
-    from pipeline.query import change_stores
+    from pipeline.store.query import change_stores
 
     return print_paths(
         change_stores(

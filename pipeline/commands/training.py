@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from encoder.errors import TimeSenCLIPError
 from pipeline.commands.command import command
 from pipeline.commands.options import (
     add_clip,
@@ -16,6 +15,7 @@ from pipeline.commands.options import (
     clip_options,
     overrides,
 )
+from timesenclip.common.errors import TimeSenCLIPError
 
 
 def _train_arguments(p: argparse.ArgumentParser) -> None:
@@ -81,8 +81,8 @@ def pairs(args: argparse.Namespace) -> int:
 
         stats = pairs_from_sen4map(args.inputs, args.embeddings, args.out, overwrite=args.overwrite)
     else:
-        from pipeline.pairs_from_cube import pairs_from_cube
-        from pipeline.stac import StacSource
+        from pipeline.cube.samples import pairs_from_cube
+        from pipeline.search.stac import StacSource
 
         source = StacSource(url=args.stac_url, file=args.stac_file, collection=args.collection)
         stats = pairs_from_cube(

@@ -1,0 +1,1 @@
+"""Grids, UTM tiles and chunk windows: the geometry all stages share. Uses no other stage."""

@@ -1,0 +1,1 @@
+"""Pixels to styled maps: encoding, scoring, styles, COG/VRT, sidecars, provenance. Uses geo."""

@@ -1,0 +1,127 @@
+"""Per-pixel embedding of monthly composites with the TimeSenCLIP encoder."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from encoder import ConventionOverrides, Conventions, TimeSenCLIPEncoder, load_encoder, normalize
+from encoder.inference import embed, embed_scores
+from pipeline.maps.classify import Plan
+
+log = logging.getLogger(__name__)
+
+# A Dask worker runs several tasks in threads: they share one model, loaded once.
+_LOAD_LOCK = threading.Lock()
+
+
+def cached_encoder(
+    source: str, device: str, overrides: ConventionOverrides | None = None
+) -> TimeSenCLIPEncoder:
+    """The encoder for ``source`` on ``device`` with its conventions changed by ``overrides`` (a
+    workflow's ``model`` settings), loaded once per process (one per Dask worker)."""
+    with _LOAD_LOCK:
+        return _load_encoder(source, device, overrides)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_encoder(
+    source: str, device: str, overrides: ConventionOverrides | None
+) -> TimeSenCLIPEncoder:
+    log.info("loading encoder %s on %s", source, device)
+    return load_encoder(source, map_location=device, overrides=overrides).eval()
+
+
+def pixel_series(
+    composite: np.ndarray, conventions: Conventions | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Flatten a DN composite ``(T, 10, h, w)`` (bands in BANDS order; T = 12 months, 4 seasons
+    or 1) into model input ``(h*w, T, 10)``, bands reordered and normalised by ``conventions``
+    (the model's ``.conventions``; default the published ones).
+
+    Returns the series and the month mask ``(h*w, T)``: a month is present where all ten bands
+    have a value, so months without a valid observation are left out, not invented.
+    """
+    months, bands, h, w = composite.shape
+    series = np.ascontiguousarray(composite.reshape(months, bands, h * w).transpose(2, 0, 1))
+    present = np.isfinite(series).all(axis=2)
+    return normalize(series.astype(np.float32, copy=False), conventions=conventions), present
+
+
+def embed_series(
+    model: TimeSenCLIPEncoder,
+    series: np.ndarray,
+    present: np.ndarray,
+    *,
+    batch_size: int = 65536,
+    runtime: str = "auto",
+    precision: str = "fp32",
+) -> np.ndarray:
+    """Embed ``(P, 12, 10)`` normalised series into ``(P, D)`` float32; NaN rows where no month.
+
+    Only pixels with at least one month go through the encoder (see ``encoder.inference.embed``
+    for batch sizes, runtimes and precisions).
+    """
+    out = np.full((series.shape[0], model.config.dim), np.nan, dtype=np.float32)
+    rows = np.flatnonzero(present.any(axis=1))
+    out[rows] = embed(
+        model,
+        torch.from_numpy(series[rows]),
+        torch.from_numpy(present[rows]),
+        batch_size=batch_size,
+        runtime=runtime,
+        precision=precision,
+    ).numpy()
+    return out
+
+
+def score_series(
+    model: TimeSenCLIPEncoder,
+    series: np.ndarray,
+    present: np.ndarray,
+    plans: Sequence[Plan],
+    *,
+    confidence: bool,
+    keep_embeddings: bool,
+    batch_size: int | None = None,
+    runtime: str = "auto",
+    precision: str = "fp32",
+) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """Each plan's ``(P,)`` uint8 layers for ``(P, T, 10)`` series, scored where the model runs
+    (``encoder.inference.embed_scores``), and the float16 embeddings with ``keep_embeddings``
+    (NaN rows where no month). Pixels with no month get each layer's nodata value."""
+    device = next(model.parameters()).device
+    rows = np.flatnonzero(present.any(axis=1))
+    scorers = [plan.scorer(confidence, device) for plan in plans]
+    layers = {
+        name: np.full(series.shape[0], nodata, np.uint8)
+        for plan in plans
+        for name, nodata in plan.layers(confidence).items()
+    }
+    embeddings = (
+        np.full((series.shape[0], model.config.dim), np.nan, np.float16)
+        if keep_embeddings
+        else None
+    )
+    if not len(rows):  # no pixel with a month: every layer stays nodata
+        return layers, embeddings
+    found, kept = embed_scores(
+        model,
+        series[rows],
+        present[rows],
+        scorers,
+        keep_embeddings=keep_embeddings,
+        batch_size=batch_size,
+        runtime=runtime,
+        precision=precision,
+    )
+    for name, values in found.items():
+        layers[name][rows] = values
+    if embeddings is not None:
+        embeddings[rows] = kept
+    return layers, embeddings

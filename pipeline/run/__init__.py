@@ -1,0 +1,1 @@
+"""Executing a plan on Dask: worker tasks, cluster, lock, cluster failures. Uses all below."""

@@ -1,0 +1,233 @@
+"""The tasks a worker runs: a chunk (read, composite, embed, classify, write its piece) and a tile
+(join its chunks' pieces into the tile's rasters).
+
+Both are pure functions of their arguments and of files they write themselves, so the scheduler
+can rerun either on any worker after a loss: a chunk whose piece is already on disk, or whose
+tile is finished, returns at once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from encoder.conventions import ConventionOverrides
+from pipeline.cube.composite import CubeOptions, composite_chunk
+from pipeline.cube.reader import GDAL_OPTIONS, configure_gdal
+from pipeline.geo.chunks import tile_chunks
+from pipeline.maps.classify import Plan  # [issue 11] class or similarity plans
+from pipeline.maps.cog import write_cog
+from pipeline.maps.outputs import OUTSIDE_REGION, VALID_MONTHS
+from pipeline.maps.pixel_encoder import cached_encoder, embed_series, pixel_series, score_series
+from pipeline.plan.plan import ChunkTask, TilePlan, done_path, piece_path
+from timesenclip.common.atomic import atomic_path, write_text_atomic
+
+
+@dataclass(frozen=True)
+class ChunkSettings:
+    """What every chunk of a run shares; sent with each task, so any worker can run any task."""
+
+    year: int
+    resolution: float
+    chunk_size: int
+    cube: CubeOptions
+    checkpoint: str
+    device: str
+    batch_size: int
+    tasks: tuple[Plan, ...]
+    confidence: bool
+    conventions: ConventionOverrides | None = None  # the workflow's over the checkpoint's
+    runtime: str = "auto"  # encoder.runtime: auto, torch or onnx
+    precision: str = "fp32"  # or bf16, when the workflow asks
+    gdal: tuple[tuple[str, str], ...] = tuple(GDAL_OPTIONS.items())
+    embeddings_store: Path | None = None
+    tile_overviews: bool = False  # True when the tiles are the final outputs
+    blocksize: int = 512
+    overview_resampling: str = "mode"
+
+    def layers(self) -> dict[str, int | None]:
+        """The uint8 rasters each chunk yields, by name, with their nodata values."""
+        layers: dict[str, int | None] = {VALID_MONTHS: OUTSIDE_REGION}
+        for task in self.tasks:  # [issue 11] each plan names its own layers
+            layers.update(task.layers(self.confidence))
+        return layers
+
+
+@dataclass
+class ChunkReport:
+    """What a chunk tells the client: time per stage and which scenes went into it."""
+
+    chunk_id: str
+    pixels: int
+    seconds: dict[str, float] = field(default_factory=dict)
+    used: list[str] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class TileReport:
+    """A finished tile: its id, the item ids used and the scenes left out, with reasons."""
+
+    tile_id: str
+    used: list[str]
+    skipped: list[dict]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def to_retry(self) -> bool:
+        """Whether a scene was left out for a failure that may pass (the tile is not done)."""
+        return any(s.get("transient") for s in self.skipped)
+
+    @classmethod
+    def read(cls, folder: Path) -> TileReport:
+        return cls(**json.loads(done_path(folder).read_text()))
+
+
+def _worker_threads() -> int | None:
+    """Task slots of the Dask worker running this task, or None outside a worker."""
+    try:
+        from distributed import get_worker
+
+        return get_worker().state.nthreads
+    except (ImportError, ValueError):
+        return None
+
+
+def process_chunk(task: ChunkTask, settings: ChunkSettings) -> ChunkReport:
+    """Cube -> embeddings -> classes for one chunk, left as a piece file beside its tile."""
+    chunk = task.chunk
+    if done_path(task.folder).exists():
+        return ChunkReport(chunk.id, 0)
+    if task.piece.exists():
+        with np.load(task.piece) as piece:
+            return ChunkReport(**json.loads(str(piece["report"])))
+    if _worker_threads():
+        # The worker already runs one task per core it was given; torch threads inside each
+        # task would oversubscribe them.
+        torch.set_num_threads(1)
+    configure_gdal(dict(settings.gdal))
+    seconds: dict[str, float] = {}
+
+    start = time.perf_counter()
+    cube = composite_chunk(task.items, chunk.grid, settings.cube)
+    composite, valid_months = cube.composite, cube.valid_months
+    if task.inside is not None:
+        composite[:, :, ~task.inside] = np.nan
+        valid_months[~task.inside] = OUTSIDE_REGION
+    seconds["cube"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    model = cached_encoder(settings.checkpoint, settings.device, settings.conventions)
+    series, present = pixel_series(composite, model.conventions)
+    shape = (chunk.height, chunk.width)
+    layers = {VALID_MONTHS: valid_months}
+    run = {"runtime": settings.runtime, "precision": settings.precision}
+    keep = settings.embeddings_store is not None
+    on_gpu = torch.device(settings.device).type == "cuda"
+    if on_gpu:
+        # Scored on the GPU: only the uint8 layers (and float16 embeddings) come back.
+        scored, embeddings = score_series(
+            model,
+            series,
+            present,
+            settings.tasks,
+            confidence=settings.confidence,
+            keep_embeddings=keep,
+            **run,
+        )
+    else:
+        embeddings = embed_series(model, series, present, batch_size=settings.batch_size, **run)
+    if keep:
+        from pipeline.store.embeddings import write_chunk_embeddings
+
+        write_chunk_embeddings(settings.embeddings_store, chunk, embeddings)
+    seconds["embed"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    if on_gpu:
+        layers.update({name: values.reshape(shape) for name, values in scored.items()})
+    else:
+        for plan in settings.tasks:  # [issue 11] each plan scores its own layers
+            for name, values in plan.score(embeddings, settings.confidence).items():
+                layers[name] = values.reshape(shape)
+    seconds["classify"] = time.perf_counter() - start
+    report = ChunkReport(
+        chunk.id, chunk.pixels, seconds, sorted({r.id for r in cube.used}), cube.skipped
+    )
+    task.piece.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(task.piece) as tmp, tmp.open("wb") as out:
+        np.savez_compressed(out, report=json.dumps(report.__dict__), **layers)
+    return report
+
+
+def finish_tile(plan: TilePlan, settings: ChunkSettings, *reports: ChunkReport) -> TileReport:
+    """Join the tile's chunk pieces into one raster per layer, then mark the tile done.
+
+    ``reports`` are the tile's chunk results: passing them makes the scheduler run this task
+    only after every chunk, and recompute lost chunks first. A tile with a scene left out for a
+    transient failure is not marked done and the pieces of those chunks are removed, so the next
+    run redoes those chunks (and only those).
+    """
+    if plan.done:
+        return TileReport.read(plan.folder)
+    start = time.perf_counter()
+    tile = plan.tile
+    layers = settings.layers()
+    canvas = {name: np.full(tile.shape, nodata or 0, np.uint8) for name, nodata in layers.items()}
+    pieces = {}
+    for chunk in tile_chunks(tile, settings.chunk_size):
+        piece = piece_path(plan.folder, chunk)
+        with np.load(piece) as data:
+            for name in layers:
+                canvas[name][chunk.window] = data[name]
+        pieces[chunk.id] = piece
+    styles = layer_styles(settings.tasks, settings.confidence, settings.overview_resampling)
+    for name, array in canvas.items():
+        write_cog(
+            plan.folder / f"{name}.tif",
+            array,
+            transform=tile.transform,
+            crs=tile.grid.crs,
+            nodata=layers[name],
+            overviews=settings.tile_overviews,
+            blocksize=settings.blocksize,
+            **styles[name],
+        )
+    used = sorted({i for r in reports for i in r.used})
+    skipped = [s for r in reports for s in r.skipped]
+    seconds = {"write": time.perf_counter() - start}
+    report = TileReport(tile.id, used, skipped, seconds)
+    if report.to_retry:
+        retry = {r.chunk_id for r in reports if any(s.get("transient") for s in r.skipped)}
+        pieces = {i: p for i, p in pieces.items() if i in retry}
+    else:
+        # Written last: a tile counts as finished only once all its files are in place.
+        write_text_atomic(done_path(plan.folder), json.dumps(report.__dict__))
+    for piece in pieces.values():
+        piece.unlink(missing_ok=True)
+    return report
+
+
+def layer_styles(
+    tasks: Sequence[Plan], confidence: bool, overview_resampling: str
+) -> dict[str, dict]:
+    """COG keywords per output layer: the valid months', then each plan's own (``Plan.style``).
+
+    The same for a tile's rasters and for the region's mosaics.
+    """
+    styles: dict[str, dict] = {
+        VALID_MONTHS: {
+            "overview_resampling": "nearest",
+            "description": "months with a valid observation (0-12; 255 outside the region)",
+        }
+    }
+    for plan in tasks:
+        for name in plan.layers(confidence):
+            styles[name] = plan.style(name, overview_resampling)
+    return styles

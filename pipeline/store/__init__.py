@@ -1,0 +1,1 @@
+"""Kept embeddings: the Zarr store and the verbs that read it. Uses maps, geo."""

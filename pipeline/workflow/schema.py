@@ -1,0 +1,511 @@
+"""The workflow schema: regions, STAC source, cube, model, tasks, outputs and cluster of a run.
+
+Relative paths (GeoJSON regions, a STAC file, a local checkpoint, the output folder) are resolved
+against the folder of the workflow file (the ``base_dir`` of the validation context). Files are
+read and errors rendered by ``pipeline.workflow.load``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    Tag,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from encoder.classes import (
+    class_set,
+    class_set_names,
+    resolve_classes,
+    template_set,
+    template_set_names,
+)
+from pipeline.geo.tiles import Tile, check_bbox, geometry_bounds, tiles_for_region
+from pipeline.maps.outputs import CONFIDENCE_SUFFIX, RESERVED_NAMES, VALID_MONTHS, confidence_layer
+from pipeline.maps.similarity import unique_slugs
+from pipeline.maps.style import StyleError, normalize_color
+from pipeline.search.sentinel2 import DEFAULT_CLOUD_MASK
+from pipeline.workflow.geojson import read_geojson
+from timesenclip.common.config_errors import did_you_mean
+from timesenclip.common.errors import TimeSenCLIPError
+
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
+_SCHEDULER_RE = re.compile(r"(tcp|tls|ucx|inproc|ws|wss)://\S+")
+_DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
+_HF_HUB_RE = re.compile(r"hf-hub:[^/\s]+/[^/\s]+/\S+")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt")
+
+
+def _safe_name(value: str) -> str:
+    if not _NAME_RE.fullmatch(value):
+        raise ValueError(
+            "use 1-100 letters, digits, '-' or '_', starting with a letter or digit "
+            "(the name becomes part of output file names)"
+        )
+    return value
+
+
+def _color(value: str) -> str:
+    try:
+        return normalize_color(value)
+    except StyleError:
+        raise ValueError("a colour is a '#rrggbb' hex string, e.g. '#7b2d8b'") from None
+
+
+SafeName = Annotated[str, AfterValidator(_safe_name)]
+
+
+def _not_reserved(value: str) -> str:
+    name = value.casefold()  # some file systems ignore case
+    if name in RESERVED_NAMES or name.endswith(CONFIDENCE_SUFFIX):
+        raise ValueError(
+            "this name is reserved for an output every region folder holds (reserved: "
+            f"{', '.join(RESERVED_NAMES)} and any name ending in {CONFIDENCE_SUFFIX}, "
+            "each map's confidence layer): choose another name"
+        )
+    return value
+
+
+def _resolve(value: str | Path, info: ValidationInfo) -> Path:
+    """An absolute path: relative ones are read from the workflow file's folder."""
+    path = Path(value).expanduser()
+    base = Path((info.context or {}).get("base_dir", "."))
+    return (base / path).resolve()
+
+
+def _existing(path: Path, what: str, info: ValidationInfo, *, folder: bool = False) -> Path:
+    if not (path.is_dir() if folder else path.is_file()):
+        base = Path((info.context or {}).get("base_dir", ".")).resolve()
+        raise ValueError(
+            f"no such {what} {path} "
+            f"(relative paths are read from the workflow file's folder, {base})"
+        )
+    return path
+
+
+def _unique(names: list[str], field: str) -> None:
+    """Names must differ even in case: they name files, and some file systems ignore case."""
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        j = seen.setdefault(name.casefold(), i)
+        if j != i:
+            raise ValueError(
+                f"got the name {names[j]!r} at {field}[{j}] and {name!r} at {field}[{i}]; "
+                "names must be unique, ignoring case (they name output files)"
+            )
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Region(_Model):
+    """A named area: a lon/lat bbox, or the Polygon/MultiPolygon geometries of a GeoJSON file."""
+
+    name: SafeName
+    bbox: tuple[float, float, float, float] | None = None
+    geojson: Path | None = None
+    _geometry: dict[str, Any] | None = PrivateAttr(None)
+
+    @field_validator("bbox", mode="before")
+    @classmethod
+    def _check_bbox(cls, value: Any) -> Any:
+        return None if value is None else check_bbox(value)
+
+    @field_validator("geojson")
+    @classmethod
+    def _check_geojson(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
+        path = _existing(_resolve(value, info), "GeoJSON file", info)
+        read_geojson(path)  # fail here, where the error names the field
+        return path
+
+    @model_validator(mode="after")
+    def _one_area(self) -> Region:
+        if (self.bbox is None) == (self.geojson is None):
+            given = "both" if self.bbox is not None else "neither"
+            raise ValueError(
+                "give exactly one of bbox: [west, south, east, north] or geojson: FILE "
+                f"({given} given)"
+            )
+        if self.geojson is not None:
+            self._geometry = read_geojson(self.geojson)
+            self.bbox = geometry_bounds(self._geometry)
+        return self
+
+    @property
+    def geometry(self) -> dict[str, Any] | None:
+        """The GeoJSON MultiPolygon (lon/lat) of a geojson region; None for a bbox region."""
+        return self._geometry
+
+    @property
+    def area(self) -> tuple[float, float, float, float] | dict[str, Any]:
+        """What ``pipeline.geo.tiles`` takes: the geometry when there is one, else the bbox."""
+        return self._geometry if self._geometry is not None else self.bbox
+
+
+class StacConfig(_Model):
+    """Where the Sentinel-2 L2A items come from: a STAC API ``url`` or a local ``file``."""
+
+    url: str | None = None
+    file: Path | None = None
+    collection: str = "sentinel-2-l2a"
+    max_cloud_cover: float | None = Field(None, ge=0, le=100)
+    provider: Literal["auto", "earth-search", "planetary-computer"] = "auto"
+    # Few by default, so an unreachable API fails within seconds; raise it for long runs.
+    retries: int = Field(2, ge=0)
+    on_bad_asset: Literal["raise", "skip"] = "raise"
+    # API searches in flight at once while planning (one per tile, through one session).
+    concurrency: int = Field(8, ge=1, le=64)
+    # Local folders item hrefs may point into (besides http(s), s3 and gs URLs). None: the
+    # items file's folder for a file source, none for an API (see reading_folders).
+    allowed_paths: list[Path] | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"https?://[^/\s]+", value):
+            raise ValueError("expected an http(s):// STAC API address")
+        return value
+
+    @field_validator("file")
+    @classmethod
+    def _check_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return None if value is None else _existing(_resolve(value, info), "STAC file", info)
+
+    @field_validator("allowed_paths")
+    @classmethod
+    def _resolve_allowed(cls, value: list[Path] | None, info: ValidationInfo) -> list[Path] | None:
+        if value is None:
+            return None
+        return [_existing(_resolve(v, info), "allowed folder", info, folder=True) for v in value]
+
+    def reading_folders(self) -> list[Path]:
+        """The local folders item hrefs may point into."""
+        if self.allowed_paths is not None:
+            return list(self.allowed_paths)
+        return [self.file.parent] if self.file is not None else []
+
+    @model_validator(mode="after")
+    def _one_source(self) -> StacConfig:
+        if (self.url is None) == (self.file is None):
+            raise ValueError("give exactly one of url: STAC_API_URL or file: ITEMS.json")
+        return self
+
+
+class CubeConfig(_Model):
+    """Monthly composite cube settings."""
+
+    resolution: float = Field(10.0, gt=0)
+    tile_size: int = Field(4096, ge=256, le=16384)
+    chunk_size: int = Field(512, ge=64, le=4096)
+    cloud_mask: list[Annotated[int, Field(ge=0, le=11)]] = Field(
+        default_factory=lambda: list(DEFAULT_CLOUD_MASK)
+    )
+    mask_mode: Literal["default", "reference"] = "default"
+    resampling: Literal["nearest", "bilinear", "cubic", "average"] = "nearest"
+    # Asset reads in flight at once per chunk task: hides each request's latency behind others.
+    read_concurrency: int = Field(16, ge=1, le=256)
+    # Transient read failures (HTTP 429/5xx, resets, cut bodies, timeouts) are read again this
+    # many times, after read_backoff seconds, doubled each time (pipeline.cube.read_retry).
+    read_retries: int = Field(4, ge=0, le=20)
+    read_backoff: float = Field(1.0, ge=0, le=60)
+    # GDAL configuration options for reads, on top of pipeline.cube.reader.GDAL_OPTIONS.
+    gdal: dict[str, str] = Field(default_factory=dict)
+    # Tokens per pixel: 12 months, 4 seasons or 1 annual median (pipeline.cube.temporal).
+    temporal: Literal["monthly", "seasonal", "annual"] = "monthly"
+
+    @field_validator("chunk_size")
+    @classmethod
+    def _divides_tile(cls, value: int, info: ValidationInfo) -> int:
+        tile_size = info.data.get("tile_size")  # absent when tile_size itself was invalid
+        if tile_size and tile_size % value:
+            fits = [c for c in (256, 512, 1024, 2048) if tile_size % c == 0]
+            raise ValueError(
+                f"chunk_size must divide tile_size {tile_size} evenly"
+                + (f", e.g. {' or '.join(map(str, fits))}" if fits else "")
+            )
+        return value
+
+
+class ClipConfig(_Model):
+    """The open_clip text tower: a model name (or local-dir:FOLDER) and a pretrained tag or file."""
+
+    model: str = "ViT-B-32"
+    pretrained: str | None = "openai"
+
+    @field_validator("model")
+    @classmethod
+    def _resolve_dir(cls, value: str, info: ValidationInfo) -> str:
+        if value.startswith("local-dir:"):
+            folder = _resolve(value.removeprefix("local-dir:"), info)
+            return "local-dir:" + str(_existing(folder, "model folder", info, folder=True))
+        return value
+
+    @field_validator("pretrained")
+    @classmethod
+    def _resolve_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and value.lower().endswith(_WEIGHT_SUFFIXES):
+            return str(_existing(_resolve(value, info), "weights file", info))
+        return value
+
+
+class ModelConfig(_Model):
+    """The TimeSenCLIP encoder checkpoint, the CLIP text tower, and where to run them."""
+
+    checkpoint: str
+    clip: ClipConfig = Field(default_factory=ClipConfig)
+    device: str = "auto"
+    batch_size: int = Field(65536, ge=1)
+    # How the encoder runs (encoder.runtime): auto takes the fastest float32 runtime measured
+    # (ONNX Runtime on a CPU, torch on a GPU); bf16 only when asked, as it rounds. Whether a
+    # runtime is installed is checked when the run starts.
+    runtime: Literal["auto", "torch", "onnx"] = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    # Input conventions over the checkpoint's own (encoder.conventions); None keeps them.
+    band_order: list[str] | None = None
+    constants_order: list[str] | None = None
+    single_token_position: Literal["mean", "january"] | None = None
+
+    @field_validator("band_order", "constants_order")
+    @classmethod
+    def _check_bands(cls, value: list[str] | None) -> list[str] | None:
+        from encoder.conventions import band_order
+
+        return None if value is None else list(band_order(value))
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _check_checkpoint(cls, value: str, info: ValidationInfo) -> str:
+        if value.startswith("hf-hub:"):
+            if not _HF_HUB_RE.fullmatch(value):
+                raise ValueError("a hub checkpoint is written hf-hub:OWNER/REPO/FILE")
+            return value
+        return str(_existing(_resolve(value, info), "checkpoint file", info))
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if not _DEVICE_RE.fullmatch(value):
+            raise ValueError("allowed: auto, cpu, cuda, cuda:N")
+        return value
+
+
+class ClassEntry(_Model):
+    """A user-defined class: a name, an optional map colour, optional prompts (else the name)."""
+
+    name: str = Field(min_length=1)
+    color: Annotated[str, AfterValidator(_color)] | None = None
+    prompts: list[Annotated[str, Field(min_length=1)]] | None = Field(None, min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_name(cls, data: Any) -> Any:
+        return {"name": data} if isinstance(data, str) else data
+
+
+def _check_class_set(name: str) -> str:
+    try:
+        class_set(name)
+    except TimeSenCLIPError:
+        names = class_set_names()
+        raise ValueError(
+            f"allowed: {', '.join(names)}, or a list of classes{did_you_mean(name, names)}"
+        ) from None
+    return name
+
+
+def _check_class_list(entries: list[ClassEntry]) -> list[ClassEntry]:
+    resolve_classes([e.model_dump(exclude_none=True) for e in entries])  # e.g. duplicate names
+    return entries
+
+
+ClassesSpec = Annotated[
+    Annotated[str, AfterValidator(_check_class_set), Tag("set")]
+    | Annotated[
+        list[ClassEntry], Field(min_length=1), AfterValidator(_check_class_list), Tag("list")
+    ],
+    Discriminator(
+        lambda v: "set" if isinstance(v, str) else "list" if isinstance(v, list) else None,
+        custom_error_type="classes_type",
+        custom_error_message="expected a class set name (e.g. land_cover) or a list of classes",
+    ),
+]
+
+
+class TaskConfig(_Model):
+    """One map to make: classes (a built-in set name or a list) and prompt templates; or, with
+    ``mode: similarity``, one similarity map per text of ``texts``."""
+
+    name: Annotated[SafeName, AfterValidator(_not_reserved)]
+    mode: Literal["classes", "similarity"] = "classes"
+    classes: ClassesSpec | None = None
+    texts: list[Annotated[str, Field(min_length=1)]] | None = Field(None, min_length=1)
+    templates: str | list[str] = "class_names"
+
+    @model_validator(mode="after")
+    def _mode_fields(self) -> TaskConfig:
+        if self.mode == "classes" and (self.classes is None or self.texts is not None):
+            raise ValueError(
+                "a classes task needs classes: SET_NAME or a list, and no texts "
+                "(for similarity maps write mode: similarity)"
+            )
+        if self.mode == "similarity":
+            if self.texts is None or self.classes is not None:
+                raise ValueError("a similarity task needs texts: [a list of texts] and no classes")
+            unique_slugs(self.texts)  # every text must name its own file
+        return self
+
+    def layer_names(self) -> list[str]:
+        """The file names (without .tif) this task writes per region."""
+        if self.mode == "similarity":
+            return [f"{self.name}_{slug}" for slug in unique_slugs(self.texts)]
+        return [self.name, confidence_layer(self.name)]
+
+    @field_validator("templates", mode="before")
+    @classmethod
+    def _check_templates(cls, value: Any) -> Any:
+        names = template_set_names()
+        if isinstance(value, str) and value not in names:
+            raise ValueError(
+                f"allowed: {', '.join(names)}, or a list of templates each with one '{{}}'"
+                + did_you_mean(value, names)
+            )
+        if not isinstance(value, str | list):
+            raise ValueError("expected a template set name or a list of templates")
+        template_set(value)  # raises naming the bad template
+        return value
+
+    def class_specs(self) -> list[Any]:
+        """The classes as ``encoder.classes.ClassSpec`` objects, in label order."""
+        if isinstance(self.classes, str):
+            return resolve_classes(self.classes)
+        return resolve_classes([e.model_dump(exclude_none=True) for e in self.classes])
+
+
+class OutputsConfig(_Model):
+    """Where maps go and which extra layers to write."""
+
+    dir: Path
+    confidence: bool = True
+    # Keep the embeddings (a Zarr store per region): float16, or int8 (4x smaller than float32).
+    embeddings: Literal[False, "float16", "int8"] = False
+    overview_resampling: Literal["nearest", "mode"] = "mode"
+    blocksize: int = Field(512, ge=128, le=4096, multiple_of=16)  # COG tile size in pixels
+    # Above this many pixels per region and zone, a layer is a folder of per-tile COGs with a VRT
+    # and a STAC Collection instead of one COG (one multi-gigapixel file helps nobody).
+    mosaic_max_pixels: int = Field(1_000_000_000, ge=1)
+
+    @field_validator("dir")
+    @classmethod
+    def _resolve_dir(cls, value: Path, info: ValidationInfo) -> Path:
+        return _resolve(value, info)
+
+    @field_validator("embeddings", mode="before")
+    @classmethod
+    def _true_is_float16(cls, value: Any) -> Any:
+        return "float16" if value is True else value
+
+
+class DaskConfig(_Model):
+    """A running Dask scheduler to use, or the size of a local cluster (None = Dask's defaults)."""
+
+    scheduler: str | None = None
+    n_workers: int | None = Field(None, ge=1)
+    threads_per_worker: int | None = Field(None, ge=1)
+    # Seconds without any finished task, or with no worker at all, before a run gives up
+    # (a rerun resumes); a published-size model on a CPU takes minutes per 512-px chunk.
+    stall_timeout: float = Field(3600.0, gt=0)
+    no_worker_timeout: float = Field(120.0, gt=0)
+
+    @field_validator("scheduler")
+    @classmethod
+    def _check_scheduler(cls, value: str | None) -> str | None:
+        if value is not None and not _SCHEDULER_RE.fullmatch(value):
+            raise ValueError("expected a scheduler address such as tcp://host:8786")
+        return value
+
+    @model_validator(mode="after")
+    def _local_sizes_only(self) -> DaskConfig:
+        if self.scheduler and (self.n_workers or self.threads_per_worker):
+            raise ValueError(
+                "n_workers and threads_per_worker size a local cluster; with a scheduler address "
+                "the cluster's own workers are used: drop them or drop scheduler"
+            )
+        return self
+
+
+class Workflow(_Model):
+    """A complete mapping job: regions x tasks for one year."""
+
+    name: SafeName
+    year: int = Field(ge=2015, le=datetime.date.today().year)  # Sentinel-2A launched in 2015
+    regions: list[Region] = Field(min_length=1)
+    stac: StacConfig
+    cube: CubeConfig = Field(default_factory=CubeConfig)
+    model: ModelConfig
+    tasks: list[TaskConfig] = Field(min_length=1)
+    outputs: OutputsConfig
+    dask: DaskConfig = Field(default_factory=DaskConfig)
+    _source: Path | None = PrivateAttr(None)
+
+    @field_validator("regions")
+    @classmethod
+    def _unique_regions(cls, value: list[Region]) -> list[Region]:
+        _unique([r.name for r in value], "regions")
+        return value
+
+    @field_validator("tasks")
+    @classmethod
+    def _unique_tasks(cls, value: list[TaskConfig]) -> list[TaskConfig]:
+        _unique([t.name for t in value], "tasks")
+        seen: set[str] = set()
+        for name in [VALID_MONTHS, *(n for t in value for n in t.layer_names())]:
+            if name.casefold() in seen:
+                raise ValueError(
+                    f"two outputs of a region would be named {name}.tif (tasks write <name>.tif "
+                    "and <name>_confidence.tif, similarity tasks <name>_<text>.tif): rename a "
+                    "task or reword a text"
+                )
+            seen.add(name.casefold())
+        return value
+
+    @property
+    def source(self) -> Path | None:
+        """The workflow file this was read from, if any."""
+        return self._source
+
+    def tiles(self, region: Region) -> list[Tile]:
+        """The region's tiles on this workflow's grid (``cube.tile_size`` x ``cube.resolution``)."""
+        return tiles_for_region(
+            region.area, self.cube.tile_size, self.cube.resolution, name=region.name
+        )
+
+    def summary(self) -> str:
+        """A few lines saying what the workflow will do, for ``timesenclip validate``."""
+        lines = [f"workflow {self.name!r}: year {self.year}, outputs in {self.outputs.dir}"]
+        for region in self.regions:
+            tiles = self.tiles(region)
+            crs = ", ".join(f"EPSG:{e}" for e in sorted({t.epsg for t in tiles}))
+            bbox = ", ".join(f"{v:g}" for v in region.bbox)
+            lines.append(f"  region {region.name}: [{bbox}], {len(tiles)} tile(s) in {crs}")
+        for task in self.tasks:
+            if task.mode == "similarity":
+                lines.append(f"  task {task.name}: similarity to {len(task.texts)} text(s)")
+                continue
+            label = task.classes if isinstance(task.classes, str) else "custom"
+            lines.append(f"  task {task.name}: {len(task.class_specs())} classes ({label})")
+        return "\n".join(lines)
