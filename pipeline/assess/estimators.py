@@ -18,14 +18,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from statistics import NormalDist
 
 import numpy as np
 
 from timesenclip.common.errors import TimeSenCLIPError
 
-Z95 = NormalDist().inv_cdf(0.975)
-"""The normal quantile of a two-sided 95 % interval (1.95996...)."""
+Z95 = 1.96
+"""Half-width of a 95 % interval in standard errors, rounded as both papers (and the IPCC good
+practice guidance they follow) round the normal quantile 1.95996."""
 
 
 @dataclass(frozen=True)
@@ -54,18 +54,19 @@ class Accuracy:
 class _Design:
     """The strata a sample was drawn from: sizes, sample sizes and each point's stratum."""
 
-    def __init__(self, strata: np.ndarray, sizes: np.ndarray, names: Sequence[str]) -> None:
+    def __init__(
+        self, strata: np.ndarray, sizes: np.ndarray, names: Sequence[str], fpc: bool
+    ) -> None:
         self.strata = strata
-        self.n = np.bincount(strata, minlength=len(sizes)).astype(np.float64)
+        self.members = np.eye(len(sizes))[strata].T  # (strata, points): 1 where a point is in h
+        self.n = self.members.sum(1)
         self.sizes = np.where(self.n > 0, sizes, 0.0)  # unsampled strata leave the population
-        self.fpc = np.where(self.n > 0, 1.0 - self.n / np.where(sizes > 0, sizes, 1.0), 0.0)
+        self.fpc = 1.0 - self.n / np.where(sizes > 0, sizes, 1.0) if fpc else np.ones(len(sizes))
         self.names = names
 
     def means(self, values: np.ndarray) -> np.ndarray:
         """Per-stratum means of per-point ``values`` (points, m) -> (strata, m); 0 where n_h = 0."""
-        sums = np.zeros((len(self.n), values.shape[1]))
-        np.add.at(sums, self.strata, values)
-        return sums / np.maximum(self.n, 1.0)[:, None]
+        return self.members @ values / np.maximum(self.n, 1.0)[:, None]
 
     def ratio(self, y: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``T_y / T_x`` per column and its standard error; NaN where ``T_x`` is 0."""
@@ -74,10 +75,8 @@ class _Design:
             ratio = np.where(tx > 0, ty / tx, np.nan)
         residual = y - np.nan_to_num(ratio) * x
         centred = residual - self.means(residual)[self.strata]
-        squares = np.zeros((len(self.n), y.shape[1]))
-        np.add.at(squares, self.strata, centred**2)
         # A stratum of one point has no variance estimate; it counts as 0 (said in the notes).
-        s2 = squares / np.maximum(self.n - 1.0, 1.0)[:, None]
+        s2 = self.members @ centred**2 / np.maximum(self.n - 1.0, 1.0)[:, None]
         weights = self.sizes**2 * self.fpc / np.maximum(self.n, 1.0)
         with np.errstate(invalid="ignore", divide="ignore"):
             se = np.where(tx > 0, np.sqrt(weights @ s2) / tx, np.nan)
@@ -109,19 +108,22 @@ def estimate(
     stratum_sizes: Sequence[float],
     classes: Sequence[str],
     stratum_names: Sequence[str] | None = None,
+    finite_population: bool = True,
 ) -> Accuracy:
     """Error matrix, accuracies and area proportions, with standard errors, from a sample.
 
     ``strata``, ``mapped`` and ``reference`` hold one integer per sample point: the index of its
     stratum in ``stratum_sizes`` (population units, e.g. pixels, per stratum) and of its map and
     reference class in ``classes``. Pass the map classes as the strata for Olofsson et al.'s case.
+    ``finite_population=False`` leaves out the correction for sampling without replacement, as
+    Olofsson et al. print their formulas (a stratum sampled whole then still shows variance).
     """
     strata, mapped, reference = (np.asarray(a, dtype=np.intp) for a in (strata, mapped, reference))
     sizes = np.asarray(stratum_sizes, dtype=np.float64)
     names = list(stratum_names or map(str, range(len(sizes))))
     k = len(classes)
     _check(strata, mapped, reference, sizes, k, names)
-    design = _Design(strata, sizes, names)
+    design = _Design(strata, sizes, names, finite_population)
     notes = design.notes()
 
     weights = design.sizes / design.sizes.sum()
