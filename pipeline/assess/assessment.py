@@ -3,7 +3,6 @@ areas in hectares from the map's own pixels."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,9 +66,9 @@ def assess_map(
         raise TimeSenCLIPError(f"{classmap.path} holds only nodata: there is nothing to assess")
     ref = load_reference(reference)
     values, excluded = _map_values(classmap, ref)
-    map_classes = [classmap.name(v) for v in census.pixels]
+    map_classes = {v: classmap.name(v) for v in census.pixels}
     labels, extra = _classes_of(ref, map_classes, excluded, trusted=_trusted(reference))
-    classes = map_classes + extra
+    classes = [*map_classes.values(), *extra]
     stratum_of, sizes, stratum_names, area_m2 = _strata(
         strata, classmap, census, ref, values, excluded, block
     )
@@ -153,11 +152,12 @@ def _map_values(classmap: ClassMap, ref: Reference) -> tuple[np.ndarray, pd.Seri
 
 
 def _classes_of(
-    ref: Reference, map_classes: Sequence[str], excluded: pd.Series, trusted: bool
+    ref: Reference, map_classes: dict[int, str], excluded: pd.Series, trusted: bool
 ) -> tuple[np.ndarray, list[str]]:
     """Each point's class name (matched case-blind, or by pixel value) and the reference classes
     that are not the map's; points whose label names no class are excluded (in place)."""
-    by_key = {name.casefold(): name for name in map_classes}
+    by_key = {str(value): name for value, name in map_classes.items()}
+    by_key |= {name.casefold(): name for name in map_classes.values()}
     labels, extra = [], []
     for i, label in enumerate(ref.labels):
         name = by_key.get(label.casefold(), "")
@@ -171,7 +171,7 @@ def _classes_of(
     if extra and all(label in extra for label in labels if label):
         raise TimeSenCLIPError(
             f"no reference label names a class of the map ({', '.join(extra[:5])}...; the map "
-            f"has {', '.join(map_classes)}): check --lucas or --class-map"
+            f"has {', '.join(map_classes.values())}): check --lucas or --class-map"
         )
     return np.array(labels, dtype=object), sorted(extra)
 
