@@ -45,7 +45,7 @@ class Reference:
 def load_reference(source: ReferenceSource) -> Reference:
     if source.lucas:
         table = read_lucas(source.path, source.lucas, source.lucas_filter, source.lucas_coords)
-        labels, excluded = table.pop("label"), table.pop("excluded")
+        labels, excluded = table.pop("label"), table.pop("excluded").copy()
         excluded[(excluded == "") & (labels == "")] = f"its code has no {source.lucas} class"
         return Reference(table, labels, excluded)
     table = read_vector(source.path, source.lon, source.lat)
