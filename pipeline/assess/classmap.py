@@ -6,7 +6,6 @@ A map is one GeoTIFF (a COG from ``run``) or a GDAL VRT over per-tile COGs (``<t
 
 from __future__ import annotations
 
-import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from timesenclip.common.errors import TimeSenCLIPError
 BLOCK = 1024
 """Side of the square blocks a map is read in (1 MiB of uint8 pixels each)."""
 
-_INTEGER_TYPES = ("uint8", "uint16", "int16", "uint32", "int32")
+_INTEGER_TYPES = ("uint8", "uint16")
 
 
 @dataclass(frozen=True)
@@ -56,7 +55,7 @@ class ClassMap:
             if src.count != 1 or src.dtypes[0] not in _INTEGER_TYPES:
                 raise TimeSenCLIPError(
                     f"{path} has {src.count} band(s) of {src.dtypes[0]}: a class map is one band "
-                    "of integer class values (the <task>.tif or <task>.vrt that `run` writes)"
+                    "of uint8 or uint16 class values (the <task>.tif or <task>.vrt `run` writes)"
                 )
             if src.crs is None or src.transform.b or src.transform.d:
                 raise TimeSenCLIPError(
@@ -129,17 +128,20 @@ class ClassMap:
         per_window, pixels, area = [], {}, {}
         with rasterio.open(self.path) as src:
             for window in windows:
-                data = src.read(1, window=window).astype(np.int64, copy=False)
-                rows = np.arange(window.row_off, window.row_off + window.height)
-                row_area = np.repeat(self.row_areas(rows), window.width)
-                values, inverse, counts = np.unique(
-                    data.ravel(), return_inverse=True, return_counts=True
-                )
-                sums = np.bincount(inverse, weights=row_area)
-                keep = values != (self.nodata if self.nodata is not None else math.inf)
-                found = dict(zip(values[keep].tolist(), counts[keep].tolist(), strict=True))
+                data = src.read(1, window=window).ravel()
+                counts = np.bincount(data)
+                if self.nodata is not None and self.nodata < len(counts):
+                    counts[self.nodata] = 0
+                present = np.flatnonzero(counts)
+                if self.crs.is_geographic:  # pixel areas change from row to row
+                    rows = np.arange(window.row_off, window.row_off + window.height)
+                    weights = np.repeat(self.row_areas(rows), window.width)
+                    sums = np.bincount(data, weights=weights)[present]
+                else:
+                    sums = counts[present] * self.row_areas(np.zeros(1))[0]
+                found = dict(zip(present.tolist(), counts[present].tolist(), strict=True))
                 per_window.append(found)
-                for value, summed in zip(found, sums[keep].tolist(), strict=True):
+                for value, summed in zip(found, sums.tolist(), strict=True):
                     pixels[value] = pixels.get(value, 0) + found[value]
                     area[value] = area.get(value, 0.0) + summed
         return Census(windows, per_window, dict(sorted(pixels.items())), area)
