@@ -11,7 +11,7 @@ import pytest
 from affine import Affine
 from pyproj import Geod, Transformer
 
-from fixtures.classmaps import map_with_errors, write_class_map
+from fixtures.classmaps import map_with_errors, write_class_map, write_tiled_class_map
 from pipeline.assess.assessment import StrataSource, assess_map
 from pipeline.assess.classmap import ClassMap
 from pipeline.assess.design import sample_map
@@ -109,6 +109,16 @@ def test_reference_files_in_other_formats_and_crs(scene, tmp_path, suffix):
     other = assess_map(map_path, ReferenceSource(path))
     assert other.accuracy.overall == pytest.approx(from_csv.accuracy.overall)
     np.testing.assert_allclose(other.area_ha, from_csv.area_ha)
+
+
+def test_a_per_tile_vrt_is_assessed_like_the_cog(scene, tmp_path):
+    folder, map_path, mapped, _, _ = scene
+    vrt = write_tiled_class_map(tmp_path, mapped, NAMES, tile=128)
+    reference = ReferenceSource(folder / "labelled.csv")
+    from_cog, from_vrt = assess_map(map_path, reference), assess_map(vrt, reference)
+    np.testing.assert_allclose(from_vrt.area_ha, from_cog.area_ha)
+    np.testing.assert_allclose(from_vrt.accuracy.users_se, from_cog.accuracy.users_se)
+    np.testing.assert_array_equal(from_vrt.mapped_pixels, from_cog.mapped_pixels)
 
 
 def test_labels_by_pixel_value_or_through_a_class_map(scene, tmp_path):

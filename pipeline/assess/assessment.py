@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.assess.classmap import BLOCK, ClassMap
+from pipeline.assess.classmap import BLOCK, Census, ClassMap
 from pipeline.assess.estimators import Accuracy, estimate
 from pipeline.assess.reference import Reference, ReferenceSource, load_reference
 from timesenclip.common.errors import TimeSenCLIPError
@@ -179,7 +179,7 @@ def _classes_of(
 def _strata(
     strata: StrataSource | None,
     classmap: ClassMap,
-    census,
+    census: Census,
     ref: Reference,
     values: np.ndarray,
     excluded: pd.Series,

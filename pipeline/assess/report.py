@@ -157,7 +157,7 @@ def _report_blocks(assessment: Assessment, per_class: pd.DataFrame) -> list[tupl
             "p",
             f"Reference points: {len(excluded)} read, {used} used, {len(excluded) - used} left "
             "out"
-            + (": " + "; ".join(f"{n} {r}" for r, n in reasons.items()) if len(reasons) else "")
+            + (": " + "; ".join(f"{r} ({n})" for r, n in reasons.items()) if len(reasons) else "")
             + ".",
         ),
         ("p", f"Overall accuracy: {_pct(acc.overall, acc.overall_se)}."),

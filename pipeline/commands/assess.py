@@ -124,8 +124,9 @@ def _assess_arguments(p: argparse.ArgumentParser) -> None:
     )
     strata.add_argument(
         "--strata-sizes",
-        help="CSV of stratum,size (pixels, or any unit common to all strata), or a column of the "
-        "reference table holding each point's stratum size",
+        help="CSV of stratum,size, counted in the units the points were drawn from (pixels; a "
+        "survey's grid points), or a column of the reference table holding each point's "
+        "stratum size",
     )
     strata.add_argument("--strata-raster", type=Path, help="raster whose values are the strata")
     p.add_argument(
