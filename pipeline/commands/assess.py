@@ -11,6 +11,12 @@ from pipeline.commands.options import print_paths
 _MAP_HELP = "class map: a <task>.tif, or the <task>.vrt over a folder of per-tile COGs"
 
 
+def _map_and_input(p: argparse.ArgumentParser, flag: str, help: str) -> None:
+    """The map a verb reads and the file it reads with it (``--reference``, ``--zones``)."""
+    p.add_argument("map", type=Path, help=_MAP_HELP)
+    p.add_argument(flag, type=Path, required=True, help=help)
+
+
 def _per_class(text: str) -> tuple[str, int]:
     name, sep, count = text.rpartition("=")
     if not sep or not name.strip() or not count.strip().isdigit():
@@ -71,13 +77,11 @@ def sample(args: argparse.Namespace) -> int:
 
 
 def _assess_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("map", type=Path, help=_MAP_HELP)
-    p.add_argument(
+    _map_and_input(
+        p,
         "--reference",
-        type=Path,
-        required=True,
-        help="labelled points: CSV with lon/lat columns (WGS84), GeoPackage, GeoJSON, "
-        "GeoParquet, or a LUCAS table with --lucas",
+        "labelled points: CSV with lon/lat columns (WGS84), GeoPackage, GeoJSON, GeoParquet, "
+        "or a LUCAS table with --lucas",
     )
     p.add_argument("--out", type=Path, required=True, help="folder for the report and tables")
     labels = p.add_argument_group("reference labels")
@@ -102,13 +106,13 @@ def _assess_arguments(p: argparse.ArgumentParser) -> None:
         "land_use classes, as the published model's labels",
     )
     lucas.add_argument(
+        "--lucas-in-situ", action="store_true", help="keep only points observed in the field"
+    )
+    lucas.add_argument(
         "--lucas-min-lc1-perc",
         type=float,
         help="keep points whose LC1 covers at least this %% (a class like '50 - 75 %%' counts "
         "by its lower bound)",
-    )
-    lucas.add_argument(
-        "--lucas-in-situ", action="store_true", help="keep only points observed in the field"
     )
     lucas.add_argument(
         "--lucas-coords",
@@ -161,13 +165,7 @@ def assess(args: argparse.Namespace) -> int:
 
 
 def _areas_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("map", type=Path, help=_MAP_HELP)
-    p.add_argument(
-        "--zones",
-        type=Path,
-        required=True,
-        help="polygons (GeoPackage, GeoJSON or shapefile), in any CRS",
-    )
+    _map_and_input(p, "--zones", "polygons (GeoPackage, GeoJSON or shapefile), in any CRS")
     p.add_argument(
         "--out",
         type=Path,
