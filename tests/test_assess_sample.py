@@ -5,6 +5,8 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pytest
+import rasterio
+from affine import Affine
 from pyproj import Transformer
 
 from fixtures.classmaps import write_class_map, write_tiled_class_map
@@ -141,3 +143,19 @@ def test_sample_of_a_real_class_map(realdata, tmp_path):
     assert sample.allocation == {"1": 98, "2": 54, "3": 80, "4": 168}
     values, on_class = classmap.values_at(*to_map(sample.points, classmap))
     assert on_class.all() and np.array_equal(values, sample.points["map_value"])
+
+
+def test_class_names_from_a_gdal_sidecar(tmp_path):
+    """A GeoTIFF written by other tools may name its classes only in GDAL's .aux.xml."""
+    path = tmp_path / "other.tif"
+    profile = {"driver": "GTiff", "width": 4, "height": 4, "count": 1, "dtype": "uint8"}
+    with rasterio.open(path, "w", crs="EPSG:32631", transform=Affine(10, 0, 0, 0, -10, 40),
+                       **profile) as dst:  # fmt: skip
+        dst.write(np.ones((1, 4, 4), np.uint8))
+    categories = "".join(f"<Category>{n}</Category>" for n in ["no data", "Forest", "Water"])
+    path.with_name("other.tif.aux.xml").write_text(
+        f'<PAMDataset><PAMRasterBand band="1"><CategoryNames>{categories}</CategoryNames>'
+        "</PAMRasterBand></PAMDataset>"
+    )
+    classmap = ClassMap.open(path)
+    assert classmap.nodata == 0 and classmap.names == {1: "Forest", 2: "Water"}

@@ -38,7 +38,7 @@ class ClassMap:
     height: int
     nodata: int | None
     names: dict[int, str]
-    """Class name per pixel value, as the map names them (``str(value)`` where it does not)."""
+    """The names the map gives its class values (:meth:`name` falls back to the value)."""
 
     @classmethod
     def open(cls, path: Path | str) -> ClassMap:
@@ -86,10 +86,6 @@ class ClassMap:
             for row in range(0, self.height, block)
             for col in range(0, self.width, block)
         ]
-
-    def read(self, window: Window) -> np.ndarray:
-        with rasterio.open(self.path) as src:
-            return src.read(1, window=window)
 
     def row_areas(self, rows: np.ndarray) -> np.ndarray:
         """Area in m² of one pixel of each of ``rows``: the plane area of a projected map (exact

@@ -116,7 +116,7 @@ def draw(
     }
     picks = {}
     for value, ranks in wanted.items():
-        ends = np.cumsum([counts.get(value, 0) for counts in census.per_window])
+        ends = np.cumsum(census.window_counts(value))
         where = np.searchsorted(ends, ranks, side="right")
         picks[value] = (where, ranks - np.concatenate([[0], ends])[where])
     found = []

@@ -18,8 +18,6 @@ from pipeline.assess.tables import write_table
 from timesenclip.common.atomic import atomic_path, write_text_atomic
 from timesenclip.common.version import package_version
 
-REPORT_FORMATS = ("md", "html")
-
 
 def write_assessment(assessment: Assessment, out_dir: Path | str, fmt: str = "md") -> list[Path]:
     """Write every output of an assessment into ``out_dir``; return their paths."""

@@ -14,7 +14,6 @@ from pipeline.assess.classmap import ClassMap
 from pipeline.assess.tables import read_vector, write_table
 from timesenclip.common.errors import TimeSenCLIPError
 
-ZONE_SUFFIXES = (".gpkg", ".geojson", ".json", ".shp")
 TABLE_SUFFIXES = (".csv", ".parquet", ".geoparquet")
 
 
