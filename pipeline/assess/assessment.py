@@ -11,7 +11,7 @@ import pandas as pd
 
 from pipeline.assess.classmap import BLOCK, Census, ClassMap
 from pipeline.assess.estimators import Accuracy, estimate
-from pipeline.assess.reference import Reference, ReferenceSource, load_reference
+from pipeline.assess.reference import Reference, ReferenceSource, as_label, load_reference
 from timesenclip.common.errors import TimeSenCLIPError
 
 OLOFSSON = "Olofsson et al. (2014): the strata are the map's classes"
@@ -203,7 +203,7 @@ def _strata(
         )
     if strata.column not in ref.points.columns:
         raise TimeSenCLIPError(f"the reference table has no strata column {strata.column!r}")
-    labels = ref.points[strata.column].astype(str).str.strip()
+    labels = ref.points[strata.column].map(as_label)
     sizes = _stratum_sizes(strata.sizes, ref.points, labels)
     names = list(sizes)
     index = {name: i for i, name in enumerate(names)}

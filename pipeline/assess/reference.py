@@ -55,7 +55,7 @@ def load_reference(source: ReferenceSource) -> Reference:
             f"{source.path} has no label column {source.label!r}: name the column holding each "
             f"point's reference class with --label (its columns: {columns})"
         )
-    labels = table[source.label].map(_text)
+    labels = table[source.label].map(as_label)
     excluded = pd.Series("", index=table.index)
     excluded[labels == ""] = "no reference label"
     excluded[table.geometry.isna() | table.geometry.is_empty] = "no location"
@@ -84,13 +84,13 @@ def read_class_map(path: Path) -> dict[str, str]:
                 f"{path} is not a mapping: write one 'label: class name' line per label"
             )
         pairs = document.items()
-    mapping = {_text(label): _text(name) for label, name in pairs}
+    mapping = {as_label(label): as_label(name) for label, name in pairs}
     if not mapping or "" in mapping.values():
         raise TimeSenCLIPError(f"{path}: give every label a class name (label, class)")
     return mapping
 
 
-def _text(value: object) -> str:
+def as_label(value: object) -> str:
     """A label as text: stripped, integral numbers without ".0", "" for missing values."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""

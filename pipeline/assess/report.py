@@ -183,21 +183,16 @@ def _report_blocks(assessment: Assessment, per_class: pd.DataFrame) -> list[tupl
             ],
         ),
         ("img", "mapped and error-adjusted areas", "areas.png"),
-        ("h2", "Error matrix in estimated area proportions (rows map, columns reference)"),
-        (
-            "table",
-            ["map \\ reference", *acc.classes, "total"],
-            [
-                [name, *(f"{p:.4f}" for p in row), f"{row.sum():.4f}"]
-                for name, row in zip(acc.classes, acc.proportions, strict=True)
-            ]
-            + [["total", *(f"{p:.4f}" for p in acc.proportions.sum(0)), "1.0000"]],
-        ),
+        ("h2", "Error matrix (rows map, columns reference)"),
+        ("p", "In estimated proportions of area:"),
+        _matrix_table(acc.classes, acc.proportions, "{:.4f}"),
         ("img", "error matrix", "error_matrix.png"),
+        ("p", "In sample points:"),
+        _matrix_table(acc.classes, acc.counts, "{:.0f}"),
         (
             "p",
-            "Sample counts: error_matrix_counts.csv; every estimate with its standard error "
-            "and interval: per_class.csv and assessment.json.",
+            "Every estimate with its standard error and interval: per_class.csv and "
+            "assessment.json.",
         ),
     ]
     if assessment.notes:
@@ -205,6 +200,15 @@ def _report_blocks(assessment: Assessment, per_class: pd.DataFrame) -> list[tupl
     if len(reasons):
         blocks += [("h2", "Points left out"), _excluded_table(assessment.points)]
     return blocks
+
+
+def _matrix_table(classes: Sequence[str], matrix: np.ndarray, number: str) -> tuple:
+    rows = [
+        [name, *map(number.format, row), number.format(row.sum())]
+        for name, row in zip(classes, matrix, strict=True)
+    ]
+    totals = ["total", *map(number.format, matrix.sum(0)), number.format(matrix.sum())]
+    return ("table", ["map \\ reference", *classes, "total"], [*rows, totals])
 
 
 def _excluded_table(points: pd.DataFrame, most: int = 20) -> tuple:
@@ -292,7 +296,7 @@ def _heat_map(assessment: Assessment, path: Path) -> Path:
     for (i, j), p in np.ndenumerate(acc.proportions):
         if p > 0:
             colour = "white" if p > 0.6 * acc.proportions.max() else "black"
-            ax.text(j, i, f"{p:.3f}", ha="center", va="center", fontsize=8, color=colour)
+            ax.text(j, i, f"{p:.4f}", ha="center", va="center", fontsize=7, color=colour)
     ax.set_xticks(range(k), acc.classes, rotation=60, ha="right", fontsize=8)
     ax.set_yticks(range(k), acc.classes, fontsize=8)
     ax.set(xlabel="reference class", ylabel="map class", title="Estimated area proportions")
