@@ -20,7 +20,7 @@ from rasterio.warp import transform_bounds, transform_geom
 
 from encoder.preprocess import BANDS
 from fixtures.stac_server import serve_stac
-from pipeline.cube.composite import build_cube
+from pipeline.cube.lazy import build_cube
 from pipeline.maps.cog import write_cog
 from pipeline.search.stac import EARTH_SEARCH_ASSETS, StacSource, search_items
 

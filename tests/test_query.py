@@ -35,7 +35,7 @@ from fixtures.stac_server import serve_stac
 from fixtures.synthetic import LAND_CLASSES
 from fixtures.tiny import tiny_encoder, write_tiny_clip
 from pipeline.cli import main
-from pipeline.cube.composite import build_cube
+from pipeline.cube.lazy import build_cube
 from pipeline.geo.tiles import Tile, region_mask
 from pipeline.maps.classify import classify, plan_task
 from pipeline.maps.pixel_encoder import embed_series, pixel_series
