@@ -242,8 +242,8 @@ def cube_dataset(composite: da.Array, valid: da.Array, grid: Grid, attrs: dict) 
     coords = {
         "month": np.array(MONTHS, dtype=np.int8),
         "band": np.array(BANDS, dtype=object),  # zarr 3 specifies variable-length strings only
-        "y": grid.bounds[3] - (np.arange(grid.shape[0]) + 0.5) * grid.resolution,
-        "x": grid.bounds[0] + (np.arange(grid.shape[1]) + 0.5) * grid.resolution,
+        "y": grid.centres[0],
+        "x": grid.centres[1],
     }
     ds = xr.Dataset(
         {
