@@ -408,10 +408,11 @@ def open_store(path: Path | str) -> Store:
     return Store(path, attrs, zones)
 
 
-def zone_dataset(zone: Zone) -> xr.Dataset:
+def zone_dataset(store: Store, zone: Zone) -> xr.Dataset:
     """A zone's region as a lazy Dataset: ``embeddings (y, x, dim)`` float32 decoded as
     ``Zone.read`` decodes (NaN where a pixel has none), the CRS and transform by rioxarray, the
-    store's and the zone's attributes; one Dask chunk per Zarr chunk."""
+    store's and the zone's attributes; one Dask chunk per Zarr chunk. The run's
+    ``valid_months`` map beside the store comes along when it is there."""
     stored = da.from_zarr(zone.array)[
         zone.row : zone.row + zone.height, zone.col : zone.col + zone.width
     ]
@@ -426,4 +427,9 @@ def zone_dataset(zone: Zone) -> xr.Dataset:
         {EMBEDDINGS: (("y", "x", "dim"), decoded)}, coords={"y": ys, "x": xs}, attrs=attrs
     )
     ds[EMBEDDINGS].attrs = {"long_name": "TimeSenCLIP pixel embedding"}
+    valid_months = store.valid_months(zone)
+    if valid_months is not None:
+        opened = rioxarray.open_rasterio(valid_months, chunks=dict(zip("yx", zone.array.chunks)))
+        if opened.rio.transform() == grid.transform and opened.shape[1:] == grid.shape:
+            ds[VALID_MONTHS] = (("y", "x"), opened.data[0], {"_FillValue": opened.rio.nodata})
     return ds.rio.write_crs(zone.epsg).rio.write_transform(grid.transform)
