@@ -176,8 +176,9 @@ def _scored(
         coords={"y": values["y"], "x": values["x"]},
         attrs={key: kept[key] for key in _KEPT_ATTRS if key in kept} | attrs,
     )
+    year = {"year": out.attrs["year"]} if "year" in out.attrs else {}
     for name, fill in nodata.items():
-        out[name].attrs = {**layer_attrs[name], "task": plan.name, "_FillValue": fill}
+        out[name].attrs = {**layer_attrs[name], "task": plan.name, **year, "_FillValue": fill}
     if isinstance(source, xr.Dataset) and VALID_MONTHS in source:
         out[VALID_MONTHS] = source[VALID_MONTHS]
     return out.rio.write_crs(values.rio.crs).rio.write_transform(values.rio.transform())
@@ -213,9 +214,9 @@ def to_cog(
     else:
         layers = {str(name): maps[name] for name in maps.data_vars}
         paths = {name: Path(path) / f"{name}.tif" for name in layers}
-    attrs = maps.attrs if isinstance(maps, xr.Dataset) else {}
-    layout = attrs.get("layout", {})
-    year = year if year is not None else attrs.get("year")
+    plans = _plans(layers)
+    layout = maps.attrs.get("layout", {})
+    year = year if year is not None else maps.attrs.get("year")
     if year is None:
         raise TimeSenCLIPError("the maps record no year: pass year= the year they show.")
     blocksize = blocksize or layout.get("blocksize", 512)
@@ -235,7 +236,7 @@ def to_cog(
         style = layer_styles([], False, resampling)[VALID_MONTHS]
         valid_months = write(VALID_MONTHS, OUTSIDE_REGION, **style)
         written.append(valid_months)
-    for plan, confidence in _plans(layers):
+    for plan, confidence in plans:
         nodata = plan.layers(confidence)
         if not set(nodata) <= set(layers):  # a confidence layer on its own
             (name,) = set(nodata) & set(layers)
@@ -252,7 +253,8 @@ def to_cog(
             class_resampling=resampling,
             valid_months_path=valid_months,
         )
-    return written
+    sidecars = [p.with_name(f"{p.name}.aux.xml") for p in written if p.suffix == ".tif"]
+    return list(dict.fromkeys(written + [p for p in sidecars if p.is_file()]))
 
 
 def _plans(layers: dict[str, xr.DataArray]) -> list[tuple[Plan, bool]]:
