@@ -40,7 +40,7 @@ from typing import Any
 
 import dask.array as da
 import numpy as np
-import rioxarray  # noqa: F401  (registers the .rio accessor)
+import rioxarray  # also registers the .rio accessor
 import xarray as xr
 import zarr
 from affine import Affine
@@ -429,7 +429,8 @@ def zone_dataset(store: Store, zone: Zone) -> xr.Dataset:
     ds[EMBEDDINGS].attrs = {"long_name": "TimeSenCLIP pixel embedding"}
     valid_months = store.valid_months(zone)
     if valid_months is not None:
-        opened = rioxarray.open_rasterio(valid_months, chunks=dict(zip("yx", zone.array.chunks)))
+        chunks = {"y": zone.array.chunks[0], "x": zone.array.chunks[1]}
+        opened = rioxarray.open_rasterio(valid_months, chunks=chunks)
         if opened.rio.transform() == grid.transform and opened.shape[1:] == grid.shape:
             ds[VALID_MONTHS] = (("y", "x"), opened.data[0], {"_FillValue": opened.rio.nodata})
     return ds.rio.write_crs(zone.epsg).rio.write_transform(grid.transform)
