@@ -280,7 +280,7 @@ def test_hub_checkpoints_reach_workers_as_hub_sources(
     demo_inputs, tmp_path, monkeypatch, workflow_file
 ):
     """Workers (maybe on other machines) fetch a hub checkpoint themselves, not our cache path."""
-    from pipeline.run import execute as run
+    from pipeline.plan import settings as run
 
     _, workflow, _ = demo_inputs
     local = workflow["model"]["checkpoint"]
