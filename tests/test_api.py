@@ -155,6 +155,18 @@ def test_classify_and_similarity_give_the_runs_maps(run, face, computed):
     assert got.rio.crs.to_epsg() == run.epsg
 
 
+@pytest.mark.filterwarnings("ignore:Consolidated metadata:UserWarning")  # xarray consolidates
+def test_composites_embeddings_and_maps_keep_in_zarr(computed, tmp_path):
+    for i, result in enumerate(computed):
+        result.to_zarr(tmp_path / f"{i}.zarr")
+        back = xr.open_zarr(tmp_path / f"{i}.zarr", decode_coords="all", mask_and_scale=False)
+        for name in result.data_vars:
+            np.testing.assert_array_equal(back[name].values, result[name].values, strict=True)
+        assert back.rio.crs == result.rio.crs and back.rio.transform() == result.rio.transform()
+        assert back.attrs == result.attrs
+    assert back["land_cover"].attrs["class_names"] == computed[2]["land_cover"].attrs["class_names"]
+
+
 def _outside_as_nodata(maps: xr.Dataset, inside: np.ndarray) -> xr.Dataset:
     """The maps as a run keeps them: nodata outside the region."""
     out = maps.copy()
@@ -316,6 +328,10 @@ def test_bad_input_raises_one_error_naming_what_to_pass(run, face, tmp_path):
         ),
         (lambda: timesenclip.monthly_composites("items.json"), "or STAC items"),
         (lambda: timesenclip.embed(stack, checkpoint=checkpoint), "monthly_composites returns"),
+        (
+            lambda: timesenclip.embed(composites, checkpoint=checkpoint, runtime="tensorrt"),
+            "runtime 'tensorrt' with precision 'fp32' is not known",
+        ),
         (lambda: timesenclip.classify(composites), "embed or open_embeddings returns"),
         (lambda: timesenclip.classify(embeddings, "no such set"), "unknown class set"),
         (lambda: timesenclip.classify(embeddings, clip_model=other_clip), "pass clip_model="),

@@ -180,6 +180,8 @@ def test_stacks_that_cannot_give_composites_are_refused(scenes):
     for bad, message in refusals:
         with pytest.raises(TimeSenCLIPError, match=message):
             stack_cube(bad, year=2021 if bad is stack else None)
+    with pytest.raises(TimeSenCLIPError, match="mask_mode 'strict' must be one of"):
+        stack_cube(stack, mask_mode="strict")
 
 
 def test_rescaled_reflectances_are_refused_when_read(scenes):

@@ -6,11 +6,13 @@ from pathlib import Path
 
 import dask.array as da
 import numpy as np
+import torch
 import xarray as xr
 
 from encoder.checkpoint import resolve_source
 from encoder.device import resolve_device
 from encoder.preprocess import BANDS
+from encoder.runtime import select_runtime
 from pipeline.maps.pixel_encoder import cached_encoder, embed_series, pixel_series
 from pipeline.store.embeddings import EMBEDDINGS, open_store, zone_dataset
 from timesenclip.common.errors import TimeSenCLIPError
@@ -47,6 +49,7 @@ def embed(
     # A hub checkpoint stays a hub source, so workers on other machines fetch it themselves.
     source = str(checkpoint) if str(checkpoint).startswith("hf-hub:") else str(path)
     device = str(resolve_device(device))
+    select_runtime(runtime, precision, torch.device(device))  # a bad setting fails here, not later
     model = cached_encoder(source, device)  # the one chunks use, when they run here
     dim = model.config.dim
     data = composite.data.rechunk({0: -1, 1: -1})

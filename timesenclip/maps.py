@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
@@ -221,6 +222,8 @@ def to_cog(
         raise TimeSenCLIPError("the maps record no year: pass year= the year they show.")
     blocksize = blocksize or layout.get("blocksize", 512)
     resampling = overview_resampling or layout.get("overview_resampling", "mode")
+    # All layers at once: those of one task share the embeddings they are computed from.
+    layers = dict(zip(layers, dask.compute(*layers.values()), strict=True))
     for target in {p.parent for p in paths.values()}:
         target.mkdir(parents=True, exist_ok=True)
     first = next(iter(layers.values()))

@@ -204,6 +204,16 @@ def _chunk_sizes(length: int, chunk: int) -> tuple[int, ...]:
     return (chunk,) * (length // chunk) + ((length % chunk,) if length % chunk else ())
 
 
+def mask_problems(cloud_mask: Sequence[int], mask_mode: str) -> list[str]:
+    """What is wrong with a cloud mask and a mask mode, for an error message (none: [])."""
+    problems = []
+    if any(int(c) != c or not 0 <= c <= 11 for c in cloud_mask):
+        problems.append(f"cloud_mask {list(cloud_mask)} must hold SCL classes 0..11")
+    if mask_mode not in MASK_MODES:
+        problems.append(f"mask_mode {mask_mode!r} must be one of {', '.join(MASK_MODES)}")
+    return problems
+
+
 def _check_arguments(
     bounds: tuple[float, float, float, float],
     resolution: float,
@@ -220,10 +230,7 @@ def _check_arguments(
         problems.append(f"resolution {resolution} must be positive")
     if int(chunk_size) != chunk_size or chunk_size < 1:
         problems.append(f"chunk_size {chunk_size} must be a positive whole number of pixels")
-    if any(int(c) != c or not 0 <= c <= 11 for c in cloud_mask):
-        problems.append(f"cloud_mask {list(cloud_mask)} must hold SCL classes 0..11")
-    if mask_mode not in MASK_MODES:
-        problems.append(f"mask_mode {mask_mode!r} must be one of {', '.join(MASK_MODES)}")
+    problems += mask_problems(cloud_mask, mask_mode)
     if resampling not in Resampling.__members__:
         problems.append(
             f"resampling {resampling!r} must be a rasterio method such as nearest, bilinear, "

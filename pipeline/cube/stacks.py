@@ -22,7 +22,7 @@ from affine import Affine
 
 from encoder.preprocess import BANDS
 from pipeline.cube.composite import MONTHS, CubeOptions, observation_tokens
-from pipeline.cube.lazy import cube_dataset, monthly_composite
+from pipeline.cube.lazy import cube_dataset, mask_problems, monthly_composite
 from pipeline.cube.temporal import BLOCKS
 from pipeline.geo.grid import Grid
 from pipeline.search.harmonize import (
@@ -73,6 +73,9 @@ def stack_cube(
     Only the scenes of ``year`` are used (default: the one year the stack holds). The result has
     the stack's grid and spatial chunks, one Dask task per month and chunk.
     """
+    problems = mask_problems(cloud_mask, mask_mode)
+    if problems:
+        raise TimeSenCLIPError("cannot composite the stack: " + "; ".join(problems) + ".")
     options = CubeOptions(tuple(int(c) for c in cloud_mask), mask_mode)
     seen = observations(stack)
     times = seen.times.astype("datetime64[s]")
