@@ -39,6 +39,7 @@ def embed(
     spatial chunk is embedded as a run embeds a chunk (``pipeline.maps.pixel_encoder``), the
     encoder loaded once per process, so Dask workers of a ``distributed.Client`` load their own.
     A pixel without any clear month gets NaN, as months without data are masked, not invented.
+    The checkpoint's own input conventions apply (``timesenclip convert`` records others).
 
     The Dataset keeps the composites' coordinates, CRS and ``valid_months``; its ``attrs`` record
     the checkpoint (source and sha256) and the CLIP text model it was trained against, which
@@ -125,10 +126,10 @@ def open_embeddings(store: str | Path, zone: str | None = None) -> xr.Dataset:
     The Dataset covers the region's grid (the run's maps), decoded to float32 as the store's
     verbs decode it (NaN where a pixel has no embedding), with its CRS and transform (rioxarray)
     and the store's attributes (year, checkpoint, CLIP text model, COG layout), and the run's
-    ``valid_months`` when its map is beside the store. ``zone`` names
-    the UTM zone (``"EPSG32631"``) of a store that holds several. Stores of earlier versions
-    (one bare array per zone) open too. ``xr.open_zarr(store, group=zone)`` opens a store of
-    this version directly: the zone's whole array, int8 decoded by its CF attributes.
+    ``valid_months`` when its map is beside the store. ``zone`` names the UTM zone
+    (``"EPSG32631"``) of a store that holds several. Stores of earlier versions (one bare array
+    per zone) open too. ``xr.open_zarr(store, group=zone)`` opens a store of this version
+    directly: the zone's whole array, int8 decoded by its CF attributes.
     """
     kept = open_store(store)
     names = {f"EPSG{z.epsg}": z for z in kept.zones}
