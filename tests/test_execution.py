@@ -22,7 +22,7 @@ from encoder.prompts import TextEncoder, class_set
 from encoder.zeroshot import score
 from fixtures.stac_server import serve_stac
 from fixtures.synthetic import write_synthetic_collection
-from pipeline.cube.composite import build_cube
+from pipeline.cube.lazy import build_cube
 from pipeline.geo.tiles import Tile, region_mask
 from pipeline.maps.cog import read_category_names
 from pipeline.maps.outputs import OUTSIDE_REGION
