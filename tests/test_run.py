@@ -300,6 +300,6 @@ def test_unreachable_scheduler_is_a_clear_error(demo_inputs, tmp_path, capsys, w
     _, workflow, _ = demo_inputs
     path = workflow_file(tmp_path, workflow, outputs={"dir": str(tmp_path / "maps")})
     with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
-        assert main(["run", str(path), "--quiet", "--scheduler", "tcp://127.0.0.1:9"]) == 2
+        assert main(["run", str(path), "--quiet", "--cluster", "tcp://127.0.0.1:9"]) == 2
     err = capsys.readouterr().err
     assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in err and "Traceback" not in err

@@ -16,10 +16,10 @@ from pipeline.plan.report import cpu_pixels_per_second, describe_run
 from pipeline.plan.run_plan import RunPlan, plan_run
 from pipeline.plan.scenes import RegionPlan
 from pipeline.plan.settings import ChunkSettings
-from pipeline.run.cluster import dask_client
+from pipeline.run.cluster import RunCluster, dask_cluster, describe_cluster
 from pipeline.run.finish import finish_mosaics, finish_tiled, write_region_metadata
 from pipeline.run.lock import output_lock
-from pipeline.run.progress import ProgressWatch, finished
+from pipeline.run.progress import ProgressWatch, RegionProgress, finished
 from pipeline.run.worker_tasks import ChunkReport, TileReport, finish_tile, process_chunk
 from pipeline.workflow.schema import Workflow
 from timesenclip.common.atomic import remove_stale_temporaries
@@ -70,20 +70,22 @@ class RunSummary:
 def run_workflow(
     workflow: Workflow,
     *,
-    scheduler: str | None = None,
     dry_run: bool = False,
     progress: bool = True,
+    report: Path | None = None,
 ) -> RunSummary:
-    """Produce every region's maps; finished tiles and regions are skipped on a rerun.
+    """Produce every region's maps on the cluster of ``workflow.dask``; finished tiles and
+    regions are skipped on a rerun. ``report`` keeps Dask's performance report (HTML).
 
     The plan (``pipeline.plan.run_plan``) is made first, so anything wrong with the user's input
-    (checkpoint, prompts, STAC searches) fails before the cluster starts; ``dry_run`` prints it
-    and stops there.
+    (checkpoint, prompts, STAC searches) fails before the cluster starts; ``dry_run`` prints it,
+    and the job script a Slurm or PBS cluster would submit, and stops there.
     """
     summary = RunSummary()
     started = time.perf_counter()
     if dry_run:
         print(describe_run(plan_run(workflow), cpu_pixels_per_second()))
+        print(describe_cluster(workflow))
         return summary
     with output_lock(workflow.outputs.dir):  # one run per output folder
         plan = plan_run(workflow)
@@ -95,15 +97,15 @@ def run_workflow(
             remove_stale_temporaries(target.folder)
             summary.tiles_skipped += len(workflow.tiles(target.region))
         if plan.regions:
-            with dask_client(workflow, scheduler, plan.settings.device) as client:
+            with dask_cluster(workflow, plan.settings.device, report) as cluster:
                 for region in plan.regions:
-                    run_region(client, plan, region, summary, progress)
+                    run_region(cluster, plan, region, summary, progress)
     summary.seconds["total"] = time.perf_counter() - started
     return summary
 
 
 def run_region(
-    client, plan: RunPlan, region: RegionPlan, summary: RunSummary, progress: bool
+    cluster: RunCluster, plan: RunPlan, region: RegionPlan, summary: RunSummary, progress: bool
 ) -> None:
     """Map one region: its unfinished tiles on the cluster, then its maps and metadata."""
     workflow = plan.workflow
@@ -124,10 +126,10 @@ def run_region(
             checkpoint_sha256=plan.checkpoint.sha256,
         )
         summary.outputs.append(settings.embeddings_store)
-    reports = run_tiles(client, plan, region, settings, summary, progress)
+    reports = run_tiles(cluster, plan, region, settings, summary, progress)
     start = time.perf_counter()
     finish = finish_tiled if region.layout == "tiles" else finish_mosaics
-    outputs = finish(client, workflow, region, settings.tasks)
+    outputs = finish(cluster, workflow, region, settings.tasks)
     skipped = [s for r in reports.values() for s in r.skipped]
     note_skips(outputs, skipped)
     retry = [tile for tile, r in reports.items() if r.to_retry]
@@ -152,7 +154,7 @@ def run_region(
 
 
 def run_tiles(
-    client,
+    cluster: RunCluster,
     plan: RunPlan,
     region: RegionPlan,
     settings: ChunkSettings,
@@ -163,11 +165,12 @@ def run_tiles(
 
     Settings go to the scheduler once, as a task it can recompute; a tile's task depends on its
     chunk tasks, so the scheduler reruns whatever a lost worker held. The client only counts
-    progress: it holds no pixels.
+    progress: it holds no pixels. A batch cluster is given work for all the threads it may
+    grow to, which is what makes it request more jobs.
     """
     from distributed import as_completed
-    from tqdm import tqdm
 
+    client = cluster.client
     reports = {p.tile.id: TileReport.read(p.folder) for p in region.tiles if p.done}
     todo = [p for p in region.tiles if not p.done]
     summary.tiles += len(todo)
@@ -198,17 +201,14 @@ def run_tiles(
         return True
 
     def fill() -> None:
-        slots = max(2, 2 * sum(client.nthreads().values()))
+        slots = max(2, 2 * max(sum(client.nthreads().values()), cluster.max_threads))
         while (chunks_running < slots or not in_flight) and submit_tile():
             pass
 
     name = region.region.name
-    watch = ProgressWatch.of(client, plan.workflow)
+    watch = ProgressWatch.of(cluster, plan.workflow)
     chunk_total = sum(plan.scenes.chunk_count(p) for p in todo)
-    with (
-        tqdm(total=len(todo), desc=f"{name} tiles", unit="tile", disable=not progress) as tbar,
-        tqdm(total=chunk_total, desc=f"{name} chunks", unit="chunk", disable=not progress) as cbar,
-    ):
+    with RegionProgress(name, len(todo), chunk_total, enabled=progress) as bars:
         fill()
         for future, result in finished(queue, watch, name):
             if isinstance(result, ChunkReport):
@@ -216,12 +216,12 @@ def run_tiles(
                 summary.pixels += result.pixels
                 for stage, seconds in result.seconds.items():
                     summary.seconds[stage] += seconds
-                cbar.update()
+                bars.update("chunks")
             else:
                 reports[result.tile_id] = result
                 summary.seconds["write"] += result.seconds.get("write", 0.0)
                 del in_flight[tile_of.pop(future.key)]  # releases its chunk results too
-                tbar.update()
+                bars.update("tiles")
             fill()
     return reports
 

@@ -15,6 +15,7 @@ from pipeline.maps.stac_items import write_collection
 from pipeline.maps.vrt import write_vrt
 from pipeline.plan.run_plan import RunPlan
 from pipeline.plan.scenes import RegionPlan
+from pipeline.run.cluster import RunCluster
 from pipeline.run.progress import ProgressWatch, finished
 from pipeline.run.worker_tasks import TileReport, layer_styles
 from pipeline.workflow.schema import Workflow
@@ -22,7 +23,7 @@ from timesenclip.common.atomic import write_text_atomic
 
 
 def finish_mosaics(
-    client, workflow: Workflow, region: RegionPlan, tasks: tuple[Plan, ...]
+    cluster: RunCluster, workflow: Workflow, region: RegionPlan, tasks: tuple[Plan, ...]
 ) -> list[Path]:
     """One COG per layer and UTM zone, the mosaics built in parallel on the cluster, then each
     map's styles and STAC Item."""
@@ -37,7 +38,7 @@ def finish_mosaics(
         for layer, style in styles.items():
             path = region.folder / f"{layer}{suffix}.tif"
             pieces = [folders[t.id] / f"{layer}.tif" for t in tiles]
-            futures[(epsg, layer)] = client.submit(
+            futures[(epsg, layer)] = cluster.client.submit(
                 mosaic_to_cog,
                 pieces,
                 path,
@@ -46,7 +47,7 @@ def finish_mosaics(
                 **style,
             )
     keys = {f.key: key for key, f in futures.items()}
-    watch = ProgressWatch.of(client, workflow)
+    watch = ProgressWatch.of(cluster, workflow)
     queue = as_completed(futures.values(), with_results=True, raise_errors=False)
     paths = {keys[f.key]: path for f, path in finished(queue, watch, region.region.name)}
     outputs = list(paths.values())
@@ -61,7 +62,7 @@ def finish_mosaics(
 
 
 def finish_tiled(
-    client, workflow: Workflow, region: RegionPlan, tasks: tuple[Plan, ...]
+    cluster: RunCluster, workflow: Workflow, region: RegionPlan, tasks: tuple[Plan, ...]
 ) -> list[Path]:
     """Per layer and UTM zone a folder of the tiles' COGs (styled, with overviews), a VRT over
     them styled like its tiles and, for maps with Items, a STAC Collection of per-tile Items."""
