@@ -219,6 +219,33 @@ def test_the_cluster_override_drops_the_other_clusters_keys(tmp_path):
     assert "cluster: got 'sge'; allowed: local, slurm, pbs" in str(info.value)
 
 
+def test_workers_of_a_remote_cluster_resolve_the_device_themselves(tmp_path):
+    """A login node without a GPU submits jobs to GPU nodes: a remote cluster's chunks get the
+    workflow's device as it is (each worker resolves it); a local cluster's is resolved, and
+    fails, on this machine."""
+    import torch
+
+    from pipeline.plan.settings import chunk_device
+
+    data = yaml.safe_load(MONTPELLIER.read_text())
+    data["outputs"]["dir"] = str(tmp_path / "maps")
+    for device in ("cuda", "cuda:1", "auto"):
+        remote = {**data, "model": {**data["model"], "device": device}}
+        for cluster in ("tcp://10.0.0.1:8786", "slurm", "pbs"):
+            workflow = parse_workflow({**remote, "dask": {"cluster": cluster}}, base_dir=tmp_path)
+            assert chunk_device(workflow) == device
+    local = parse_workflow(
+        {**data, "model": {**data["model"], "device": "auto"}}, base_dir=tmp_path
+    )
+    assert chunk_device(local) == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        cuda = parse_workflow(
+            {**data, "model": {**data["model"], "device": "cuda"}}, base_dir=tmp_path
+        )
+        with pytest.raises(TimeSenCLIPError, match="no CUDA device"):
+            chunk_device(cuda)
+
+
 def test_validate_names_the_extra_to_install_without_dask_jobqueue(tmp_path, capsys, monkeypatch):
     data = yaml.safe_dump({"dask": {"cluster": "slurm", "jobs": {"walltime": "01:00:00"}}})
     path = tmp_path / "w.yaml"

@@ -20,12 +20,14 @@ LAYOUTS = {"cog": "one COG per layer", "tiles": "per-tile COGs under a VRT per l
 def describe_run(plan: RunPlan, pixels_per_second: float | None) -> str:
     """The whole plan: model, tasks, regions already complete, then ``describe``."""
     checkpoint, settings = plan.checkpoint, plan.settings
+    where = "" if plan.workflow.dask.kind == "local" else " (as each worker resolves it)"
     tasks = "; ".join(
         f"{task.name} ({len(task.layers(settings.confidence))} layer(s))" for task in settings.tasks
     )
     lines = [
         f"checkpoint {checkpoint.source} (sha256 {checkpoint.sha256[:12]}, {checkpoint.dim}-d), "
-        f"on {settings.device}, runtime {settings.runtime}, precision {settings.precision}",
+        f"on {settings.device}{where}, "
+        f"runtime {settings.runtime}, precision {settings.precision}",
         f"tasks: {tasks}",
         *(
             f"region {target.region.name}: complete (provenance.json matches), skipped"

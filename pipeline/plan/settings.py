@@ -85,10 +85,11 @@ def convention_overrides(workflow: Workflow) -> ConventionOverrides | None:
 
 def plan_tasks(workflow: Workflow, dim: int) -> tuple[Plan, ...]:
     """Every task's plan, its prompts embedded once here (classes or similarity, by mode)."""
+    here = workflow.model.device if workflow.dask.kind == "local" else "auto"
     text = TextEncoder(
         model=workflow.model.clip.model,
         pretrained=workflow.model.clip.pretrained,
-        device=str(resolve_device(workflow.model.device)),
+        device=str(resolve_device(here)),
     )
     tasks = []
     for task in workflow.tasks:
@@ -102,6 +103,15 @@ def plan_tasks(workflow: Workflow, dim: int) -> tuple[Plan, ...]:
             )
         tasks.append(plan)
     return tuple(tasks)
+
+
+def chunk_device(workflow: Workflow) -> str:
+    """The device chunks encode on. A local cluster runs on this machine: resolved here, so a
+    device it lacks fails before any work. Any other cluster's workers resolve it themselves, as
+    a login node without a GPU submits jobs to GPU nodes."""
+    if workflow.dask.kind == "local":
+        return str(resolve_device(workflow.model.device))
+    return workflow.model.device
 
 
 def chunk_settings(
@@ -125,7 +135,7 @@ def chunk_settings(
             sign_hrefs=stac_source(workflow).resolved_provider == "planetary-computer",
         ),
         checkpoint=checkpoint.source,
-        device=str(resolve_device(workflow.model.device)),
+        device=chunk_device(workflow),
         batch_size=workflow.model.batch_size,
         runtime=workflow.model.runtime,
         precision=workflow.model.precision,

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from encoder.device import resolve_device
 from pipeline.cube.composite import composite_chunk
 from pipeline.cube.reader import configure_gdal
 from pipeline.geo.chunks import tile_chunks
@@ -93,13 +94,14 @@ def process_chunk(task: ChunkTask, settings: ChunkSettings) -> ChunkReport:
     seconds["cube"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    model = cached_encoder(settings.checkpoint, settings.device, settings.conventions)
+    device = str(resolve_device(settings.device))  # a remote cluster's workers resolve "auto"
+    model = cached_encoder(settings.checkpoint, device, settings.conventions)
     series, present = pixel_series(composite, model.conventions)
     shape = (chunk.height, chunk.width)
     layers = {VALID_MONTHS: valid_months}
     run = {"runtime": settings.runtime, "precision": settings.precision}
     keep = settings.embeddings_store is not None
-    on_gpu = torch.device(settings.device).type == "cuda"
+    on_gpu = torch.device(device).type == "cuda"
     if on_gpu:
         # Scored on the GPU: only the uint8 layers (and float16 embeddings) come back.
         scored, embeddings = score_series(
