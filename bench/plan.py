@@ -255,14 +255,17 @@ def widened(bbox: tuple[float, ...], degrees: float) -> tuple[float, float, floa
 def write_workflow(root: Path, name: str, bbox, stac: dict, tile_size: int) -> Path:
     import yaml
 
-    (root / "x.pt").touch()
+    from fixtures.tiny import write_tiny_model
+
+    # The dry run checks the checkpoint and embeds the prompts: a tiny model keeps that offline.
+    checkpoint, clip = write_tiny_model(root / "model")
     data = {
         "name": name,
         "year": YEAR,
         "regions": [{"name": name, "bbox": [round(v, 6) for v in bbox]}],
         "stac": stac,
         "cube": {"tile_size": tile_size, "chunk_size": min(512, tile_size)},
-        "model": {"checkpoint": str(root / "x.pt")},
+        "model": {"checkpoint": str(checkpoint), "clip": {"model": f"local-dir:{clip}"}},
         "tasks": [{"name": "land_cover", "classes": "land_cover"}],
         "outputs": {"dir": str(root / "maps" / name)},
     }
@@ -284,7 +287,8 @@ def peak_kib() -> int:
 
 def child(workflow_path: Path | None, describe_too: bool) -> None:
     """Plan one workflow (or only import the planner) and print one JSON line of figures."""
-    from pipeline.plan.plan import RegionTarget, describe, make_plan
+    from pipeline.plan.report import describe
+    from pipeline.plan.scenes import RegionTarget, make_plan
     from pipeline.workflow.load import load_workflow
 
     figures: dict = {"seconds": 0.0}

@@ -13,11 +13,11 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from pipeline.commands import maps, stores, training
+from pipeline.commands import assess, maps, stores, training
 from timesenclip.common.errors import TimeSenCLIPError
 from timesenclip.common.version import package_version
 
-COMMANDS = (*maps.COMMANDS, *stores.COMMANDS, *training.COMMANDS)
+COMMANDS = (*maps.COMMANDS, *stores.COMMANDS, *assess.COMMANDS, *training.COMMANDS)
 VERBS: dict[str, Callable[[argparse.Namespace], int]] = {c.name: c.handler for c in COMMANDS}
 
 

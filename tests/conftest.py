@@ -77,3 +77,27 @@ def workflow_file():
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def local_run(demo_inputs, workflow_file, tmp_path_factory):
+    """The demo workflow (embeddings off) run by ``timesenclip run --report`` on a LocalCluster,
+    its output a file as in a batch job: ``(region folder, output text, report path)``."""
+    import subprocess
+    import sys
+
+    _, workflow, _ = demo_inputs
+    root = tmp_path_factory.mktemp("local-run")
+    outputs = {**workflow["outputs"], "dir": str(root / "maps"), "embeddings": False}
+    path = workflow_file(root, workflow, outputs=outputs)
+    log, report = root / "run.log", root / "report.html"
+    with log.open("wb") as out:
+        done = subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", "run", str(path), "--report", str(report)],
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=300,
+        )
+    assert done.returncode == 0, log.read_text()
+    return root / "maps" / "synthetic", log.read_text(), report

@@ -19,6 +19,7 @@ from timesenclip.common.version import package_version
 
 REPO = Path(__file__).resolve().parents[1]
 MONTPELLIER = REPO / "workflows" / "montpellier-2023.yaml"
+SLURM_EXAMPLE = REPO / "workflows" / "cluster-europe.yaml"
 
 
 @pytest.mark.parametrize("verb", sorted(VERBS))
@@ -147,6 +148,7 @@ def test_light_verbs_import_no_torch_open_clip_or_dask():
         ["--version"],
         [],
         ["validate", str(MONTPELLIER)],
+        ["validate", str(SLURM_EXAMPLE)],  # checks dask-jobqueue is there without importing it
         ["classes"],
         ["classes", "eunis_habitat"],
         *[[verb, "--help"] for verb in sorted(VERBS)],
@@ -159,7 +161,7 @@ def test_light_verbs_import_no_torch_open_clip_or_dask():
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    assert "valid (2023" in done.stdout and "Woodland" not in done.stdout
+    assert done.stdout.count("valid (2023") == 2 and "Woodland" not in done.stdout
     assert done.stdout.strip().splitlines()[-1] == "HEAVY []"
 
 

@@ -15,7 +15,8 @@ from rasterio.warp import transform_bounds
 
 from encoder.preprocess import BANDS
 from fixtures.synthetic import write_synthetic_collection
-from pipeline.cube.composite import BadAssetError, build_cube, nanmedian_time
+from pipeline.cube.composite import BadAssetError, nanmedian_time
+from pipeline.cube.lazy import build_cube
 from pipeline.search.sentinel2 import BANDS_20M, DEFAULT_CLOUD_MASK, REFERENCE_ZERO_CLASSES
 from timesenclip.common.errors import TimeSenCLIPError
 
@@ -290,7 +291,7 @@ def test_items_outside_the_year_or_the_bounds(small, caplog):
     with pytest.raises(TimeSenCLIPError, match="no usable Sentinel-2 item for 2024"):
         build_cube(small.items, epsg=small.epsg, bounds=small.bounds, year=2024)
     far = (600000.0, 4700000.0, 600160.0, 4700160.0)
-    with caplog.at_level(logging.WARNING, logger="pipeline.cube.composite"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.cube.lazy"):
         cube = build_cube(small.items, epsg=small.epsg, bounds=far, year=YEAR).compute()
     assert "overlaps" in caplog.text
     assert np.isnan(cube["composite"].values).all() and (cube["valid_months"].values == 0).all()

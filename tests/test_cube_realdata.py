@@ -8,21 +8,24 @@ The patch grid is not exactly 10 m (999.48 m x 1009.74 m for 100 x 101 px), so t
 patch's own transform and the cube is built at 10 m on the patch bbox snapped outward to the 10 m
 grid; each cube pixel must then hold the value of the patch pixel that contains its centre
 (nearest resampling). The 2015-09-09 scene is written with +1000 and baseline 05.09 to run the
-harmonisation on real pixels.
+harmonisation on real pixels. A ``stackstac.stack`` of the searched items on the same grid gives
+the same composites through the Python face, bit for bit.
 """
 
 import json
 
 import numpy as np
 import pytest
+import stackstac
 from affine import Affine
 from rasterio.warp import transform_bounds, transform_geom
 
 from encoder.preprocess import BANDS
 from fixtures.stac_server import serve_stac
-from pipeline.cube.composite import build_cube
+from pipeline.cube.lazy import build_cube
 from pipeline.maps.cog import write_cog
 from pipeline.search.stac import EARTH_SEARCH_ASSETS, StacSource, search_items
+from timesenclip import monthly_composites
 
 EPSG = 32633
 L1C_ORDER = (
@@ -133,11 +136,22 @@ def patch_cube(realdata, tmp_path_factory):
     with serve_stac(collection, items, root / "api") as url:
         found = search_items(StacSource(url=url), tuple(items[0]["bbox"]), 2015)
     cube = build_cube(found, epsg=EPSG, bounds=bounds, year=2015, chunk_size=64).compute()
-    return cube, scenes, transform
+    # The searched items as dicts (pystac would fetch their links from the stopped API), as
+    # published: with proj:epsg, which stackstac reads. On the cube's grid.
+    stack = stackstac.stack(
+        [item.to_dict(transform_hrefs=False) for item in found],
+        epsg=EPSG,
+        bounds=cube.rio.bounds(),
+        resolution=10,
+        rescale=False,
+        xy_coords="center",
+        chunksize=64,
+    )
+    return cube, scenes, transform, monthly_composites(stack).compute()
 
 
 def test_cube_grid_is_the_patch_bbox_snapped_to_10m(patch_cube):
-    cube, _, transform = patch_cube
+    cube, _, transform, _ = patch_cube
     assert cube.rio.crs.to_epsg() == EPSG
     # bbox 465181.05, 5079244.89, 466180.53, 5080254.63 snapped outward to multiples of 10 m.
     assert cube.rio.transform() == Affine(10.0, 0.0, 465180.0, 0.0, -10.0, 5080260.0)
@@ -147,7 +161,7 @@ def test_cube_grid_is_the_patch_bbox_snapped_to_10m(patch_cube):
 
 
 def test_cloudy_dates_drop_out_and_values_sit_on_the_right_pixels(patch_cube):
-    cube, scenes, transform = patch_cube
+    cube, scenes, transform, _ = patch_cube
     assert [s[0][:10] for s in scenes] == [
         "2015-07-11",
         "2015-07-31",
@@ -180,8 +194,17 @@ def test_cloudy_dates_drop_out_and_values_sit_on_the_right_pixels(patch_cube):
 
 
 def test_items_and_harmonisation_are_recorded(patch_cube):
-    cube, scenes, _ = patch_cube
+    cube, scenes, _, _ = patch_cube
     dates = [timestamp[:10] for timestamp, _, _ in scenes]
     assert cube.attrs["item_ids"] == [_item_id(date) for date in dates]
     offsets = {rule["item_id"]: rule["offset"] for rule in cube.attrs["harmonization"]}
     assert offsets == {_item_id(date): 1000 if date == OFFSET_DATE else 0 for date in dates}
+
+
+def test_a_stackstac_stack_gives_the_same_composites(patch_cube):
+    cube, _, _, stacked = patch_cube
+    np.testing.assert_array_equal(stacked["composite"].values, cube["composite"].values)
+    np.testing.assert_array_equal(stacked["valid_months"].values, cube["valid_months"].values)
+    assert stacked.rio.transform() == cube.rio.transform() and stacked.rio.crs == cube.rio.crs
+    assert stacked.attrs["harmonization"] == cube.attrs["harmonization"]
+    assert np.isfinite(stacked["composite"].values).mean() > 0.2

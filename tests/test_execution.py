@@ -22,13 +22,13 @@ from encoder.prompts import TextEncoder, class_set
 from encoder.zeroshot import score
 from fixtures.stac_server import serve_stac
 from fixtures.synthetic import write_synthetic_collection
-from pipeline.cube.composite import build_cube
+from pipeline.cube.lazy import build_cube
 from pipeline.geo.tiles import Tile, region_mask
 from pipeline.maps.cog import read_category_names
 from pipeline.maps.outputs import OUTSIDE_REGION
 from pipeline.maps.pixel_encoder import embed_series, pixel_series
 from pipeline.run.execute import run_workflow
-from pipeline.workflow.load import load_workflow
+from pipeline.workflow.load import load_workflow, with_cluster
 
 REPO = Path(__file__).resolve().parents[1]
 LAYERS = ("land_cover", "custom", "land_cover_confidence", "custom_confidence", "valid_months")
@@ -100,6 +100,11 @@ def cluster(tmp_path_factory):
         cluster.stop()
 
 
+def on(workflow, cluster: Cluster):
+    """``workflow`` run on the external ``cluster``, as ``run --cluster ADDRESS`` does."""
+    return with_cluster(workflow, cluster.address)
+
+
 def outputs(workflow: dict, folder: Path, **changes) -> dict:
     return {**workflow["outputs"], "dir": str(folder), "embeddings": False, **changes}
 
@@ -124,7 +129,7 @@ def reference(demo_inputs, cluster, workflow_file, tmp_path_factory):
     _, workflow, _ = demo_inputs
     out = tmp_path_factory.mktemp("reference")
     path = workflow_file(out, workflow, outputs=outputs(workflow, out / "maps"), dask={})
-    run_workflow(load_workflow(path), scheduler=cluster.address, progress=False)
+    run_workflow(on(load_workflow(path), cluster), progress=False)
     return read_layers(out / "maps" / "synthetic")
 
 
@@ -135,7 +140,7 @@ def test_repeated_runs_on_two_workers_of_two_threads_never_fail(
     for attempt in range(10):
         out = tmp_path / f"run{attempt}"
         path = workflow_file(out, workflow, outputs=outputs(workflow, out / "maps"), dask={})
-        run_workflow(load_workflow(path), scheduler=cluster.address, progress=False)
+        run_workflow(on(load_workflow(path), cluster), progress=False)
         assert_same_maps(out / "maps" / "synthetic", reference)
 
 
@@ -151,7 +156,7 @@ def _run_in_background(path: Path, address: str, log: Path) -> subprocess.Popen:
     with log.open("wb") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "pipeline.cli", "run", str(path), "--quiet",
-             "--scheduler", address],
+             "--cluster", address],
             env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
 
@@ -195,7 +200,7 @@ def test_no_worker_left_is_a_clear_error_and_a_rerun_resumes(
     log = (tmp_path / "run.log").read_text()
     assert "no worker" in log and "run the same command again" in log and "Traceback" not in log
     cluster.wait_for_workers(2)
-    run_workflow(load_workflow(path), scheduler=cluster.address, progress=False)
+    run_workflow(on(load_workflow(path), cluster), progress=False)
     assert_same_maps(tmp_path / "maps" / "synthetic", reference)
 
 
@@ -205,7 +210,7 @@ def test_large_regions_are_per_tile_cogs_behind_one_vrt(
     _, workflow, _ = demo_inputs
     out = outputs(workflow, tmp_path / "maps", mosaic_max_pixels=1)
     path = workflow_file(tmp_path, workflow, outputs=out, dask={})
-    run_workflow(load_workflow(path), scheduler=cluster.address, progress=False)
+    run_workflow(on(load_workflow(path), cluster), progress=False)
     region = tmp_path / "maps" / "synthetic"
     assert_same_maps(region, reference, suffix=".vrt")
     tiles = sorted((region / "land_cover").glob("*.tif"))
@@ -272,7 +277,7 @@ def test_many_tiles_across_two_zones_equal_a_one_piece_computation(
     path = workflow_file(tmp_path, workflow, **changes)
     loaded = load_workflow(path)
     assert len(loaded.tiles(loaded.regions[0])) == 6
-    summary = run_workflow(loaded, scheduler=cluster.address, progress=False)
+    summary = run_workflow(on(loaded, cluster), progress=False)
     assert summary.tiles == 6
     region = tmp_path / "maps" / "r"
     for epsg in (32631, 32632):

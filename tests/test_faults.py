@@ -28,7 +28,7 @@ from fixtures.synthetic import write_synthetic_collection
 from pipeline.cube.read_retry import ReadRetry, is_retryable, is_transient
 from pipeline.cube.reader import GDAL_OPTIONS, read_scenes
 from pipeline.geo.grid import Grid
-from pipeline.plan.plan import RegionTarget, make_plan
+from pipeline.plan.scenes import RegionTarget, make_plan
 from pipeline.run.execute import run_workflow
 from pipeline.search.items import BadAssetError, HrefNotAllowedError, check_hrefs, item_ref
 from pipeline.workflow.load import load_workflow

@@ -18,7 +18,7 @@ from encoder.preprocess import BANDS
 from encoder.prompts import class_set, reference_classes
 from encoder.sen4map import Sen4MapLayout, pairs_from_sen4map
 from fixtures.synthetic import write_synthetic_collection
-from pipeline.cube.composite import build_cube
+from pipeline.cube.lazy import build_cube
 from pipeline.cube.samples import PointsError, pairs_from_cube, read_points, sample_cube
 from pipeline.search.stac import StacSource
 

@@ -11,7 +11,8 @@ import yaml
 
 from fixtures.synthetic import write_synthetic_collection
 from pipeline.geo.chunks import tile_chunks
-from pipeline.plan.plan import RegionTarget, describe, make_plan, tile_bytes
+from pipeline.plan.report import describe
+from pipeline.plan.scenes import RegionTarget, make_plan, tile_bytes
 from pipeline.search.stac import StacSource, search_boxes
 from pipeline.workflow.load import load_workflow
 

@@ -35,7 +35,7 @@ from fixtures.stac_server import serve_stac
 from fixtures.synthetic import LAND_CLASSES
 from fixtures.tiny import tiny_encoder, write_tiny_clip
 from pipeline.cli import main
-from pipeline.cube.composite import build_cube
+from pipeline.cube.lazy import build_cube
 from pipeline.geo.tiles import Tile, region_mask
 from pipeline.maps.classify import classify, plan_task
 from pipeline.maps.pixel_encoder import embed_series, pixel_series
@@ -142,9 +142,9 @@ def as_pixels(cosines: np.ndarray) -> np.ndarray:
 
 def stored(region_dir: Path) -> np.ndarray:
     """The store's region window decoded by the documented rules, read with zarr alone."""
-    array = zarr.open_group(region_dir / "embeddings.zarr", mode="r")["EPSG32631"]
-    row, col, height, width = array.attrs["region_window"]
-    values = array[row : row + height, col : col + width]
+    zone = zarr.open_group(region_dir / "embeddings.zarr", mode="r")["EPSG32631"]
+    row, col, height, width = zone.attrs["region_window"]
+    values = zone["embeddings"][row : row + height, col : col + width]
     if values.dtype == np.int8:
         return np.where((values == -128).any(-1, keepdims=True), np.nan, values / 127.0)
     return values.astype(np.float32)
@@ -266,7 +266,7 @@ def test_int8_store_classifies_like_float16(float16_run, int8_run, tmp_path):
     f16_dir, _ = float16_run
     i8_dir, _ = int8_run
     store = zarr.open_group(i8_dir / "embeddings.zarr", mode="r")
-    assert store["EPSG32631"].dtype == np.int8 and store.attrs["encoding"] == "int8"
+    assert store["EPSG32631/embeddings"].dtype == np.int8 and store.attrs["encoding"] == "int8"
     for name, folder in (("f16", f16_dir), ("i8", i8_dir)):
         classify_into(folder, tmp_path / name)
     a, b = read(tmp_path / "f16" / "land_cover.tif"), read(tmp_path / "i8" / "land_cover.tif")
@@ -411,8 +411,8 @@ def test_change_between_two_years(float16_run, tmp_path):
     region_dir, _ = float16_run
     later, group = copy_store(region_dir, tmp_path / "2024")
     group.attrs["year"] = 2024
-    array = group["EPSG32631"]
-    row, col, _, _ = array.attrs["region_window"]
+    array = group["EPSG32631/embeddings"]
+    row, col, _, _ = group["EPSG32631"].attrs["region_window"]
     block = (slice(row + 20, row + 60), slice(col + 30, col + 70))
     array[block] = array[row + 100 : row + 140, col + 100 : col + 140]  # now built-up there
     assert main(["change", store_of(region_dir), str(later), "--out", str(tmp_path / "out")]) == 0
@@ -452,16 +452,19 @@ def _changed_store(change):
     return args
 
 
-def _old_store(region_dir, tmp_path):
-    path, group = copy_store(region_dir, tmp_path)
-    del group.attrs["format"]
-    return ["query", str(path), "water"]
+def _store_of_format(change):
+    def args(region_dir, tmp_path):
+        path, group = copy_store(region_dir, tmp_path)
+        change(group.attrs)
+        return ["query", str(path), "water"]
+
+    return args
 
 
 def _shrink(group):
-    array = group["EPSG32631"]
-    row, col, height, width = array.attrs["region_window"]
-    array.attrs["region_window"] = [row, col, height - 1, width]
+    zone = group["EPSG32631"]
+    row, col, height, width = zone.attrs["region_window"]
+    zone.attrs["region_window"] = [row, col, height - 1, width]
 
 
 @pytest.mark.parametrize(
@@ -477,7 +480,8 @@ def _shrink(group):
         ),
         (_changed_store(_shrink), "different grids"),
         (_changed_store(lambda g: g.attrs.update(checkpoint_sha256="0" * 64)), "different encoder"),
-        (_old_store, "older timesenclip"),
+        (_store_of_format(lambda a: a.update(format="timesenclip-embeddings-v1")), "older"),
+        (_store_of_format(lambda a: a.pop("format")), "no timesenclip embeddings store"),
     ],
 )
 def test_bad_inputs_fail_clearly(float16_run, tmp_path, capsys, make_args, message):
@@ -530,10 +534,11 @@ def test_store_records_model_grid_and_encoding(float16_run):
     assert attrs["clip_model"] == workflow.model.clip.model
     assert attrs["clip_weights"] == TextEncoder(workflow.model.clip.model, None).weights_id()
     assert attrs["layout"] == {"blocksize": 128, "overview_resampling": "mode", "confidence": True}
-    array = store["EPSG32631"]
-    row, col, height, width = array.attrs["region_window"]
-    origin = Affine(*array.attrs["transform"]) * (col, row)
+    zone = store["EPSG32631"]
+    array = zone["embeddings"]
+    row, col, height, width = zone.attrs["region_window"]
+    origin = Affine(*zone.attrs["transform"]) * (col, row)
     with rasterio.open(region_dir / "land_cover.tif") as src:
         assert origin == (src.transform.c, src.transform.f) and (height, width) == src.shape
-    assert [t["id"] for t in array.attrs["tiles"]] == [t["id"] for t in record["tiles"]]
+    assert [t["id"] for t in zone.attrs["tiles"]] == [t["id"] for t in record["tiles"]]
     assert array.shape[0] % 64 == 0 and array.chunks == (64, 64, 32)  # whole chunks per writer

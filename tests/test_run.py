@@ -21,7 +21,7 @@ from encoder.prompts import TextEncoder, class_set
 from encoder.zeroshot import score
 from fixtures.stac_server import serve_stac
 from pipeline.cli import main
-from pipeline.cube.composite import build_cube
+from pipeline.cube.lazy import build_cube
 from pipeline.geo.tiles import Tile, region_mask
 from pipeline.maps.cog import read_category_names
 from pipeline.maps.outputs import OUTSIDE_REGION
@@ -280,7 +280,7 @@ def test_hub_checkpoints_reach_workers_as_hub_sources(
     demo_inputs, tmp_path, monkeypatch, workflow_file
 ):
     """Workers (maybe on other machines) fetch a hub checkpoint themselves, not our cache path."""
-    from pipeline.run import execute as run
+    from pipeline.plan import settings as run
 
     _, workflow, _ = demo_inputs
     local = workflow["model"]["checkpoint"]
@@ -300,6 +300,6 @@ def test_unreachable_scheduler_is_a_clear_error(demo_inputs, tmp_path, capsys, w
     _, workflow, _ = demo_inputs
     path = workflow_file(tmp_path, workflow, outputs={"dir": str(tmp_path / "maps")})
     with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
-        assert main(["run", str(path), "--quiet", "--scheduler", "tcp://127.0.0.1:9"]) == 2
+        assert main(["run", str(path), "--quiet", "--cluster", "tcp://127.0.0.1:9"]) == 2
     err = capsys.readouterr().err
     assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in err and "Traceback" not in err

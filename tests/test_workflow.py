@@ -31,7 +31,7 @@ tasks:
   - name: custom
     classes: [{name: vineyard, color: "#7b2d8b"}, {name: olive grove}, {name: pine forest}]
 outputs: {dir: out, confidence: true, embeddings: false}
-dask: {scheduler: null, n_workers: null}                             # or scheduler: tcp://host:8786
+dask: {cluster: local, n_workers: null}                            # local, slurm, pbs or tcp://host:8786
 """  # noqa: E501
 
 MINIMAL = {
@@ -90,7 +90,7 @@ def test_the_readme_example_parses(tmp_path):
     assert [c.color for c in custom] == ["#7b2d8b", None, None]
     assert wf.outputs.dir == tmp_path / "out"
     assert (wf.outputs.confidence, wf.outputs.embeddings) == (True, False)
-    assert (wf.dask.scheduler, wf.dask.n_workers) == (None, None)
+    assert (wf.dask.cluster, wf.dask.n_workers) == ("local", None)
     assert wf.source == tmp_path / "workflow.yaml"
     assert "montpellier: [3.8, 43.55, 3.95, 43.65], 4 tile(s) in EPSG:32631" in wf.summary()
     assert wf.tiles(region)[0].id == "32631_x0013_y0118"
@@ -132,13 +132,22 @@ def test_defaults(tmp_path):
         "blocksize": 512,
         "mosaic_max_pixels": 1_000_000_000,
     }
-    assert wf.dask.model_dump() == {
-        "scheduler": None,
+    assert wf.dask.model_dump(exclude={"jobs"}) == {
+        "cluster": "local",
         "n_workers": None,
         "threads_per_worker": None,
+        "min_jobs": 1,
+        "max_jobs": 4,
+        "lifetime": None,
+        "lifetime_stagger": None,
+        "tls": None,
+        "shared_temp_directory": None,
+        "dashboard": None,
         "stall_timeout": 3600.0,
-        "no_worker_timeout": 120.0,
+        "no_worker_timeout": None,
     }
+    assert set(wf.dask.jobs.model_dump().values()) == {None}  # all from jobqueue.yaml
+    assert (wf.dask.kind, wf.dask.tls_mode, wf.dask.no_worker_seconds) == ("local", None, 120)
 
 
 def test_relative_paths_are_read_from_the_workflow_folder(tmp_path, monkeypatch):
@@ -340,12 +349,66 @@ def _set(path: str, value):
         ),
         (_set("outputs.confidence", "maybe"), ["outputs.confidence", "got 'maybe'"]),
         (_set("outputs.overview_resampling", "average"), ["outputs.overview_resampling", "'mode'"]),
-        (_set("dask", {"scheduler": "host:8786"}), ["dask.scheduler", "tcp://host:8786"]),
+        (_set("dask", {"cluster": "host:8786"}), ["dask.cluster", "slurm, pbs", "tcp://host:8786"]),
         (_set("dask", {"n_workers": 0}), ["dask.n_workers", "got 0"]),
         (
-            _set("dask", {"scheduler": "tcp://scheduler:8786", "n_workers": 4}),
-            ["dask", "drop them or drop scheduler"],
+            _set("dask", {"cluster": "tcp://scheduler:8786", "n_workers": 4}),
+            [
+                "dask (line",
+                "got n_workers with cluster 'tcp://scheduler:8786'",
+                "n_workers is for a local cluster only: drop them or change cluster",
+            ],
         ),
+        (
+            _set("dask", {"cluster": "slurm", "threads_per_worker": 2, "dashboard": ":8787"}),
+            ["dask (line", "got threads_per_worker with cluster 'slurm'", "drop them"],
+        ),
+        (
+            _set("dask", {"jobs": {"cores": 4}}),
+            ["dask (line", "got jobs with cluster 'local'", "jobs is for slurm and pbs only"],
+        ),
+        (
+            _set("dask", {"cluster": "slurm", "jobs": {"walltime": "2h"}}),
+            ["dask.jobs.walltime (line", "got '2h'", "HH:MM:SS", "D-HH[:MM[:SS]]"],
+        ),
+        (
+            _set("dask", {"cluster": "slurm", "jobs": {"walltime": 3600}}),
+            ["dask.jobs.walltime (line", "got 3600", 'in quotes, e.g. walltime: "02:00:00"'],
+        ),
+        (
+            _set("dask", {"cluster": "pbs", "jobs": {"walltime": "1-00:00:00"}}),
+            ["dask (line", "got jobs.walltime '1-00:00:00'", "a PBS walltime is HH:MM:SS"],
+        ),
+        (
+            _set("dask", {"cluster": "slurm", "jobs": {"memory": "32"}}),
+            ["dask.jobs.memory (line", "got '32'", "needs its unit, e.g. 32GiB"],
+        ),
+        (
+            _set("dask", {"cluster": "pbs", "jobs": {"cores": 2, "processes": 4}}),
+            ["dask.jobs (line", "got processes 4 and cores 2", "lower processes"],
+        ),
+        (
+            _set("dask", {"cluster": "slurm", "min_jobs": 5, "max_jobs": 2}),
+            ["dask (line", "got min_jobs 5 above max_jobs 2"],
+        ),
+        (
+            _set("dask", {"cluster": "slurm", "jobs": {"walltime": "01:00:00"}, "lifetime": "1h"}),
+            ["dask (line", "got lifetime '1h'", "up to 1h03m", "walltime 1h00m", "kill them"],
+        ),
+        (
+            _set("dask", {"cluster": "slurm", "lifetime": "50"}),
+            ["dask.lifetime (line", "got '50'", "a number with a unit"],
+        ),
+        (
+            _set("dask", {"cluster": "tcp://h:8786", "tls": "temporary"}),
+            ["dask (line", "got tls 'temporary'", "give its files as tls: {ca_file, cert, key}"],
+        ),
+        (_set("dask", {"tls": "yes"}), ["dask.tls (line", "got 'yes'", "temporary, false (plain"]),
+        (
+            _set("dask", {"tls": {"ca_file": "ca.pem", "cert": "c.pem", "key": "k.pem"}}),
+            ["dask.tls.ca_file (line", "no such certificate file"],
+        ),
+        (_set("dask", {"dashboard": "8787"}), ["dask.dashboard", "got '8787'", "HOST:PORT"]),
         (_set("year", 2010), ["year", "got 2010", "2015"]),
         (_set("tasks", []), ["tasks", "got []", "at least 1"]),
         (_set("name", ""), ["name", "got ''"]),
@@ -430,7 +493,7 @@ def test_every_example_workflow_validates():
     main = yaml.safe_load((WORKFLOWS / "montpellier-2023.yaml").read_text())
     assert main == yaml.safe_load(EXAMPLE), "the README's main job is the documented example"
     cluster = load_workflow(WORKFLOWS / "cluster-europe.yaml")
-    assert cluster.dask.scheduler == "tcp://scheduler:8786" and cluster.outputs.embeddings
+    assert cluster.dask.cluster == "slurm" and cluster.outputs.embeddings
     assert len(cluster.regions) > 1
 
 

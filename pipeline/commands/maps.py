@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from pipeline.commands.command import command
@@ -11,9 +12,19 @@ from pipeline.commands.options import add_quiet
 
 def _run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("workflow", type=Path, help="workflow YAML file")
-    p.add_argument("--scheduler", help="address of a running Dask scheduler, e.g. tcp://host:8786")
     p.add_argument(
-        "--dry-run", action="store_true", help="list tiles, items and pixels; read nothing"
+        "--cluster",
+        help="the Dask cluster, over the workflow's dask.cluster: local, slurm, pbs, or a "
+        "running scheduler's address such as tcp://host:8786",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list tiles, items and pixels, and the job script of a slurm or pbs cluster; "
+        "read nothing",
+    )
+    p.add_argument(
+        "--report", type=Path, metavar="FILE.html", help="keep Dask's performance report of the run"
     )
     add_quiet(p)
 
@@ -21,12 +32,17 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
 @command("run", "map the regions of a workflow YAML", _run_arguments)
 def run(args: argparse.Namespace) -> int:
     from pipeline.run.execute import run_workflow
-    from pipeline.workflow.load import load_workflow
+    from pipeline.workflow.load import load_workflow, with_cluster
 
     workflow = load_workflow(args.workflow)
+    if args.cluster:
+        workflow = with_cluster(workflow, args.cluster)
+    # Where the scheduler and its dashboard are is worth a line even without --verbose.
+    cluster_log = logging.getLogger("pipeline.run.cluster")
+    cluster_log.setLevel(min(cluster_log.getEffectiveLevel(), logging.INFO))
     try:
         summary = run_workflow(
-            workflow, scheduler=args.scheduler, dry_run=args.dry_run, progress=not args.quiet
+            workflow, dry_run=args.dry_run, progress=not args.quiet, report=args.report
         )
     except OSError as err:
         if err.filename is None and err.errno is not None:  # e.g. a worker's write, disk full

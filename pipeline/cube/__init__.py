@@ -1,1 +1,1 @@
-"""Scenes to composites: reader, read retries, cloud masks, temporal medians. Uses search, geo."""
+"""Scenes to composites: reader, retries, cloud masks, medians, users' stacks. Uses search, geo."""

@@ -1,10 +1,12 @@
-"""Monthly median Sentinel-2 cubes: cloud mask, BOA harmonisation, 12 composites per pixel.
+"""Monthly median Sentinel-2 composites of a chunk: cloud mask, BOA harmonisation, 12 tokens.
 
-``composite_chunk`` is what a pipeline task runs: it reads a chunk's scenes month by month
+``composite_chunk`` composites one window by itself: it reads the window's scenes month by month
 (``pipeline.cube.reader``: concurrent reads, pooled datasets, no Dask) and reduces each month at
-once, so memory follows the chunk and the scenes of one month, not the length of the year.
-``build_cube`` is the same reduction as a lazy xarray Dataset over any bounds, one Dask task per
-month and spatial chunk, for notebooks and training samples.
+once (``pipeline.cube.observations``), so memory follows the window and the scenes of one month,
+not the length of the year. A run composites whole tiles instead, each block decoded once
+(``pipeline.cube.area``); the lazy cube (``pipeline.cube.lazy``) composites window by window
+like this. ``observation_tokens`` is the reduction on its own, for float32 scenes already on a
+grid: stacks of the user's (``pipeline.cube.stacks``).
 
 An observation (one item at one pixel) counts only when SCL and all 10 bands hold data (digital
 number 0 is no-data), so a composite month is either complete or all NaN. Every item's digital
@@ -19,13 +21,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import dask
-import dask.array as da
 import numpy as np
-import pystac
-import rioxarray  # noqa: F401  (registers the .rio accessor)
-import xarray as xr
-from pystac.utils import is_absolute_href, str_to_datetime
+from pystac.utils import str_to_datetime
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
@@ -36,11 +33,16 @@ from pipeline.cube.reader import FINE, POOL, Buffers, DatasetPool, SceneRead, re
 from pipeline.cube.temporal import BLOCKS, nanmedian_time
 from pipeline.cube.tokens import COARSE_BANDS, Tokens, no_exceptions
 from pipeline.geo.grid import Grid, reproject_bounds
-from pipeline.search.items import ASSETS, ON_BAD_ASSET, BadAssetError, ItemRef, usable_refs
-from pipeline.search.sentinel2 import BANDS_20M, DEFAULT_CLOUD_MASK, REFERENCE_ZERO_CLASSES
-from timesenclip.common.errors import TimeSenCLIPError
+from pipeline.search.items import ASSETS, ON_BAD_ASSET, SCL, BadAssetError, ItemRef
+from pipeline.search.sentinel2 import BANDS_20M, DEFAULT_CLOUD_MASK
 
-__all__ = ["BadAssetError", "CubeOptions", "build_cube", "composite_chunk", "nanmedian_time"]
+__all__ = [
+    "BadAssetError",
+    "CubeOptions",
+    "composite_chunk",
+    "nanmedian_time",
+    "observation_tokens",
+]
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +93,7 @@ def composite_chunk(
     height, width = window.height, window.width
     composite = np.full((len(token_months(options)), len(BANDS), height, width), np.nan, np.float32)
     valid = np.zeros((height, width), np.uint8)
-    groups = _groups([r for r in refs if r.meets(grid)], options)
+    groups = scene_groups([r for r in refs if r.meets(grid)], options)
     used, skipped = [], []
     with ThreadPoolExecutor(1) as ahead:
         pending = [ahead.submit(read_window, g, grid, window, options) for _, _, g in groups[:1]]
@@ -101,7 +103,7 @@ def composite_chunk(
                 pending.append(ahead.submit(read_window, groups[k + 1][2], grid, window, options))
             used += read.used
             skipped += read.skipped
-            tokens, has_data = _on_grid(*reduce_window(read, options, block), read, window)
+            tokens, has_data = tokens_on_grid(read, options, block, window)
             first = 0 if options.mask_mode == "reference" else i
             composite[first : first + len(tokens)] = tokens
             valid += has_data.sum(axis=0, dtype=np.uint8)
@@ -113,7 +115,7 @@ def month_blocks(options: CubeOptions) -> tuple[tuple[int, ...], ...]:
     return (MONTHS,) if options.mask_mode == "reference" else BLOCKS[options.temporal]
 
 
-def _groups(
+def scene_groups(
     scenes: Sequence[ItemRef], options: CubeOptions
 ) -> list[tuple[int, tuple[int, ...], list[ItemRef]]]:
     """``(index, months, scenes in time order)`` of each block of months that has scenes."""
@@ -130,100 +132,9 @@ def token_months(options: CubeOptions) -> tuple[tuple[int, ...], ...]:
     return BLOCKS["monthly"] if options.mask_mode == "reference" else BLOCKS[options.temporal]
 
 
-def build_cube(
-    items: Sequence[pystac.Item | dict],
-    *,
-    epsg: int,
-    bounds: tuple[float, float, float, float],
-    year: int,
-    resolution: float = 10.0,
-    chunk_size: int = 512,
-    cloud_mask: Sequence[int] = DEFAULT_CLOUD_MASK,
-    mask_mode: str = "default",
-    resampling: str = "nearest",
-    on_bad_asset: str = "raise",
-) -> xr.Dataset:
-    """Lazy monthly composites of ``items`` on the ``epsg`` grid over ``bounds`` for ``year``.
-
-    Returns a Dataset with ``composite`` (month=1..12, band=BANDS, y, x) float32 digital numbers on
-    the pre-2022 scale (NaN where a month has no valid observation) and ``valid_months`` (y, x)
-    uint8. ``x``/``y`` are pixel centres; ``bounds`` are snapped outward to multiples of
-    ``resolution``. SCL is always resampled with nearest, the 20 m bands with ``resampling``.
-
-    ``mask_mode="default"`` drops observations whose SCL class is in ``cloud_mask``.
-    ``mask_mode="reference"`` (``cloud_mask`` unused) reproduces the published rule instead:
-    SCL 9, 10, 11 become 0 and stay in the median, a month without observations takes the
-    whole-year median, and ``valid_months`` counts the months that had observations; it holds
-    all of a chunk's scenes in memory at once, so use a smaller ``chunk_size`` there.
-
-    ``on_bad_asset="raise"`` raises ``BadAssetError`` (naming item, asset and href) for a missing
-    or unreadable asset, ``"skip"`` logs a warning and leaves that item out instead.
-    """
-    _check_arguments(
-        bounds, resolution, chunk_size, cloud_mask, mask_mode, resampling, on_bad_asset
-    )
-    options = CubeOptions(tuple(int(c) for c in cloud_mask), mask_mode, resampling, on_bad_asset)
-    refs, skipped = usable_refs(_as_dicts(items), year, on_bad_asset)
-    if not refs:
-        raise TimeSenCLIPError(
-            f"no usable Sentinel-2 item for {year} ({len(skipped)} skipped for bad assets): give "
-            "items acquired in that year, or check the search and the assets they point to."
-        )
-    grid = Grid(epsg, _snapped(bounds, resolution), resolution)
-    scenes = in_time_order([r for r in refs if r.meets(grid)])
-    if not scenes:
-        log.warning(
-            "none of the %d items overlaps bounds %s: the cube is empty", len(items), bounds
-        )
-    composite, valid = _lazy_composite(scenes, grid, options, chunk_size)
-    used = {r.id for r in scenes}
-    return _dataset(
-        composite,
-        valid,
-        grid,
-        attrs={
-            "item_ids": [r.id for r in scenes],
-            "harmonization": [
-                {"item_id": r.id, "offset": r.offset, "rule": r.rule} for r in scenes
-            ],
-            "skipped_item_ids": [s["id"] for s in skipped],
-            "unused_item_ids": [r.id for r in refs if r.id not in used],
-            "year": year,
-            "mask_mode": mask_mode,
-            "cloud_mask": list(options.cloud_mask) if mask_mode == "default" else [],
-            "zeroed_classes": list(REFERENCE_ZERO_CLASSES) if mask_mode == "reference" else [],
-            "resampling": resampling,
-        },
-    )
-
-
 def in_time_order(refs: Iterable[ItemRef]) -> list[ItemRef]:
     """Scenes by acquisition time, as stackstac orders them."""
     return sorted(refs, key=lambda r: str_to_datetime(r.datetime))
-
-
-def _as_dicts(items: Sequence[pystac.Item | dict]) -> list[Mapping]:
-    """Item dicts; a pystac Item's relative hrefs made absolute, with no catalogue fetched."""
-    plain = []
-    for item in items:
-        if isinstance(item, pystac.Item):
-            data = item.to_dict(include_self_link=False, transform_hrefs=False)
-            for key, asset in item.assets.items():
-                if not is_absolute_href(asset.href):  # "/data/x.tif" is absolute: keep it
-                    data["assets"][key]["href"] = asset.get_absolute_href() or asset.href
-            item = data
-        plain.append(item)
-    return plain
-
-
-def _snapped(bounds: tuple[float, float, float, float], res: float) -> tuple[float, ...]:
-    xmin, ymin, xmax, ymax = bounds
-    return (
-        float(np.floor(xmin / res) * res),
-        float(np.floor(ymin / res) * res),
-        float(np.ceil(xmax / res) * res),
-        float(np.ceil(ymax / res) * res),
-    )
 
 
 def read_window(
@@ -280,146 +191,62 @@ def reduce_window(
     read: SceneRead, options: CubeOptions, block: Sequence[int], threads: int = 1
 ) -> tuple[Tokens, np.ndarray]:
     """The tokens of a block of months' scenes over ``read.window`` and ``(months, h, w)``
-    whether each month has a valid observation, its medians on ``threads`` threads.
-
-    One token per month in the default monthly mode; one per block (the median of the block's
-    observations) in seasonal and annual modes; 12 by the published rule in reference mode
-    (``pipeline.cube.observations``).
-    """
-    reference = options.mask_mode == "reference"
-    if not read.used:  # every scene of the block left out: its tokens stay NaN
-        count = len(MONTHS) if reference else len(block) if options.temporal == "monthly" else 1
-        shape = (read.window.height, read.window.width)
-        nan = {
-            "fine": np.full((count, len(FINE), *shape), np.nan, np.float32),
-            "coarse": np.full((count, len(COARSE_BANDS), *shape), np.nan, np.float32),
-        }
-        return Tokens(**nan, **no_exceptions()), np.zeros((len(block), *shape), bool)
-    obs = Observations.of(read)
-    if reference:
-        return reference_tokens(obs)
-    blocks = [(m,) for m in block] if options.temporal == "monthly" else [block]
-    return masked_tokens(obs, blocks, options.cloud_mask, threads)
+    whether each month has a valid observation, its medians on ``threads`` threads."""
+    shape = (read.window.height, read.window.width)
+    return _block_tokens(Observations.of(read), options, block, shape, threads)
 
 
-def _on_grid(
-    tokens: Tokens, has_data: np.ndarray, read: SceneRead, window: Window
+def tokens_on_grid(
+    read: SceneRead, options: CubeOptions, block: Sequence[int], window: Window
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(tokens, 10, h, w)`` and has-data over ``window``, which ``read.window`` covers."""
+    """``(tokens, 10, h, w)`` of a block of months on the grid over ``window`` (which
+    ``read.window`` covers), and ``(months, h, w)`` has-data."""
+    tokens, has_data = reduce_window(read, options, block)
     top, left = window.row_off - read.window.row_off, window.col_off - read.window.col_off
     rows, cols = slice(top, top + window.height), slice(left, left + window.width)
     return tokens.full(rows, cols), has_data[:, rows, cols]
 
 
-def _lazy_composite(
-    scenes: Sequence[ItemRef], grid: Grid, options: CubeOptions, chunk_size: int
-) -> tuple[da.Array, da.Array]:
-    """``(12, 10, y, x)`` composites and ``(y, x)`` valid months, one task a month and chunk."""
-    height, width = grid.shape
-    ys = _chunk_sizes(height, chunk_size)
-    xs = _chunk_sizes(width, chunk_size)
-    groups = _groups(scenes, options)
-    block_rows = []
-    for r0, h in zip(np.cumsum([0, *ys[:-1]]), ys, strict=True):
-        row = []
-        for c0, w in zip(np.cumsum([0, *xs[:-1]]), xs, strict=True):
-            window = Window(int(c0), int(r0), w, h)
-            row.append(
-                da.concatenate(
-                    [
-                        da.from_delayed(
-                            dask.delayed(_block, pure=True)(group, block, grid, window, options),
-                            shape=(len(block), len(BANDS) + 1, h, w),
-                            dtype=np.float32,
-                        )
-                        for _, block, group in groups
-                    ]
-                )
-                if groups
-                else da.zeros((0, len(BANDS) + 1, h, w), np.float32)
-            )
-        block_rows.append(row)
-    blocks = da.block(block_rows)
-    valid = (blocks[:, -1] == 1).sum(axis=0, dtype=np.uint8)
-    composite = blocks[:, :-1]
-    if options.mask_mode == "reference" and groups:
-        return composite, valid
-    empty = da.full(
-        (1, len(BANDS), height, width), np.nan, dtype=np.float32, chunks=(1, -1, ys, xs)
-    )
-    where = {block[0]: k for k, (_, block, _) in enumerate(groups)}
-    composite = da.concatenate(
-        [composite[where[m] : where[m] + 1] if m in where else empty for m in MONTHS]
-    )
-    return composite, valid
-
-
-def _block(
-    refs: Sequence[ItemRef],
-    block: tuple[int, ...],
-    grid: Grid,
-    window: Window,
+def observation_tokens(
+    layers: Mapping[str, np.ndarray],
+    months: np.ndarray,
+    offsets: np.ndarray,
     options: CubeOptions,
-) -> np.ndarray:
-    """One block of months of one spatial chunk: its tokens with a has-data layer appended."""
-    read = read_window(refs, grid, window, options)
-    tokens, has_data = _on_grid(*reduce_window(read, options, block), read, window)
-    return np.concatenate([tokens, has_data[:, None].astype(np.float32)], axis=1)
+    block: Sequence[int],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Tokens ``(k, 10, h, w)`` of a block of months' observations and ``(months, h, w)`` has-data.
+
+    ``layers`` holds ``(t, h, w)`` float32 digital numbers of each band of ``ASSETS`` and SCL
+    (NaN where a scene has none), ``months`` and ``offsets`` the calendar month and BOA offset of
+    each of the ``t`` scenes, in time order.
+    """
+    scl = layers[SCL]
+    digital = {**layers, SCL: np.where(np.isnan(scl), 0, scl).astype(np.uint8)}
+    obs = Observations(digital, 1, np.asarray(months), np.asarray(offsets, np.float32))
+    height, width = scl.shape[1:]
+    tokens, has_data = _block_tokens(obs, options, block, (height, width))
+    return tokens.full(slice(0, height), slice(0, width)), has_data
 
 
-def _chunk_sizes(length: int, chunk: int) -> tuple[int, ...]:
-    return (chunk,) * (length // chunk) + ((length % chunk,) if length % chunk else ())
-
-
-def _check_arguments(
-    bounds: tuple[float, float, float, float],
-    resolution: float,
-    chunk_size: int,
-    cloud_mask: Sequence[int],
-    mask_mode: str,
-    resampling: str,
-    on_bad_asset: str,
-) -> None:
-    problems = []
-    if len(bounds) != 4 or not (bounds[0] < bounds[2] and bounds[1] < bounds[3]):
-        problems.append(f"bounds {bounds} must be (xmin, ymin, xmax, ymax) with min < max")
-    if not resolution > 0:
-        problems.append(f"resolution {resolution} must be positive")
-    if int(chunk_size) != chunk_size or chunk_size < 1:
-        problems.append(f"chunk_size {chunk_size} must be a positive whole number of pixels")
-    if any(int(c) != c or not 0 <= c <= 11 for c in cloud_mask):
-        problems.append(f"cloud_mask {list(cloud_mask)} must hold SCL classes 0..11")
-    if mask_mode not in MASK_MODES:
-        problems.append(f"mask_mode {mask_mode!r} must be one of {', '.join(MASK_MODES)}")
-    if resampling not in Resampling.__members__:
-        problems.append(
-            f"resampling {resampling!r} must be a rasterio method such as nearest, bilinear, "
-            "cubic or average"
-        )
-    if on_bad_asset not in BAD_ASSET_MODES:
-        problems.append(
-            f"on_bad_asset {on_bad_asset!r} must be one of {', '.join(BAD_ASSET_MODES)}"
-        )
-    if problems:
-        raise TimeSenCLIPError("cannot build the cube: " + "; ".join(problems) + ".")
-
-
-def _dataset(composite: da.Array, valid: da.Array, grid: Grid, attrs: dict) -> xr.Dataset:
-    """A zarr-ready Dataset: plain coordinates, CRS and transform via rioxarray, JSON attrs."""
-    coords = {
-        "month": np.array(MONTHS, dtype=np.int8),
-        "band": np.array(BANDS, dtype=object),  # zarr 3 specifies variable-length strings only
-        "y": grid.bounds[3] - (np.arange(grid.shape[0]) + 0.5) * grid.resolution,
-        "x": grid.bounds[0] + (np.arange(grid.shape[1]) + 0.5) * grid.resolution,
-    }
-    ds = xr.Dataset(
-        {
-            "composite": (("month", "band", "y", "x"), composite),
-            "valid_months": (("y", "x"), valid),
-        },
-        coords=coords,
-        attrs=attrs,
-    )
-    ds["composite"].attrs = {"units": "digital number (reflectance x 10000, pre-2022 scale)"}
-    ds["valid_months"].attrs = {"long_name": "months with at least one valid observation"}
-    return ds.rio.write_crs(grid.epsg).rio.write_transform(grid.transform)
+def _block_tokens(
+    obs: Observations,
+    options: CubeOptions,
+    block: Sequence[int],
+    shape: tuple[int, int],
+    threads: int = 1,
+) -> tuple[Tokens, np.ndarray]:
+    """One token per month in the default monthly mode; one per block (the median of the
+    block's observations) in seasonal and annual modes; 12 by the published rule in reference
+    mode (``pipeline.cube.observations``). NaN tokens where no scene is left."""
+    reference = options.mask_mode == "reference"
+    if not len(obs.months):  # every scene of the block left out: its tokens stay NaN
+        count = len(MONTHS) if reference else len(block) if options.temporal == "monthly" else 1
+        nan = {
+            "fine": np.full((count, len(FINE), *shape), np.nan, np.float32),
+            "coarse": np.full((count, len(COARSE_BANDS), *shape), np.nan, np.float32),
+        }
+        return Tokens(**nan, **no_exceptions()), np.zeros((len(block), *shape), bool)
+    if reference:
+        return reference_tokens(obs)
+    blocks = [(m,) for m in block] if options.temporal == "monthly" else [block]
+    return masked_tokens(obs, blocks, options.cloud_mask, threads)

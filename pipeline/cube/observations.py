@@ -16,7 +16,7 @@ take the median of the observations valid at all four.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -32,16 +32,21 @@ from pipeline.search.sentinel2 import REFERENCE_ZERO_CLASSES
 
 @dataclass(frozen=True)
 class Observations:
-    """The scenes of a ``SceneRead`` in time order, as a median needs them."""
+    """Scenes over a window in time order, as a median needs them: each asset's ``(scenes,
+    rows, cols)`` layer (``SceneRead.layers``), the 20 m ones a value per ``factor`` x
+    ``factor`` pixels, and each scene's calendar month and offset (digital numbers to subtract,
+    ``pipeline.search.harmonize``)."""
 
-    read: SceneRead
-    months: np.ndarray  # (scenes,) calendar month of each scene
-    offsets: np.ndarray  # (scenes,) digital numbers to subtract (``pipeline.search.harmonize``)
+    layers: Mapping[str, np.ndarray]
+    factor: int
+    months: np.ndarray
+    offsets: np.ndarray
 
     @classmethod
     def of(cls, read: SceneRead) -> Observations:
         return cls(
-            read,
+            read.layers,
+            read.factor,
             np.array([r.month for r in read.used], dtype=np.int8),
             np.array([r.offset for r in read.used], dtype=np.float32),
         )
@@ -65,7 +70,7 @@ def masked_tokens(
     """The medians of each block of months' valid observations, a token a block, and
     ``(months, h, w)`` whether each month of the blocks has one, over the read's window; the
     bands' medians on ``threads`` threads (numpy lets go of the GIL in them)."""
-    layers, k = obs.read.layers, obs.read.factor
+    layers, k = obs.layers, obs.factor
     masked = np.zeros(256, bool)
     masked[[0, *cloud_mask]] = True  # SCL 0 is no data, as digital number 0 is for a band
     bad_coarse = _mark_no_data(masked[layers[SCL]], *(layers[b] for b in COARSE_BANDS))
@@ -121,18 +126,15 @@ def reference_tokens(obs: Observations) -> tuple[Tokens, np.ndarray]:
     then 1 is added. Each band is computed at its own resolution: the rule reads nothing across
     bands but SCL, which is at 20 m.
     """
-    layers, k = obs.read.layers, obs.read.factor
+    layers, k = obs.layers, obs.factor
     zero = np.zeros(256, bool)
     zero[list(REFERENCE_ZERO_CLASSES)] = True
     zeroed = {k: zero[layers[SCL]]}  # at the 20 m layers' step, and at 10 m
     if k > 1:
         zeroed[1] = np.repeat(np.repeat(zeroed[k], k, axis=1), k, axis=2)
     spans = obs.spans(range(1, 13))
-    parts = {
-        1: np.empty((len(spans), len(FINE), *layers[FINE[0]].shape[1:]), np.float32),
-        k: np.empty((len(spans), len(COARSE_BANDS), *layers[SCL].shape[1:]), np.float32),
-    }
-    fine, coarse = parts[1], parts[k]
+    fine = np.empty((len(spans), len(FINE), *layers[FINE[0]].shape[1:]), np.float32)
+    coarse = np.empty((len(spans), len(COARSE_BANDS), *layers[SCL].shape[1:]), np.float32)
     has_data = np.zeros((len(spans), *fine.shape[2:]), bool)
     for band in BANDS:
         step, out = (1, fine) if band in FINE else (k, coarse)
@@ -220,7 +222,7 @@ def _exceptions(
     cols = (block_cols[:, None] * k + dx).ravel()
     values = np.empty((len(COARSE_BANDS), len(rows)), np.float32)
     for i, band in enumerate(COARSE_BANDS):
-        spread = obs.read.layers[band][span][:, block_rows, block_cols].repeat(k * k, axis=1)
+        spread = obs.layers[band][span][:, block_rows, block_cols].repeat(k * k, axis=1)
         _median(spread, bad[:, rows, cols], obs.offsets[span], out=values[i])
     return np.full(len(rows), t, np.intp), rows, cols, values
 

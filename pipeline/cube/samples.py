@@ -30,7 +30,7 @@ from encoder.ground import GroundEmbeddings
 from encoder.label_routes import TASKS
 from encoder.pairs_assembly import AssembleStats, PointRecord, write_records
 from encoder.preprocess import BANDS
-from pipeline.cube.composite import build_cube
+from pipeline.cube.lazy import build_cube
 from pipeline.geo.tiles import utm_epsg
 from pipeline.search.stac import EmptySearchError, StacSource, search_items
 from timesenclip.common.errors import TimeSenCLIPError

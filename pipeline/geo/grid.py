@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+import numpy as np
 from affine import Affine
 from pyproj import Transformer
 from rasterio.windows import Window
@@ -56,6 +57,14 @@ class Grid:
         """(height, width) in pixels."""
         xmin, ymin, xmax, ymax = self.bounds
         return round((ymax - ymin) / self.resolution), round((xmax - xmin) / self.resolution)
+
+    @property
+    def centres(self) -> tuple[np.ndarray, np.ndarray]:
+        """(y, x) coordinates of the pixel centres, top row and left column first."""
+        height, width = self.shape
+        xmin, _, _, ymax = self.bounds
+        ys = ymax - (np.arange(height) + 0.5) * self.resolution
+        return ys, xmin + (np.arange(width) + 0.5) * self.resolution
 
     @property
     def crs(self) -> str:

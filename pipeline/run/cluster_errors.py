@@ -55,12 +55,12 @@ def cluster_failure_message(exc: BaseException, region: str | None = None) -> st
         return (
             f"no Dask worker was left to run the work {where} (waited {exc.timeout:g} s): the "
             "workers stopped or were never started. Start workers for the scheduler (or let the "
-            f"run start its own cluster by leaving dask.scheduler out), {_RESUME}"
+            f"run start a cluster of its own: dask.cluster local, slurm or pbs), {_RESUME}"
         )
     lost = (
         f"the connection to the Dask scheduler was lost {where}: the scheduler stopped or the "
         "network between it and this machine dropped. Check that it runs and can be reached "
-        f"(dask.scheduler in the workflow, or --scheduler), {_RESUME}"
+        f"(dask.cluster in the workflow, or --cluster), {_RESUME}"
     )
     if isinstance(exc, FutureCancelledError | FuturesCancelledError):
         reasons = (

@@ -22,48 +22,19 @@ import numpy as np
 import torch
 from rasterio.windows import Window
 
-from encoder.conventions import ConventionOverrides
+from encoder.device import resolve_device
 from pipeline.cube.area import StoredTokens, all_here, composite_area, stored_chunk
-from pipeline.cube.composite import CubeOptions, composite_chunk
-from pipeline.cube.reader import GDAL_OPTIONS, configure_gdal
+from pipeline.cube.composite import composite_chunk
+from pipeline.cube.reader import configure_gdal
 from pipeline.geo.chunks import tile_chunks
-from pipeline.maps.classify import Plan  # [issue 11] class or similarity plans
+from pipeline.maps.classify import Plan
 from pipeline.maps.cog import write_cog
 from pipeline.maps.outputs import OUTSIDE_REGION, VALID_MONTHS
 from pipeline.maps.pixel_encoder import cached_encoder, embed_series, pixel_series, score_series
-from pipeline.plan.plan import ChunkTask, TilePlan, done_path, piece_path
+from pipeline.plan.scenes import ChunkTask, TilePlan, done_path, piece_path
+from pipeline.plan.settings import ChunkSettings
 from pipeline.search.items import ItemRef
 from timesenclip.common.atomic import atomic_path, write_text_atomic
-
-
-@dataclass(frozen=True)
-class ChunkSettings:
-    """What every chunk of a run shares; sent with each task, so any worker can run any task."""
-
-    year: int
-    resolution: float
-    chunk_size: int
-    cube: CubeOptions
-    checkpoint: str
-    device: str
-    batch_size: int
-    tasks: tuple[Plan, ...]
-    confidence: bool
-    conventions: ConventionOverrides | None = None  # the workflow's over the checkpoint's
-    runtime: str = "auto"  # encoder.runtime: auto, torch or onnx
-    precision: str = "fp32"  # or bf16, when the workflow asks
-    gdal: tuple[tuple[str, str], ...] = tuple(GDAL_OPTIONS.items())
-    embeddings_store: Path | None = None
-    tile_overviews: bool = False  # True when the tiles are the final outputs
-    blocksize: int = 512
-    overview_resampling: str = "mode"
-
-    def layers(self) -> dict[str, int | None]:
-        """The uint8 rasters each chunk yields, by name, with their nodata values."""
-        layers: dict[str, int | None] = {VALID_MONTHS: OUTSIDE_REGION}
-        for task in self.tasks:  # [issue 11] each plan names its own layers
-            layers.update(task.layers(self.confidence))
-        return layers
 
 
 @dataclass
@@ -202,7 +173,8 @@ def process_chunk(task: ChunkTask, settings: ChunkSettings, *blocks: BlockReport
     seconds["cube"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    model = cached_encoder(settings.checkpoint, settings.device, settings.conventions)
+    device = str(resolve_device(settings.device))  # a remote cluster's workers resolve "auto"
+    model = cached_encoder(settings.checkpoint, device, settings.conventions)
     series, present = pixel_series(composite, model.conventions)
     used, skipped = sorted({r.id for r in cube.used}), cube.skipped
     del cube, composite  # the series hold what the encoder needs: memory for the next chunk
@@ -210,7 +182,7 @@ def process_chunk(task: ChunkTask, settings: ChunkSettings, *blocks: BlockReport
     layers = {VALID_MONTHS: valid_months}
     run = {"runtime": settings.runtime, "precision": settings.precision}
     keep = settings.embeddings_store is not None
-    on_gpu = torch.device(settings.device).type == "cuda"
+    on_gpu = torch.device(device).type == "cuda"
     if on_gpu:
         # Scored on the GPU: only the uint8 layers (and float16 embeddings) come back.
         scored, embeddings = score_series(
@@ -234,7 +206,7 @@ def process_chunk(task: ChunkTask, settings: ChunkSettings, *blocks: BlockReport
     if on_gpu:
         layers.update({name: values.reshape(shape) for name, values in scored.items()})
     else:
-        for plan in settings.tasks:  # [issue 11] each plan scores its own layers
+        for plan in settings.tasks:  # each plan scores its own layers
             for name, values in plan.score(embeddings, settings.confidence).items():
                 layers[name] = values.reshape(shape)
     seconds["classify"] = time.perf_counter() - start

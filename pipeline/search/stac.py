@@ -421,7 +421,7 @@ class Catalog:
     """A run's search results: each distinct item once, and which items each box found.
 
     ``items`` hold each distinct item once as ``reduce`` made it (the raw dict by default;
-    ``pipeline.plan.plan`` keeps an ``ItemRef`` or None instead, so no dict outlives its reading);
+    ``pipeline.plan.scenes`` keeps an ``ItemRef`` or None instead, so no dict outlives its reading);
     ``found[i]`` holds the indices into ``items`` of the ``i``-th searched box, in the order found.
     """
 

@@ -9,7 +9,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from pipeline.workflow.schema import Workflow
+from pipeline.workflow.jobs import cluster_kind
+from pipeline.workflow.schema import DaskConfig, Workflow
 from timesenclip.common.config_errors import problem_report
 from timesenclip.common.errors import TimeSenCLIPError
 from timesenclip.common.safe_yaml import parse_yaml
@@ -58,3 +59,19 @@ def _validate(data: Any, base_dir: Path, source: str, node: yaml.Node | None) ->
         raise WorkflowError(
             problem_report(exc, Workflow, node, f"workflow {source}", hint)
         ) from None
+
+
+def with_cluster(workflow: Workflow, cluster: str) -> Workflow:
+    """``workflow`` with its ``dask.cluster`` replaced (``run --cluster``), without the keys
+    that apply only to the cluster it named (say, ``n_workers`` of a local one); checked as the
+    workflow file would be, a problem raises one ``WorkflowError``."""
+    foreign = DaskConfig.foreign_keys(cluster_kind(cluster))
+    kept = workflow.dask.model_dump(exclude_unset=True)
+    data = {**{k: v for k, v in kept.items() if k not in foreign}, "cluster": cluster}
+    base_dir = workflow.source.parent if workflow.source else Path(".")
+    try:
+        dask = DaskConfig.model_validate(data, context={"base_dir": base_dir.resolve()})
+    except ValidationError as exc:
+        subject = f"--cluster {cluster} with the dask section of {workflow.source or 'a workflow'}"
+        raise WorkflowError(problem_report(exc, DaskConfig, None, subject)) from None
+    return workflow.model_copy(update={"dask": dask})

@@ -38,11 +38,22 @@ from pipeline.maps.similarity import unique_slugs
 from pipeline.maps.style import StyleError, normalize_color
 from pipeline.search.sentinel2 import DEFAULT_CLOUD_MASK
 from pipeline.workflow.geojson import read_geojson
+from pipeline.workflow.jobs import (
+    BATCH_SYSTEMS,
+    HPC_EXTRA,
+    check_cluster,
+    check_memory,
+    check_walltime,
+    cluster_kind,
+    duration_seconds,
+    missing_hpc_packages,
+    walltime_seconds,
+    worker_lifetime,
+)
 from timesenclip.common.config_errors import did_you_mean
 from timesenclip.common.errors import TimeSenCLIPError
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
-_SCHEDULER_RE = re.compile(r"(tcp|tls|ucx|inproc|ws|wss)://\S+")
 _DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 _HF_HUB_RE = re.compile(r"hf-hub:[^/\s]+/[^/\s]+/\S+")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt")
@@ -83,6 +94,9 @@ def _resolve(value: str | Path, info: ValidationInfo) -> Path:
     path = Path(value).expanduser()
     base = Path((info.context or {}).get("base_dir", "."))
     return (base / path).resolve()
+
+
+ResolvedPath = Annotated[Path, AfterValidator(_resolve)]
 
 
 def _existing(path: Path, what: str, info: ValidationInfo, *, folder: bool = False) -> Path:
@@ -420,32 +434,204 @@ class OutputsConfig(_Model):
         return "float16" if value is True else value
 
 
-class DaskConfig(_Model):
-    """A running Dask scheduler to use, or the size of a local cluster (None = Dask's defaults)."""
+class JobsConfig(_Model):
+    """One batch job of Dask workers (dask-jobqueue). What is left out comes from the user's or
+    the site's ``jobqueue.yaml`` (the Dask config), as dask-jobqueue users expect."""
 
-    scheduler: str | None = None
-    n_workers: int | None = Field(None, ge=1)
-    threads_per_worker: int | None = Field(None, ge=1)
-    # Seconds without any finished task, or with no worker at all, before a run gives up
-    # (a rerun resumes); a published-size model on a CPU takes minutes per 512-px chunk.
-    stall_timeout: float = Field(3600.0, gt=0)
-    no_worker_timeout: float = Field(120.0, gt=0)
+    cores: int | None = Field(None, ge=1)
+    memory: Annotated[str, AfterValidator(check_memory)] | None = None
+    processes: int | None = Field(None, ge=1)  # worker processes per job, sharing its cores
+    walltime: Annotated[str, AfterValidator(check_walltime)] | None = None
+    queue: str | None = None
+    account: str | None = None
+    directives: list[str] | None = None  # more job directives, e.g. --gres=gpu:1 or -l ...
+    prologue: list[str] | None = None  # job-script lines run before the worker starts
+    interface: str | None = None  # network interface of the scheduler and workers, e.g. ib0
+    local_directory: str | None = None  # worker scratch on the compute node, e.g. $TMPDIR
+    log_directory: ResolvedPath | None = None  # the jobs' output and error files
 
-    @field_validator("scheduler")
+    @field_validator("walltime", mode="before")
     @classmethod
-    def _check_scheduler(cls, value: str | None) -> str | None:
-        if value is not None and not _SCHEDULER_RE.fullmatch(value):
-            raise ValueError("expected a scheduler address such as tcp://host:8786")
+    def _quoted(cls, value: Any) -> Any:
+        if isinstance(value, int | float):  # YAML reads an unquoted 1:00:00 as 3600
+            raise ValueError('write the walltime in quotes, e.g. walltime: "02:00:00"')
         return value
 
     @model_validator(mode="after")
-    def _local_sizes_only(self) -> DaskConfig:
-        if self.scheduler and (self.n_workers or self.threads_per_worker):
+    def _processes_fit(self) -> JobsConfig:
+        if self.cores and self.processes and self.processes > self.cores:
             raise ValueError(
-                "n_workers and threads_per_worker size a local cluster; with a scheduler address "
-                "the cluster's own workers are used: drop them or drop scheduler"
+                f"got processes {self.processes} and cores {self.cores}; each worker process "
+                "needs a core of the job: lower processes or raise cores"
             )
         return self
+
+
+class TlsFiles(_Model):
+    """Certificates of one's own for the scheduler, its workers and the run (PEM files)."""
+
+    ca_file: Path
+    cert: Path
+    key: Path
+
+    @field_validator("ca_file", "cert", "key")
+    @classmethod
+    def _check_file(cls, value: Path, info: ValidationInfo) -> Path:
+        return _existing(_resolve(value, info), "certificate file", info)
+
+
+TlsSpec = Annotated[
+    Annotated[Literal["temporary", False], Tag("mode")] | Annotated[TlsFiles, Tag("files")],
+    Discriminator(lambda v: "files" if isinstance(v, dict | TlsFiles) else "mode"),
+]
+
+DEFAULT_DASHBOARD = "127.0.0.1:8787"  # of a cluster the run starts: reached by ssh tunnel
+_DASHBOARD_RE = re.compile(r"[\w.\-]*:\d{1,5}")
+_BATCH_KEYS = ("jobs", "min_jobs", "max_jobs", "lifetime", "lifetime_stagger")
+# Keys that apply to some clusters only: (those clusters' kinds, their name, the keys).
+_SOME_CLUSTERS = (
+    (("local",), "a local cluster", ("n_workers", "threads_per_worker")),
+    (BATCH_SYSTEMS, "slurm and pbs", (*_BATCH_KEYS, "shared_temp_directory")),
+    (("local", *BATCH_SYSTEMS), "a cluster the run starts", ("dashboard",)),
+)
+
+
+def _duration(value: str) -> str:
+    duration_seconds(value)
+    return value
+
+
+Duration = Annotated[str, AfterValidator(_duration)]
+
+
+class DaskConfig(_Model):
+    """The Dask cluster of a run: ``local`` (sized to this machine), a running scheduler's
+    address, or ``slurm`` / ``pbs`` jobs of workers that the run submits (dask-jobqueue)."""
+
+    cluster: Annotated[str, AfterValidator(check_cluster)] = "local"
+    # local: worker processes and threads (None = sized to this machine)
+    n_workers: int | None = Field(None, ge=1)
+    threads_per_worker: int | None = Field(None, ge=1)
+    # slurm, pbs: one job's resources, and how many jobs (requested adaptively)
+    jobs: JobsConfig = Field(default_factory=JobsConfig)
+    min_jobs: int = Field(1, ge=0)
+    max_jobs: int = Field(4, ge=1)
+    # Workers retire this long after they start (with a random stagger of up to plus or minus
+    # lifetime_stagger), before their job's walltime; derived from the walltime when left out.
+    lifetime: Duration | None = None
+    lifetime_stagger: Duration | None = None
+    # TLS between scheduler, workers and this run: temporary credentials made for the run
+    # (default on slurm and pbs), false for plain TCP, or certificate files of one's own.
+    tls: TlsSpec | None = None
+    # Where temporary credentials are written for the workers to read (shared with them);
+    # default: jobqueue.yaml's shared-temp-directory, else the outputs folder.
+    shared_temp_directory: ResolvedPath | None = None
+    # The scheduler's dashboard, HOST:PORT (":8787" listens on every interface) or false;
+    # default 127.0.0.1:8787, reached from elsewhere through an ssh tunnel.
+    dashboard: str | Literal[False] | None = None
+    # Seconds without any finished task, or with no worker at all, before a run gives up
+    # (a rerun resumes); a published-size model on a CPU takes minutes per 512-px chunk.
+    # Without a worker: 120 s by default, an hour on slurm and pbs, whose jobs may queue.
+    stall_timeout: float = Field(3600.0, gt=0)
+    no_worker_timeout: float | None = Field(None, gt=0)
+
+    @field_validator("tls", mode="before")
+    @classmethod
+    def _check_tls(cls, value: Any) -> Any:
+        if value is True:
+            return "temporary"
+        if value not in ("temporary", False, None) and not isinstance(value, dict):
+            raise ValueError(
+                "allowed: temporary, false (plain TCP) or files of your own {ca_file, cert, key}"
+            )
+        return value
+
+    @field_validator("dashboard")
+    @classmethod
+    def _check_dashboard(cls, value: str | Literal[False] | None) -> str | Literal[False] | None:
+        if isinstance(value, str) and not _DASHBOARD_RE.fullmatch(value):
+            raise ValueError("expected HOST:PORT such as 127.0.0.1:8787, :8787 or false")
+        return value
+
+    @property
+    def kind(self) -> str:
+        """``local``, ``address``, ``slurm`` or ``pbs``."""
+        return cluster_kind(self.cluster)
+
+    @property
+    def tls_mode(self) -> Literal["temporary"] | TlsFiles | None:
+        """The TLS the run uses: temporary credentials, files, or None for plain TCP."""
+        if self.tls is None:
+            return "temporary" if self.kind in BATCH_SYSTEMS else None
+        return self.tls or None
+
+    @property
+    def no_worker_seconds(self) -> float:
+        """``no_worker_timeout``, or its default for this kind of cluster."""
+        if self.no_worker_timeout is not None:
+            return self.no_worker_timeout
+        return 3600.0 if self.kind in BATCH_SYSTEMS else 120.0
+
+    @staticmethod
+    def foreign_keys(kind: str) -> tuple[str, ...]:
+        """The keys that do not apply to a cluster of ``kind`` (see :attr:`kind`)."""
+        return tuple(key for kinds, _, keys in _SOME_CLUSTERS if kind not in kinds for key in keys)
+
+    @model_validator(mode="after")
+    def _fits_the_cluster(self) -> DaskConfig:
+        kind = self.kind
+        if wrong := [name for name in self.foreign_keys(kind) if name in self.model_fields_set]:
+            groups = [([k for k in keys if k in wrong], name) for _, name, keys in _SOME_CLUSTERS]
+            where = "; ".join(
+                f"{', '.join(keys)} {'is' if len(keys) == 1 else 'are'} for {name} only"
+                for keys, name in groups
+                if keys
+            )
+            raise ValueError(
+                f"got {', '.join(wrong)} with cluster {self.cluster!r}; {where}: drop them or "
+                "change cluster"
+            )
+        if kind == "address" and self.tls == "temporary":
+            raise ValueError(
+                f"got tls 'temporary' with cluster {self.cluster!r}; a running scheduler has "
+                "credentials of its own: give its files as tls: {ca_file, cert, key}"
+            )
+        if self.min_jobs > self.max_jobs:
+            raise ValueError(
+                f"got min_jobs {self.min_jobs} above max_jobs {self.max_jobs}; jobs are "
+                "requested between the two"
+            )
+        if kind in BATCH_SYSTEMS:
+            self._check_walltime(kind)
+        missing = missing_hpc_packages(kind in BATCH_SYSTEMS, self.tls_mode == "temporary")
+        if missing:
+            tls = " with temporary TLS credentials" if self.tls_mode == "temporary" else ""
+            raise ValueError(
+                f"got cluster {self.cluster!r}{tls}; that needs {' and '.join(missing)}, not "
+                f"installed here: {HPC_EXTRA}"
+            )
+        return self
+
+    def _check_walltime(self, system: str) -> None:
+        if self.jobs.walltime is None:
+            return  # the job's walltime comes from jobqueue.yaml: checked when the run starts
+        try:
+            walltime = walltime_seconds(self.jobs.walltime, system)
+        except ValueError as err:
+            raise ValueError(f"got jobs.walltime {self.jobs.walltime!r}; {err}") from None
+        try:
+            worker_lifetime(walltime, *self.lifetime_seconds())
+        except ValueError as err:
+            given = {"lifetime": self.lifetime, "lifetime_stagger": self.lifetime_stagger}
+            got = " and ".join(f"{k} {v!r}" for k, v in given.items() if v is not None)
+            raise ValueError(f"got {got}; {err}") from None
+
+    def lifetime_seconds(self) -> tuple[float | None, float | None]:
+        """``lifetime`` and ``lifetime_stagger`` in seconds (None where left out)."""
+        return tuple(  # type: ignore[return-value]
+            None if v is None else duration_seconds(v)
+            for v in (self.lifetime, self.lifetime_stagger)
+        )
 
 
 class Workflow(_Model):

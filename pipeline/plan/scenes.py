@@ -1,4 +1,4 @@
-"""The plan of a run, made once on the client: run -> region -> tile -> chunk task.
+"""Where each region's pixels come from: region -> tile -> chunk task, with the scenes each reads.
 
 Every STAC item is searched, parsed and harmonised once per run (``ItemRef``) and stored once,
 however many tiles share it; tiles hold indices into that list, and a chunk task carries only the
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,15 +20,12 @@ import numpy as np
 
 from pipeline.geo.chunks import Chunk, tile_chunks
 from pipeline.geo.grid import transformer
-from pipeline.geo.tiles import Tile, region_mask
+from pipeline.geo.tiles import Tile, region_mask, zone_groups
 from pipeline.search.items import ItemRef, check_hrefs, usable_ref
 from pipeline.search.stac import EmptySearchError, RetryPolicy, StacError, StacSource, search_boxes
 from pipeline.workflow.schema import Region, Workflow
 
 log = logging.getLogger(__name__)
-
-# About 0.21 GFLOP per pixel for the published encoder (bench/README.md), for time estimates.
-FLOP_PER_PIXEL = 0.21e9
 
 
 def piece_path(folder: Path, chunk: Chunk) -> Path:
@@ -76,6 +74,7 @@ class RegionPlan:
     tiles: tuple[TilePlan, ...]
     empty: tuple[Tile, ...]
     fingerprint: str = ""
+    layout: str = "cog"  # one COG per layer and zone; "tiles": per-tile COGs under a VRT
 
     @property
     def pixels(self) -> int:
@@ -92,13 +91,14 @@ class RegionTarget(NamedTuple):
 
 
 @dataclass(frozen=True)
-class RunPlan:
-    """Every region's plan and the run's items, each once."""
+class ScenePlan:
+    """Every region's tiles and the run's items, each once."""
 
     refs: tuple[ItemRef, ...]
     regions: tuple[RegionPlan, ...]
     skipped: tuple[dict, ...]  # items refused while parsing (under on_bad_asset: skip)
     chunk_size: int
+    seconds: float = 0.0  # spent searching and tiling
 
     def chunk_tasks(self, plan: TilePlan, region: Region) -> Iterator[ChunkTask]:
         """The tile's chunk tasks, each with the items whose footprint meets its chunk."""
@@ -137,11 +137,15 @@ def stac_source(workflow: Workflow) -> StacSource:
 
 def make_plan(
     workflow: Workflow, regions: Sequence[RegionTarget], *, concurrency: int = 8
-) -> RunPlan:
-    """Search, parse and assign the items of every tile of ``regions``, searching once.
+) -> ScenePlan:
+    """Search, parse and assign the items of every tile of ``regions``, searching once; lay out
+    each region's outputs (``region_layout``).
 
     A region where no tile has any usable item is an error naming the region.
     """
+    started = time.perf_counter()
+    if not regions:  # every region already complete: nothing to search
+        return ScenePlan((), (), (), workflow.cube.chunk_size)
     tiles = {target.region.name: workflow.tiles(target.region) for target in regions}
     every = [t for target in regions for t in tiles[target.region.name]]
     skipped: list[dict] = []
@@ -188,8 +192,33 @@ def make_plan(
                 f"{workflow.stac.collection!r}, max cloud cover {workflow.stac.max_cloud_cover}). "
                 "Check the region, the year, the collection and the cloud-cover limit."
             )
-        plans.append(RegionPlan(region, folder, tuple(with_items), tuple(empty), fingerprint))
-    return RunPlan(tuple(refs), tuple(plans), tuple(skipped), workflow.cube.chunk_size)
+        layout = region_layout(with_items, workflow.outputs.mosaic_max_pixels)
+        plans.append(
+            RegionPlan(region, folder, tuple(with_items), tuple(empty), fingerprint, layout)
+        )
+    return ScenePlan(
+        tuple(refs),
+        tuple(plans),
+        tuple(skipped),
+        workflow.cube.chunk_size,
+        time.perf_counter() - started,
+    )
+
+
+def region_layout(tiles: Sequence[TilePlan], max_pixels: int) -> str:
+    """``"cog"``: one COG per layer and zone; ``"tiles"`` above ``max_pixels`` in any zone."""
+    zones = zone_groups([p.tile for p in tiles])
+    largest = max(_zone_pixels(tiles) for tiles in zones.values())
+    return "tiles" if largest > max_pixels else "cog"
+
+
+def _zone_pixels(tiles: list[Tile]) -> int:
+    xmin = min(t.bounds[0] for t in tiles)
+    ymin = min(t.bounds[1] for t in tiles)
+    xmax = max(t.bounds[2] for t in tiles)
+    ymax = max(t.bounds[3] for t in tiles)
+    res = tiles[0].resolution
+    return round((xmax - xmin) / res) * round((ymax - ymin) / res)
 
 
 def footprints_in(refs: Sequence[ItemRef], epsg: int) -> np.ndarray:
@@ -212,7 +241,7 @@ def footprints_in(refs: Sequence[ItemRef], epsg: int) -> np.ndarray:
     return out
 
 
-def tile_bytes(plan: RunPlan, tile: TilePlan) -> int | None:
+def tile_bytes(plan: ScenePlan, tile: TilePlan) -> int | None:
     """Estimated bytes to read for a tile: each item's file sizes times the share it covers."""
     refs = [plan.refs[i] for i in tile.items]
     if any(ref.bytes is None for ref in refs):
@@ -225,51 +254,3 @@ def tile_bytes(plan: RunPlan, tile: TilePlan) -> int | None:
     area = (fx1 - fx0) * (fy1 - fy0)
     share = np.divide(overlap, area, out=np.ones_like(area), where=area > 0)
     return math.ceil(float(np.sum(np.array([r.bytes for r in refs], dtype=float) * share)))
-
-
-def describe(plan: RunPlan, workflow: Workflow, pixels_per_second: float | None) -> str:
-    """The dry run's report: per region tiles, chunk tasks, items, bytes; totals and a time."""
-    lines = []
-    total_px = total_chunks = 0
-    total_bytes: int | None = 0
-    for region in plan.regions:
-        chunks = sum(plan.chunk_count(t) for t in region.tiles)
-        sizes = [tile_bytes(plan, t) for t in region.tiles]
-        known = None if None in sizes else sum(sizes)
-        lines.append(
-            f"region {region.region.name}: {len(region.tiles)} tile(s) with items "
-            f"({len(region.empty)} without), {chunks:,} chunk tasks, {region.pixels:,} pixels, "
-            f"{_size(known)} to read"
-        )
-        for tile, size in zip(region.tiles, sizes, strict=True):
-            h, w = tile.tile.shape
-            lines.append(
-                f"  tile {tile.tile.id}  EPSG:{tile.tile.epsg}  {w}x{h} px  "
-                f"{len(tile.items)} item(s)  {plan.chunk_count(tile)} chunk(s)  {_size(size)}"
-            )
-        total_px += region.pixels
-        total_chunks += chunks
-        total_bytes = None if known is None or total_bytes is None else total_bytes + known
-    tasks = ", ".join(t.name for t in workflow.tasks)
-    lines.append(
-        f"{len(plan.regions)} region(s), {len(plan.refs):,} distinct items, {total_chunks:,} "
-        f"chunk tasks, {total_px:,} pixels, {_size(total_bytes)} to read, for tasks: {tasks}"
-    )
-    if pixels_per_second:
-        hours = total_px / pixels_per_second / 3600
-        lines.append(
-            f"estimated encoder time on this machine's CPU: {hours:,.1f} h at about "
-            f"{pixels_per_second:,.0f} px/s (published-size model; a GPU is far faster)"
-        )
-    lines.append("(dry run: no pixel read)")
-    return "\n".join(lines)
-
-
-def _size(n: int | None) -> str:
-    if n is None:
-        return "unknown bytes"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1000
-    return f"{n} B"
