@@ -1,0 +1,189 @@
+"""Composites where 20 m pixels are cut: by a scene's footprint, by no-data edges of its 10 m bands,
+and by windows and grids that start half a 20 m pixel off. Computed at 20 m where that is exact
+(``pipeline.cube.observations``) and kept in tokens on disk (``pipeline.cube.area``), they must
+equal, bit for bit, the reference composite: every band on the 10 m grid (20 m bands by nearest),
+the NaN-aware median of each month's valid observations."""
+
+from __future__ import annotations
+
+import datetime
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from rasterio.windows import Window
+
+from encoder.preprocess import BANDS
+from fixtures.synthetic import write_synthetic_collection
+from pipeline.cube.area import composite_area, stored_chunk
+from pipeline.cube.composite import CubeOptions, composite_chunk, month_blocks
+from pipeline.cube.lazy import build_cube
+from pipeline.cube.reader import read_scenes
+from pipeline.geo.grid import Grid
+from pipeline.search.items import item_ref
+from pipeline.search.sentinel2 import BANDS_20M, DEFAULT_CLOUD_MASK
+from pipeline.search.stac import EARTH_SEARCH_ASSETS
+
+YEAR = 2023
+SIZE = 48
+DATES = [datetime.date(YEAR, 1, d) for d in (3, 8, 13, 18)] + [datetime.date(YEAR, 5, 9)]
+FINE_KEYS = [EARTH_SEARCH_ASSETS[b] for b in BANDS if b not in BANDS_20M]
+
+
+def _rewrite(asset: dict, data: np.ndarray, transform: Affine) -> None:
+    """Write ``data`` over the asset's file, with the item saying so (proj fields)."""
+    path = Path(asset["href"])
+    with rasterio.open(path) as src:
+        profile = src.profile
+    profile.update(width=data.shape[1], height=data.shape[0], transform=transform)
+    path.unlink()
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data, 1)
+    asset["proj:shape"] = list(data.shape)
+    asset["proj:transform"] = list(transform)[:6]
+
+
+@pytest.fixture(scope="module")
+def edged(tmp_path_factory):
+    """Five scenes, four in January: one whose 10 m bands lose a diagonal strip to no data, one
+    whose 10 m files start 3 px (one and a half 20 m pixels) in, one whose 20 m bands and SCL
+    have a no-data corner, one whole; a lone May scene."""
+    written = write_synthetic_collection(
+        tmp_path_factory.mktemp("edged"),
+        shape=(SIZE, SIZE),
+        dates=DATES,
+        cloud_fraction=0.3,
+        boa_offset_applied=None,
+    )
+    items = written.items
+    rows, cols = np.mgrid[:SIZE, :SIZE]
+    for key in FINE_KEYS:  # scene 0: a no-data diagonal, at 10 m, through 2 x 2 blocks
+        asset = items[0]["assets"][key]
+        with rasterio.open(asset["href"]) as src:
+            data, transform = src.read(1), src.transform
+        data[(rows + 2 * cols) % 23 < 3] = 0
+        _rewrite(asset, data, transform)
+    for key in FINE_KEYS:  # scene 1: its 10 m files begin 3 px in, 5 px down
+        asset = items[1]["assets"][key]
+        with rasterio.open(asset["href"]) as src:
+            data, transform = src.read(1), src.transform
+        _rewrite(asset, data[5:, 3:], transform * Affine.translation(3, 5))
+    for key in [EARTH_SEARCH_ASSETS[b] for b in (*BANDS_20M, "SCL")]:  # scene 2: a corner
+        asset = items[2]["assets"][key]
+        with rasterio.open(asset["href"]) as src:
+            data, transform = src.read(1), src.transform
+        data[:7, :5] = 0
+        _rewrite(asset, data, transform)
+    return written, items
+
+
+def reference(items: list[dict], grid: Grid, window: Window) -> tuple[np.ndarray, np.ndarray]:
+    """The rule by hand: each file placed on the 10 m grid (20 m pixels repeated), NaN where a
+    file does not reach, numpy's nanmedian of each month's valid observations."""
+
+    def on_grid(href: str) -> np.ndarray:
+        out = np.zeros((window.height, window.width))
+        with rasterio.open(href) as src:
+            k = round(src.res[0] / grid.resolution)
+            data = np.repeat(np.repeat(src.read(1), k, 0), k, 1).astype(float)
+            col = round((src.transform.c - grid.bounds[0]) / grid.resolution) - window.col_off
+            row = round((grid.bounds[3] - src.transform.f) / grid.resolution) - window.row_off
+        r0, c0 = max(row, 0), max(col, 0)
+        r1 = min(row + data.shape[0], window.height)
+        c1 = min(col + data.shape[1], window.width)
+        if r0 < r1 and c0 < c1:
+            out[r0:r1, c0:c1] = data[r0 - row : r1 - row, c0 - col : c1 - col]
+        return out
+
+    months = np.array([int(item["properties"]["datetime"][5:7]) for item in items])
+    values = np.stack(
+        [
+            np.stack([on_grid(item["assets"][EARTH_SEARCH_ASSETS[b]]["href"]) for b in BANDS])
+            for item in items
+        ]
+    )
+    scl = np.stack([on_grid(item["assets"]["scl"]["href"]) for item in items])
+    valid = ~np.isin(scl, DEFAULT_CLOUD_MASK) & (scl != 0) & (values != 0).all(axis=1)
+    offsets = np.array([item_ref(item).offset for item in items], float)
+    values = values - offsets[:, None, None, None]
+    values[~np.broadcast_to(valid[:, None], values.shape)] = np.nan
+    composite = np.full((12, len(BANDS), window.height, window.width), np.nan, np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels
+        for month in set(months):
+            composite[month - 1] = np.nanmedian(values[months == month], axis=0)
+    return composite, np.isfinite(composite[:, 0]).sum(axis=0)
+
+
+def test_the_cases_are_there(edged):
+    """The scenes do cut 20 m pixels: a 20 m pixel with valid data of scene 0 and 1 has an
+    observation valid at some of its four 10 m pixels only; and they are read at 20 m."""
+    written, items = edged
+    grid = Grid(written.epsg, written.bounds, 10.0)
+    read = read_scenes(
+        [item_ref(i) for i in items], grid, resampling_of=CubeOptions().resampling_of
+    )
+    assert read.factor == 2 and read.layers["B05"].shape[1:] == (SIZE // 2, SIZE // 2)
+    window = Window(0, 0, SIZE, SIZE)
+    fine = np.stack([read.layers[b] for b in BANDS if b not in BANDS_20M], axis=1)
+    valid_fine = (fine != 0).all(axis=1).reshape(len(items), SIZE // 2, 2, SIZE // 2, 2)
+    mixed = valid_fine.any(axis=(2, 4)) & ~valid_fine.all(axis=(2, 4))
+    assert mixed[0].sum() > 20 and mixed[1].sum() > 20  # the diagonal, and the cut footprint
+    composite, _ = reference(items, grid, window)
+    january = composite[0]
+    b05 = BANDS.index("B05")
+    pairs = january[b05].reshape(SIZE // 2, 2, SIZE // 2, 2)
+    differ = (pairs != pairs[:, :1, :, :1]) & np.isfinite(pairs)
+    assert differ.any()  # some 20 m pixels do have 10 m pixels of different medians
+
+
+@pytest.mark.parametrize(
+    "window",
+    [Window(0, 0, SIZE, SIZE), Window(1, 3, 29, 27), Window(6, 0, 20, 37)],
+    ids=["whole", "odd", "even-odd"],
+)
+def test_a_chunk_equals_the_reference(edged, window):
+    written, items = edged
+    grid = Grid(written.epsg, written.bounds, 10.0)
+    cube = composite_chunk([item_ref(i) for i in items], grid, CubeOptions(), window)
+    composite, valid = reference(items, grid, window)
+    np.testing.assert_array_equal(cube.composite, composite)
+    np.testing.assert_array_equal(cube.valid_months, valid)
+
+
+def test_a_grid_half_a_20m_pixel_off_equals_the_reference(edged):
+    """A grid whose pixels start on a 10 m edge between two 20 m ones: every 20 m pixel is
+    split, and the 20 m bands are read on the grid's own pixels."""
+    written, items = edged
+    xmin, ymin, xmax, ymax = written.bounds
+    grid = Grid(written.epsg, (xmin + 10, ymin + 30, xmax - 20, ymax - 10), 10.0)
+    window = Window(0, 0, *reversed(grid.shape))
+    cube = composite_chunk([item_ref(i) for i in items], grid, CubeOptions())
+    np.testing.assert_array_equal(cube.composite, reference(items, grid, window)[0])
+    lazy = build_cube(items, epsg=written.epsg, bounds=grid.bounds, year=YEAR, chunk_size=16)
+    np.testing.assert_array_equal(lazy["composite"].values, cube.composite)
+
+
+@pytest.mark.parametrize("budget", [2**30, 0], ids=["blocks", "smallest windows"])
+def test_stored_tokens_equal_the_reference(edged, tmp_path, budget):
+    """The run's path: each block of months over an area, kept on disk, read back a chunk at a
+    time, with windows the size of the files' blocks or as small as the budget makes them."""
+    written, items = edged
+    grid = Grid(written.epsg, written.bounds, 10.0)
+    refs = [item_ref(i) for i in items]
+    options = CubeOptions()
+    area = Window(2, 4, 44, 40)
+    stored = [
+        composite_area(refs, grid, area, i, options, tmp_path, budget)
+        for i in range(len(month_blocks(options)))
+    ]
+    assert {s.folder is None for s in stored} == {True, False}  # months without scenes
+    for window in (Window(2, 4, 16, 16), Window(18, 20, 16, 24), Window(34, 36, 12, 8)):
+        cube = stored_chunk(stored, refs, grid, window, options)
+        composite, valid = reference(items, grid, window)
+        np.testing.assert_array_equal(cube.composite, composite)
+        np.testing.assert_array_equal(cube.valid_months, valid)
+        assert sorted(r.id for r in cube.used) == sorted(r.id for r in refs)
