@@ -246,6 +246,24 @@ def test_device_path_groups_and_scores_like_the_host_path(monkeypatch, precision
     np.testing.assert_array_equal(layers["lc"][1], host["lc"][1])  # nodata where no month
 
 
+def test_rows_are_scored_as_if_taken_first(monkeypatch):
+    """``rows`` picks and orders the pixels scored, in the GPU steps and on the CPU alike."""
+    monkeypatch.setattr(inference, "MIN_GROUP", 16)
+    model = tiny_encoder(16)
+    x, mask = inputs(200)
+    mask[40:90] = torch.tensor([True] * 5 + [False] * 7)
+    rows = np.concatenate([np.arange(150, 30, -3), np.arange(160, 200)])
+    scorers = [plan.scorer(True, CPU) for plan in plans(16)]
+    x, mask = x.numpy(), mask.numpy()
+    taken, kept_taken = device_embed_scores(model, x[rows], mask[rows], scorers, True, 32, "fp32")
+    layers, kept = device_embed_scores(model, x, mask, scorers, True, 32, "fp32", rows)
+    np.testing.assert_array_equal(kept, kept_taken)
+    on_cpu, _ = embed_scores(model, x, mask, scorers, rows=rows)
+    for name, values in taken.items():
+        np.testing.assert_array_equal(layers[name], values)
+        assert (on_cpu[name] == values).mean() >= 0.99, name
+
+
 def test_embed_pattern_equals_the_masked_path():
     model = tiny_encoder(16)
     x, _ = inputs(8)

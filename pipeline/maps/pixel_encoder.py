@@ -52,18 +52,18 @@ def pixel_series(
     """
     months, bands, h, w = composite.shape
     grid = composite.reshape(months, bands, h * w)
-    present = np.logical_and.reduce(np.isfinite(grid), axis=1).T
     series = np.empty((h * w, months, bands), np.float32)
-    # A block of pixels at a time, small enough to stay in cache: normalised where each band is
-    # a row, then to pixel-major a month (ten rows) at a time. One (T x 10, pixels) transpose of
-    # the whole would crawl through memory.
+    present = np.empty((months, h * w), bool)
+    # A block of pixels at a time, small enough to stay in cache: checked and normalised where
+    # each band is a row, then to pixel-major a month (ten rows) at a time. One (T x 10,
+    # pixels) transpose of the whole would crawl through memory.
     for start in range(0, h * w, _PIXEL_BLOCK):
-        part = normalize(
-            grid[:, :, start : start + _PIXEL_BLOCK], band_axis=1, conventions=conventions
-        )
+        block = slice(start, start + _PIXEL_BLOCK)
+        np.logical_and.reduce(np.isfinite(grid[:, :, block]), axis=1, out=present[:, block])
+        part = normalize(grid[:, :, block], band_axis=1, conventions=conventions)
         for month in range(months):
-            series[start : start + _PIXEL_BLOCK, month] = part[month].T
-    return series, np.ascontiguousarray(present)
+            series[block, month] = part[month].T
+    return series, np.ascontiguousarray(present.T)
 
 
 def embed_series(
@@ -128,9 +128,10 @@ def score_series(
         return layers, embeddings
     found, kept = embed_scores(
         model,
-        series[rows],
-        present[rows],
+        series,
+        present,
         scorers,
+        rows=rows,
         keep_embeddings=keep_embeddings,
         batch_size=batch_size,
         runtime=runtime,
