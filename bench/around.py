@@ -169,9 +169,7 @@ def main() -> None:
             "grouping, ours": timed(lambda: inference.month_groups(present)),
         }
         rounds.update(scoring(model, series, present, plan))
-        rounds["around the encoder, ours"] = (
-            rounds["series, ours"] + rounds["scoring, ours (host)"]
-        )
+        rounds["around the encoder, ours"] = rounds["series, ours"] + rounds["scoring, ours (host)"]
         rounds["... with the scorers on the CPU"] = (
             rounds["around the encoder, ours"] + rounds["scorers (on the GPU in a GPU run)"]
         )
@@ -187,7 +185,9 @@ def main() -> None:
     for name, values in times.items():
         median = statistics.median(values)
         plain = times.get(name.replace("ours", "plain"))
-        ratio = f"{statistics.median(plain) / median:.1f}x quicker" if "ours" in name and plain else ""
+        ratio = (
+            f"{statistics.median(plain) / median:.1f}x quicker" if "ours" in name and plain else ""
+        )
         print(f"| {name} | {median:.3f} | {min(values):.3f}-{max(values):.3f} | {ratio} |")
     around = statistics.median(times["around the encoder, ours"])
     verdict = "within" if around <= LIMIT_US else "OVER"

@@ -25,7 +25,12 @@ scenes. For each N of ``--scenes``, in one run and each in a process of its own:
   reference (numpy ``nanmedian`` of every band on the 10 m grid), as must the split's stored
   tokens of that chunk.
 
+With ``--baseline DIR`` (another checkout, say a worktree of main), that checkout's run of the
+same workflow follows ours at 0 ms for the scene counts of ``--baseline-scenes``: before and
+after, in one run.
+
     python bench/cube.py [--scenes 24 72 300] [--latency 20] [--size 2048] [--data DIR]
+                         [--baseline DIR [--baseline-scenes 24]]
 """
 
 from __future__ import annotations
@@ -58,14 +63,17 @@ REPO = Path(__file__).resolve().parents[1]
 MEASURE = "--measure"
 TILE = 1024
 CHUNK = 512
-ORIGIN = (500000.0, 4800000.0)
 EPSG = 32631
+# The top-left corner of one of the plan's default tiles (4096 px at 10 m) in UTM 31N: scenes
+# placed here make a 2048-px area of one tile; ``--shift`` moves them off it.
+TILE_CORNER = (12 * 40960.0, 118 * 40960.0)
 CLOUD_FRACTION = 0.3
 SPLIT = ("decode", "masking", "median", "rest")
 
 
-def write_scenes(root: Path, size: int, base: int) -> list[dict]:
-    """``base`` scenes of ``size`` px as Sentinel-2-like COGs; their Earth Search item dicts."""
+def write_scenes(root: Path, size: int, base: int, shift: int) -> list[dict]:
+    """``base`` scenes of ``size`` px as Sentinel-2-like COGs, their top-left corner ``shift`` px
+    right and down of a plan tile's; their Earth Search item dicts."""
     import rasterio
     from rasterio.shutil import copy as rio_copy
 
@@ -74,7 +82,7 @@ def write_scenes(root: Path, size: int, base: int) -> list[dict]:
     dates = [datetime.date(2023, 1 + i * 12 // base, 5 + 15 * (i % 2)) for i in range(base)]
     written = write_synthetic_collection(
         root / "draft",
-        origin=ORIGIN,
+        origin=(TILE_CORNER[0] + 10.0 * shift, TILE_CORNER[1] - 10.0 * shift),
         epsg=EPSG,
         shape=(size, size),
         dates=dates,
@@ -125,10 +133,13 @@ def scene_set(items: list[dict], root: Path, count: int) -> list[dict]:
     return out
 
 
-def scene_grid(size: int):
+def scene_grid(items: list[dict], size: int):
+    """The 10 m grid of the scenes ``items`` of ``size`` px."""
     from pipeline.geo.grid import Grid
+    from pipeline.search.stac import EARTH_SEARCH_ASSETS
 
-    xmin, ymax = ORIGIN
+    transform = items[0]["assets"][EARTH_SEARCH_ASSETS["B02"]]["proj:transform"]
+    xmin, ymax = transform[2], transform[5]
     return Grid(EPSG, (xmin, ymax - 10.0 * size, xmin + 10.0 * size, ymax), 10.0)
 
 
@@ -191,7 +202,7 @@ def split(items: list[dict], size: int) -> dict:
 
     timed(observations, "median_over_time", "median")
     timed(composite, "masked_tokens", "masking")  # medians included: taken off below
-    grid, options, refs = scene_grid(size), CubeOptions(), _refs(items)
+    grid, options, refs = scene_grid(items, size), CubeOptions(), _refs(items)
     area = Window(0, 0, size, size)
     with tempfile.TemporaryDirectory(prefix="bench_split_") as folder:
         start, main = time.process_time(), time.thread_time()
@@ -216,7 +227,7 @@ def chunk_ours(items: list[dict], size: int) -> dict:
     """One chunk composited alone: ``composite_chunk``."""
     from pipeline.cube.composite import CubeOptions, composite_chunk
 
-    grid = scene_grid(size)
+    grid = scene_grid(items, size)
     window = chunk_window(size)
     part = grid.window(window.row_off, window.col_off, window.height, window.width)
     start = time.process_time()
@@ -239,7 +250,7 @@ def chunk_odc(items: list[dict], size: int) -> dict:
     from pipeline.search.items import ASSETS, SCL
     from pipeline.search.stac import EARTH_SEARCH_ASSETS
 
-    grid = scene_grid(size)
+    grid = scene_grid(items, size)
     window = chunk_window(size)
     part = grid.window(window.row_off, window.col_off, window.height, window.width)
     start = time.process_time()
@@ -369,16 +380,29 @@ def write_models(root: Path) -> dict:
     return {"checkpoint": str(checkpoint), "clip": {"model": f"local-dir:{clip}"}, "device": "cpu"}
 
 
-def workflow(items_path: Path, model: dict, size: int, out: Path) -> dict:
-    """The workflow a user would write: the scenes' area, default settings otherwise."""
-    from rasterio.warp import transform_bounds
+def workflow(items_path: Path, items: list[dict], model: dict, size: int, out: Path) -> dict:
+    """The workflow a user would write for the scenes' area (a GeoJSON polygon of their square,
+    1 m inside it so the grid snaps to the scenes' own pixels), default settings otherwise."""
+    from rasterio.warp import transform
 
-    grid = scene_grid(size)
-    bbox = transform_bounds(grid.crs, "EPSG:4326", *grid.bounds)
+    xmin, ymin, xmax, ymax = scene_grid(items, size).bounds
+    up = np.linspace(0.0, 1.0, 33)[:-1]  # each side from one corner to before the next
+    down = 1.0 - up
+    x = np.concatenate([up, np.ones(32), down, np.zeros(32), [0.0]])
+    y = np.concatenate([np.zeros(32), up, np.ones(32), down, [0.0]])
+    lon, lat = transform(
+        f"EPSG:{EPSG}",
+        "EPSG:4326",
+        xmin + 1 + (xmax - xmin - 2) * x,
+        ymin + 1 + (ymax - ymin - 2) * y,
+    )
+    geometry = {"type": "Polygon", "coordinates": [np.column_stack([lon, lat]).tolist()]}
+    region = out.with_suffix(".geojson")
+    region.write_text(json.dumps({"type": "Feature", "properties": {}, "geometry": geometry}))
     return {
         "name": "bench",
         "year": 2023,
-        "regions": [{"name": "area", "bbox": [round(v, 6) for v in bbox]}],
+        "regions": [{"name": "area", "geojson": str(region)}],
         "stac": {"file": str(items_path), "collection": "sentinel-2-l2a"},
         "model": model,
         "tasks": [{"name": "land_cover", "classes": "land_cover"}],
@@ -396,11 +420,12 @@ def _tree_peaks(root: int, peaks: dict[int, int], done: threading.Event) -> None
                 peaks[proc.pid] = max(peaks.get(proc.pid, 0), _peak_kib(proc.pid))
 
 
-def whole_run(path: Path, timeout: float) -> dict:
-    """``timesenclip run`` of the workflow at ``path``: its tree's CPU, wall and peak memory."""
+def whole_run(path: Path, timeout: float, repo: Path = REPO) -> dict:
+    """``timesenclip run`` of the workflow at ``path`` with the code of the checkout ``repo``:
+    its tree's CPU, wall and peak memory."""
     import yaml
 
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "PYTHONPATH": str(repo), "HF_HUB_OFFLINE": "1"}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     process = subprocess.Popen(
@@ -464,10 +489,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=2048, help="scene width and height in px")
     parser.add_argument("--base", type=int, default=12, help="distinct scenes written")
+    parser.add_argument(
+        "--shift",
+        type=int,
+        default=0,
+        help="px the scenes' corner lies right and down of a plan tile's (0: one tile)",
+    )
     parser.add_argument("--scenes", type=int, nargs="+", default=[24, 72, 300])
     parser.add_argument("--latency", type=float, default=20.0, help="ms per request")
     parser.add_argument("--data", type=Path, help="keep the scenes here (reused when present)")
     parser.add_argument("--timeout", type=float, default=1800, help="s per measure")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout (say, a worktree of main): its run of the same workflow follows "
+        "ours at 0 ms, for the scene counts of --baseline-scenes",
+    )
+    parser.add_argument("--baseline-scenes", type=int, nargs="+", default=[24])
     args = parser.parse_args()
 
     from fixtures.file_server import serve_files
@@ -476,12 +514,12 @@ def main() -> None:
     print(f"load average at start: {load()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_cube_") as tmp:
         work = Path(tmp)
-        root = args.data or work / "data"
-        listing = root / f"items-{args.size}-{args.base}.json"
+        root = (args.data or work / "data") / f"{args.size}px-shift{args.shift}"
+        listing = root / f"items-{args.base}.json"
         if not listing.exists():
             start = time.perf_counter()
             listing.parent.mkdir(parents=True, exist_ok=True)
-            listing.write_text(json.dumps(write_scenes(root, args.size, args.base)))
+            listing.write_text(json.dumps(write_scenes(root, args.size, args.base, args.shift)))
             print(f"wrote {args.base} scenes in {time.perf_counter() - start:.0f} s", flush=True)
         base = json.loads(listing.read_text())
         model = write_models(work)
@@ -508,12 +546,15 @@ def main() -> None:
                             print(f"{count} {method}: {row[method]}", flush=True)
                     path = work / f"workflow-{count}-{latency:g}.yaml"
                     out = work / f"out-{count}-{latency:g}"
-                    path.write_text(json.dumps(workflow(ndjson, model, args.size, out)))
+                    path.write_text(json.dumps(workflow(ndjson, items, model, args.size, out)))
                     requests = sum(server.counts.values())
                     result = whole_run(path, args.timeout)
                     result["requests"] = sum(server.counts.values()) - requests
                     row[f"run {latency:g}"] = result
                     print(f"{count} run {latency:g} ms: {result} (load {load()})", flush=True)
+                    if args.baseline and latency == 0.0 and count in args.baseline_scenes:
+                        row["baseline"] = whole_run(path, args.timeout, args.baseline.resolve())
+                        print(f"{count} baseline: {row['baseline']} (load {load()})", flush=True)
                 rows.append(row)
         report(rows, args)
     print(f"\nload average at end: {load()}; total {time.perf_counter() - begin:.0f} s")
@@ -538,7 +579,7 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
         for key in (k for k in row if k.startswith("run ")):
             run = row[key]
             stages = run["stages"]
-            ours = run["cpu"] - stages.get("embed", 0.0) - stages.get("classify", 0.0)
+            ours = _composites(run)
             first = first or run
             cells = [
                 row["scenes"],
@@ -573,9 +614,7 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
     )
     print("|---|---|---|---|---|---|---|")
     for row in rows:
-        run = row["run 0"]
-        stages = run["stages"]
-        ours = run["cpu"] - stages.get("embed", 0.0) - stages.get("classify", 0.0)
+        ours = _composites(row["run 0"])
         share = row["floor"]["cpu"] / chunks
         ref = row["chunk reference"]["digest"]
         same = [
@@ -589,6 +628,27 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
             f"({odc['cpu'] / share:.1f}x) | {mine['peak_kib'] / 1024:,.0f} / "
             f"{odc['peak_kib'] / 1024:,.0f} | {', '.join(same)} |"
         )
+    compared = [row for row in rows if "baseline" in row]
+    if compared:
+        print(
+            "\n| scenes | baseline CPU s | ours CPU s | baseline / floor | ours / floor "
+            "| baseline / ours | wall s ours / baseline |"
+        )
+        print("|---|---|---|---|---|---|---|")
+    for row in compared:
+        base, ours, floor_cpu = row["baseline"], row["run 0"], row["floor"]["cpu"]
+        print(
+            f"| {row['scenes']} | {_composites(base):.1f} | {_composites(ours):.1f} "
+            f"| {_composites(base) / floor_cpu:.1f}x | {_composites(ours) / floor_cpu:.2f}x "
+            f"| {_composites(base) / _composites(ours):.1f}x "
+            f"| {ours['wall']:.0f} / {base['wall']:.0f} |"
+        )
+
+
+def _composites(run: dict) -> float:
+    """A run's CPU seconds less its own embed and classify stage seconds."""
+    stages = run["stages"]
+    return run["cpu"] - stages.get("embed", 0.0) - stages.get("classify", 0.0)
 
 
 if __name__ == "__main__":

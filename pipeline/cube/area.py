@@ -17,6 +17,7 @@ import contextlib
 import os
 import secrets
 import shutil
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,52 @@ _FINE_BYTES = 12
 _COARSE_BYTES = 14 / 4
 _SMALLEST = 256  # windows are not cut below this many pixels a side
 DEFAULT_BUDGET = 2**30
+# Blocks of Sentinel-2 COGs as Earth Search and Planetary Computer tile them (1024 px), in grid
+# pixels: what a block of months asks of the budget before its files are opened.
+_TYPICAL_BLOCKS = ((2048, 2048), (1024, 1024))
+
+
+class MemoryGate:
+    """Blocks of months running at once in a process, as many as ``budget`` bytes hold: each
+    waits for its share (``need``, at most the whole budget) and cuts its windows to it."""
+
+    def __init__(self, budget: int = DEFAULT_BUDGET) -> None:
+        self.budget = budget
+        self._free = budget
+        self._changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def share(self, need: int) -> Iterator[int]:
+        """Wait until ``need`` bytes (at most the budget) are free; yield them while held."""
+        need = min(need, self.budget)
+        with self._changed:
+            self._changed.wait_for(lambda: self._free >= need)
+            self._free -= need
+        try:
+            yield need
+        finally:
+            with self._changed:
+                self._free += need
+                self._changed.notify_all()
+
+
+def block_need(
+    refs: Sequence[ItemRef], grid: Grid, area: Window, index: int, options: CubeOptions
+) -> int:
+    """Bytes block ``index`` of months over ``area`` holds at most with windows of whole COG
+    blocks (as Sentinel-2 COGs are tiled): what it asks of a :class:`MemoryGate`."""
+    outer, inner = _TYPICAL_BLOCKS
+    return len(_block_scenes(refs, grid, area, index, options)) * round(
+        _area(outer) * _COARSE_BYTES + _area(inner) * _FINE_BYTES
+    )
+
+
+def _block_scenes(
+    refs: Sequence[ItemRef], grid: Grid, area: Window, index: int, options: CubeOptions
+) -> list[ItemRef]:
+    block = month_blocks(options)[index]
+    inside = grid.window(area.row_off, area.col_off, area.height, area.width)
+    return in_time_order([r for r in refs if r.month in block and r.meets(inside)])
 
 
 @dataclass(frozen=True)
@@ -93,8 +140,7 @@ def composite_area(
     the area too; ``skipped`` names it once.
     """
     block = month_blocks(options)[index]
-    inside = grid.window(area.row_off, area.col_off, area.height, area.width)
-    scenes = in_time_order([r for r in refs if r.month in block and r.meets(inside)])
+    scenes = _block_scenes(refs, grid, area, index, options)
     if not scenes:
         return StoredTokens(index, area, None)
     skipped: list[dict] = []

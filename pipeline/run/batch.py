@@ -12,6 +12,7 @@ import weakref
 from pathlib import Path
 from typing import Any
 
+from pipeline.run.worker_environ import worker_environ_export
 from pipeline.workflow.jobs import walltime_seconds, worker_lifetime
 from pipeline.workflow.schema import DEFAULT_DASHBOARD, DaskConfig
 from timesenclip.common.errors import TimeSenCLIPError
@@ -106,7 +107,11 @@ def cluster_options(config: DaskConfig, security, outputs: Path) -> dict:
         "queue": jobs.queue,
         "account": jobs.account,
         "job_extra_directives": jobs.directives,
-        "job_script_prologue": jobs.prologue,
+        # Ours first, then the workflow's lines or else jobqueue.yaml's.
+        "job_script_prologue": [
+            worker_environ_export(),
+            *(jobs.prologue or _configured(kind, "job-script-prologue", []) or []),
+        ],
         "interface": jobs.interface,
         "local_directory": jobs.local_directory,
         "log_directory": None if jobs.log_directory is None else str(jobs.log_directory),

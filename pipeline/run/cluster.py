@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from pipeline.run.worker_environ import PRE_SPAWN, worker_environ
 from pipeline.workflow.jobs import BATCH_SYSTEMS
 from pipeline.workflow.schema import DEFAULT_DASHBOARD, DaskConfig, TlsFiles, Workflow
 from timesenclip.common.atomic import atomic_path
@@ -74,6 +75,7 @@ def _local(config: DaskConfig, security, device: str, stack) -> RunCluster:
     """A LocalCluster sized to this machine: on a GPU machine, one worker process per GPU
     (each holds the model once and the GPU is not shared by several processes' batches; the
     worker's threads still read cubes in parallel)."""
+    import dask
     from distributed import Client, LocalCluster
 
     cores = os.cpu_count() or 1
@@ -87,16 +89,17 @@ def _local(config: DaskConfig, security, device: str, stack) -> RunCluster:
         n_workers = max(1, cores // 4)
     threads = config.threads_per_worker or max(1, cores // n_workers)
     dashboard = None if config.dashboard is False else config.dashboard or DEFAULT_DASHBOARD
-    cluster = stack.enter_context(
-        LocalCluster(
-            n_workers=n_workers,
-            threads_per_worker=threads,
-            processes=True,
-            dashboard_address=dashboard,
-            security=security,
-            protocol="tls://" if security else None,
+    with dask.config.set({PRE_SPAWN: worker_environ()}):  # read as each nanny is made
+        cluster = stack.enter_context(
+            LocalCluster(
+                n_workers=n_workers,
+                threads_per_worker=threads,
+                processes=True,
+                dashboard_address=dashboard,
+                security=security,
+                protocol="tls://" if security else None,
+            )
         )
-    )
     client = Client(cluster, security=security)
     return RunCluster(client, "local", _dashboard_link(cluster, dashboard))
 

@@ -12,7 +12,6 @@ import hashlib
 import json
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,7 +22,14 @@ import torch
 from rasterio.windows import Window
 
 from encoder.device import resolve_device
-from pipeline.cube.area import StoredTokens, all_here, composite_area, stored_chunk
+from pipeline.cube.area import (
+    MemoryGate,
+    StoredTokens,
+    all_here,
+    block_need,
+    composite_area,
+    stored_chunk,
+)
 from pipeline.cube.composite import composite_chunk
 from pipeline.cube.reader import configure_gdal
 from pipeline.geo.chunks import tile_chunks
@@ -85,10 +91,9 @@ class BlockReport:
     seconds: float
 
 
-# One block of months at a time in a worker process: it takes the worker's cores itself (reads
-# and medians on threads of their own) and holds a window of its scenes in memory, so two at once
-# would only hold twice the memory.
-_CUBE_LOCK = threading.Lock()
+# Blocks of months run at once in a worker process as far as one budget holds their windows: a
+# block of few scenes leaves room for another (the cores stay busy), one of many takes it all.
+_MEMORY = MemoryGate()
 
 
 def composites_area(tasks: Sequence[ChunkTask]) -> Window | None:
@@ -116,15 +121,17 @@ def composite_tile(
     """Block ``index`` of months of the scenes ``refs`` over ``area`` of the tile, stored for
     its chunk tasks (``pipeline.cube.area``) in this worker's scratch space."""
     configure_gdal(dict(settings.gdal))
-    with _CUBE_LOCK:
+    grid = plan.tile.grid
+    with _MEMORY.share(block_need(refs, grid, area, index, settings.cube)) as budget:
         start = time.perf_counter()
         stored = composite_area(
             refs,
-            plan.tile.grid,
+            grid,
             area,
             index,
             settings.cube,
             composites_path(plan.folder),
+            budget,
             threads=_worker_threads() or 1,
         )
         return BlockReport(stored, time.perf_counter() - start)
