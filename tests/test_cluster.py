@@ -4,10 +4,12 @@ the dashboard, the performance report and progress off a terminal."""
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import io
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -135,6 +137,12 @@ def test_job_scripts_take_the_workflow_over_jobqueue_yaml(system, directives, he
     assert "source ~/venvs/timesenclip/bin/activate" in script  # the workflow's, not the site's
     assert "module load site-python" not in text
     (command,) = [line for line in script if "distributed.cli.dask_worker" in line]
+    (export,) = [line for line in script if "PRE_SPAWN_ENVIRON" in line]
+    assert script.index(export) < script.index(command)
+    environ = ast.literal_eval(shlex.split(export.partition("=")[2])[0])
+    assert environ["MALLOC_MMAP_THRESHOLD_"] == 32 * 2**20  # set before each worker starts
+    assert environ["MALLOC_TRIM_THRESHOLD_"] == 64 * 2**20
+    assert environ["OMP_NUM_THREADS"] == 1  # Dask's own pre-spawn settings kept
     for part in [
         "--nworkers 2 ",
         "--nthreads 2 ",
@@ -312,6 +320,16 @@ def test_no_worker_on_a_batch_system_says_where_its_jobs_may_be():
     watch.checked = 0.0
     with pytest.raises(ClusterFailureError, match=r"jobs may still wait in the queue \(squeue"):
         watch.check("camargue")
+
+
+def test_local_workers_start_with_glibcs_own_malloc_thresholds(tmp_path):
+    """Dask's nanny fixes MALLOC_TRIM_THRESHOLD_ at 64 KiB: a local run's workers get glibc's
+    own thresholds instead, and Dask's other pre-spawn settings."""
+    workflow = workflow_with(tmp_path, {"cluster": "local", "n_workers": 1, "dashboard": False})
+    names = ["MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS"]
+    with dask_cluster(workflow, "cpu") as cluster:
+        found = cluster.client.run(lambda: [os.environ.get(name) for name in names])
+    assert list(found.values()) == [[str(32 * 2**20), str(64 * 2**20), "1"]]
 
 
 def test_a_local_run_logs_its_dashboard_and_keeps_its_performance_report(local_run):

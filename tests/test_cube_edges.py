@@ -7,6 +7,7 @@ the NaN-aware median of each month's valid observations."""
 from __future__ import annotations
 
 import datetime
+import threading
 import warnings
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from rasterio.windows import Window
 
 from encoder.preprocess import BANDS
 from fixtures.synthetic import write_synthetic_collection
-from pipeline.cube.area import composite_area, stored_chunk
+from pipeline.cube.area import MemoryGate, block_need, composite_area, stored_chunk
 from pipeline.cube.composite import CubeOptions, composite_chunk, month_blocks
 from pipeline.cube.lazy import build_cube
 from pipeline.cube.reader import read_scenes
@@ -187,3 +188,39 @@ def test_stored_tokens_equal_the_reference(edged, tmp_path, budget):
         np.testing.assert_array_equal(cube.composite, composite)
         np.testing.assert_array_equal(cube.valid_months, valid)
         assert sorted(r.id for r in cube.used) == sorted(r.id for r in refs)
+
+
+def test_blocks_of_months_share_one_memory_budget():
+    """What fits the budget runs at once; a share that does not waits for one to end; a need
+    above the whole budget gets the whole budget."""
+    gate = MemoryGate(100)
+    order = []
+    with gate.share(30) as first, gate.share(40) as second:
+        assert (first, second) == (30, 40)
+        ran = threading.Event()
+
+        def third():
+            with gate.share(60) as held:
+                order.append(held)
+                ran.set()
+
+        waiting = threading.Thread(target=third)
+        waiting.start()
+        assert not ran.wait(0.3)  # 30 + 40 + 60 > 100
+        order.append("released")
+    assert ran.wait(10)
+    waiting.join()
+    assert order == ["released", 60]
+    with gate.share(10**9) as everything:
+        assert everything == 100
+
+
+def test_a_block_asks_for_windows_of_whole_blocks_of_its_scenes(edged):
+    written, items = edged
+    grid = Grid(written.epsg, written.bounds, 10.0)
+    refs, options = [item_ref(i) for i in items], CubeOptions()
+    area = Window(0, 0, SIZE, SIZE)
+    needs = [block_need(refs, grid, area, i, options) for i in range(len(month_blocks(options)))]
+    per_scene = 2048 * 2048 * 14 / 4 + 1024 * 1024 * 12
+    assert needs[0] == 4 * per_scene and needs[4] == per_scene  # January: 4 scenes, May: 1
+    assert sum(needs) == len(items) * per_scene
