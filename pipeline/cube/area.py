@@ -44,7 +44,7 @@ from pipeline.cube.reader import (
     SceneRead,
     asset_placement,
 )
-from pipeline.cube.tokens import Tokens
+from pipeline.cube.tokens import Tokens, load_array
 from pipeline.geo.grid import Grid
 from pipeline.search.items import ItemRef
 
@@ -231,7 +231,7 @@ def stored_chunk(
             source, target = _within(common, part), _within(common, window)
             tokens = Tokens.load(block.path(part)).full(*source)
             composite[(slice(first, first + len(tokens)), slice(None), *target)] = tokens
-            valid[target] += np.load(block.path(part) / "months.npy", mmap_mode="r")[source]
+            valid[target] += load_array(block.path(part) / "months.npy", mmap_mode="r")[source]
     by_id = {r.id: r for r in refs}
     used = {i for block in stored for i in block.used}
     skipped = [

@@ -8,6 +8,7 @@ only that part where the arrays are memory-mapped files).
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,9 +80,21 @@ class Tokens:
     def load(cls, folder: Path) -> Tokens:
         """What ``save`` left in ``folder``; the bands memory-mapped."""
         return cls(
-            *(np.load(folder / f"{name}.npy", mmap_mode="r") for name in _PARTS[:2]),
-            *(np.load(folder / f"{name}.npy") for name in _PARTS[2:]),
+            *(load_array(folder / f"{name}.npy", mmap_mode="r") for name in _PARTS[:2]),
+            *(load_array(folder / f"{name}.npy") for name in _PARTS[2:]),
         )
+
+
+# numpy parses a .npy header with ast.literal_eval, and CPython 3.11's parser is not safe in
+# threads (gh-106905: "AST constructor recursion depth mismatch"): a worker's chunk tasks load
+# one at a time. The memory-mapped data is read later, outside the lock.
+_LOAD_LOCK = threading.Lock()
+
+
+def load_array(path: Path, mmap_mode: str | None = None) -> np.ndarray:
+    """``np.load`` of one ``.npy`` file, safe from several threads."""
+    with _LOAD_LOCK:
+        return np.load(path, mmap_mode=mmap_mode)
 
 
 def no_exceptions() -> dict[str, np.ndarray]:

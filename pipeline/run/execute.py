@@ -194,7 +194,7 @@ def run_tiles(
     in_flight: dict[str, list] = {}  # tile id -> its futures, kept until the tile is done
     queue = as_completed(with_results=True, raise_errors=False)
     chunks_running = 0
-    turn = itertools.count()  # the workers take the tiles in turn
+    turn = itertools.count()
 
     def submit_tile() -> bool:
         nonlocal chunks_running
@@ -204,14 +204,14 @@ def run_tiles(
         tasks = list(plan.scenes.chunk_tasks(tile, region.region))
         area = composites_area(tasks)
         refs = [plan.scenes.refs[i] for i in tile.items]
-        # A tile's blocks of months are written to one worker's scratch space: its chunks and
-        # the tile task that removes them go to that worker too (elsewhere if it is lost).
-        workers = sorted(client.scheduler_info()["workers"])
-        where = {
-            "workers": [workers[next(turn) % len(workers)]] if workers else None,
-            "allow_other_workers": True,
-            "pure": False,
-        }
+        # A tile's blocks of months are written to the scratch space of one machine: its
+        # chunks and the tile task that removes them go there too (elsewhere if it is lost; a
+        # chunk away from its blocks composites itself). The machines take the tiles in turn.
+        workers = client.scheduler_info(n_workers=-1)["workers"].values()
+        hosts = sorted({info["host"] for info in workers})
+        where = {"pure": False}
+        if hosts:
+            where.update(workers=[hosts[next(turn) % len(hosts)]], allow_other_workers=True)
         blocks = [
             client.submit(composite_tile, tile, refs, area, index, shared, **where)
             for index in range(len(month_blocks(settings.cube)) if area else 0)

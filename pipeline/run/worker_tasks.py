@@ -139,12 +139,13 @@ def composite_tile(
 
 def composites_path(folder: Path) -> Path:
     """Where the blocks of months of the tile with scratch ``folder`` wait for its chunk tasks:
-    in the Dask worker's local directory (where Dask spills memory), else the system's temporary
-    folder. Composites are tens of times the size of the maps: they stay off the output disk."""
+    beside the Dask worker's local directory (where Dask spills memory), so the other workers
+    of its machine (or job) find them too, else in the system's temporary folder. Composites are
+    tens of times the size of the maps: they stay off the output disk."""
     try:
         from distributed import get_worker
 
-        space = Path(get_worker().local_directory)
+        space = Path(get_worker().local_directory).parent
     except (ImportError, ValueError):
         space = Path(tempfile.gettempdir())
     return space / "timesenclip-composites" / hashlib.sha256(str(folder).encode()).hexdigest()[:16]
