@@ -430,6 +430,7 @@ def whole_run(path: Path, timeout: float, repo: Path = REPO) -> dict:
     start = time.perf_counter()
     process = subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", "run", str(path)],
+        cwd=repo,  # python -m puts the working directory first on sys.path
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
