@@ -151,6 +151,14 @@ def chunk_window(size: int):
     return Window(size // 2 - 176, size // 2 - 256, CHUNK, CHUNK)
 
 
+def chunk_grid(items: list[dict], size: int):
+    """The grid of ``chunk_window`` of the scenes ``items``."""
+    window = chunk_window(size)
+    return scene_grid(items, size).window(
+        window.row_off, window.col_off, window.height, window.width
+    )
+
+
 def _refs(items: list[dict]):
     from pipeline.search.items import item_ref
 
@@ -227,9 +235,7 @@ def chunk_ours(items: list[dict], size: int) -> dict:
     """One chunk composited alone: ``composite_chunk``."""
     from pipeline.cube.composite import CubeOptions, composite_chunk
 
-    grid = scene_grid(items, size)
-    window = chunk_window(size)
-    part = grid.window(window.row_off, window.col_off, window.height, window.width)
+    part = chunk_grid(items, size)
     start = time.process_time()
     cube = composite_chunk(_refs(items), part, CubeOptions())
     return {
@@ -250,9 +256,7 @@ def chunk_odc(items: list[dict], size: int) -> dict:
     from pipeline.search.items import ASSETS, SCL
     from pipeline.search.stac import EARTH_SEARCH_ASSETS
 
-    grid = scene_grid(items, size)
-    window = chunk_window(size)
-    part = grid.window(window.row_off, window.col_off, window.height, window.width)
+    part = chunk_grid(items, size)
     start = time.process_time()
     odc.stac.configure_rio(cloud_defaults=True)
     refs = in_time_order(_refs(items))
