@@ -145,10 +145,13 @@ def scene_grid(items: list[dict], size: int):
 
 def chunk_window(size: int):
     """A 512-px chunk placed as the run's chunks are on these scenes (2048 px: across 10 m
-    blocks)."""
+    blocks), inside scenes of ``size`` >= 512 px."""
     from rasterio.windows import Window
 
-    return Window(size // 2 - 176, size // 2 - 256, CHUNK, CHUNK)
+    def place(offset: int) -> int:
+        return max(0, min(size // 2 - offset, size - CHUNK))
+
+    return Window(place(176), place(256), CHUNK, CHUNK)
 
 
 def chunk_grid(items: list[dict], size: int):
