@@ -49,6 +49,14 @@ def test_scratch_path_is_always_removed(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_scratch_folder_is_removed_with_what_it_holds(tmp_path):
+    with pytest.raises(ValueError), scratch_path(tmp_path / "blocks") as scratch:
+        (scratch / "part").mkdir(parents=True)
+        (scratch / "part" / "fine.npy").write_bytes(b"work")
+        raise ValueError("a failed block")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_write_text_atomic(tmp_path):
     path = write_text_atomic(tmp_path / "a.txt", "héllo\n")
     assert path.read_text(encoding="utf-8") == "héllo\n"

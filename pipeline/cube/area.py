@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import shutil
 import threading
 from collections.abc import Iterator, Sequence
@@ -47,6 +46,7 @@ from pipeline.cube.reader import (
 from pipeline.cube.tokens import Tokens, load_array
 from pipeline.geo.grid import Grid
 from pipeline.search.items import ItemRef
+from timesenclip.common.atomic import scratch_path
 
 # Bytes a window holds per grid pixel and scene: 10 m bands with their masks, and 20 m bands
 # with SCL and their mask at 2 x 2 grid pixels a value.
@@ -88,10 +88,8 @@ def block_need(
 ) -> int:
     """Bytes block ``index`` of months over ``area`` holds at most with windows of whole COG
     blocks (as Sentinel-2 COGs are tiled): what it asks of a :class:`MemoryGate`."""
-    outer, inner = _TYPICAL_BLOCKS
-    return len(_block_scenes(refs, grid, area, index, options)) * round(
-        _area(outer) * _COARSE_BYTES + _area(inner) * _FINE_BYTES
-    )
+    scenes = len(_block_scenes(refs, grid, area, index, options))
+    return round(_window_bytes(scenes, *_TYPICAL_BLOCKS))
 
 
 def _block_scenes(
@@ -151,7 +149,8 @@ def composite_area(
     # (the 10 m bands, once for each of their blocks); the others would only hold memory.
     pool = DatasetPool(max_idle=len(FINE) * len(scenes))
     folder = folder / f"block-{index:02d}"
-    with _replacing(folder) as scratch, contextlib.closing(pool):
+    with scratch_path(folder) as scratch, contextlib.closing(pool):
+        scratch.mkdir()
         stored = StoredTokens(index, area, scratch)
         for outer, inner_grid in _windows(scenes, grid, area, options, budget, pool):
             here = _meeting(_without(scenes, left_out), grid, outer)
@@ -170,27 +169,10 @@ def composite_area(
                 tokens.save(stored.path(inner))
                 np.save(stored.path(inner) / "months.npy", has_data.sum(axis=0, dtype=np.uint8))
                 windows.append(inner)
-    used = tuple(r.id for r in _without(scenes, left_out))
-    return StoredTokens(index, area, folder, tuple(windows), used, tuple(skipped))
-
-
-@contextlib.contextmanager
-def _replacing(folder: Path) -> Iterator[Path]:
-    """A new folder beside ``folder`` that replaces it when the block succeeds; removed, with
-    what it holds, when it fails."""
-    scratch = folder.with_name(f".{folder.name}.scratch-{secrets.token_hex(6)}")
-    try:
-        scratch.mkdir(parents=True)
-        yield scratch
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(scratch, folder)
-    except OSError as error:
-        if error.filename is not None:
-            raise
-        # A write that fails for want of space names no file: name the folder it was for.
-        raise OSError(error.errno, error.strerror, str(folder)) from error
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    used = tuple(r.id for r in _without(scenes, left_out))
+    return StoredTokens(index, area, folder, tuple(windows), used, tuple(skipped))
 
 
 def _without(scenes: Sequence[ItemRef], ids: set[str]) -> list[ItemRef]:
@@ -265,7 +247,7 @@ def _windows(
         size = (512, 512)
         return [(w, (area, size)) for w in _cells(area, area, size)]
     outer, inner = coarse.block, fine.block
-    while len(scenes) * (_area(outer) * _COARSE_BYTES + _area(inner) * _FINE_BYTES) > budget:
+    while _window_bytes(len(scenes), outer, inner) > budget:
         if max(inner) > _SMALLEST:
             inner = _halved(inner)
         elif max(outer) > _SMALLEST:
@@ -276,6 +258,11 @@ def _windows(
     inner_origin = Window(fine.col, fine.row, 1, 1)
     cells = _cells(area, Window(coarse.col, coarse.row, 1, 1), outer)
     return [(w, (inner_origin, inner)) for w in cells]
+
+
+def _window_bytes(scenes: int, outer: tuple[int, int], inner: tuple[int, int]) -> float:
+    """Bytes an ``outer`` window of 20 m layers and an ``inner`` one of 10 m layers hold."""
+    return scenes * (_area(outer) * _COARSE_BYTES + _area(inner) * _FINE_BYTES)
 
 
 def _area(size: tuple[int, int]) -> int:

@@ -119,7 +119,7 @@ def composite_tile(
     settings: ChunkSettings,
 ) -> BlockReport:
     """Block ``index`` of months of the scenes ``refs`` over ``area`` of the tile, stored for
-    its chunk tasks (``pipeline.cube.area``) in this worker's scratch space."""
+    its chunk tasks (``pipeline.cube.area``) in the scratch space of this worker's machine."""
     configure_gdal(dict(settings.gdal))
     grid = plan.tile.grid
     with _MEMORY.share(block_need(refs, grid, area, index, settings.cube)) as budget:

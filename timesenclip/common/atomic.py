@@ -32,7 +32,10 @@ def _remove_with_sidecars(tmp: Path) -> None:
     except FileNotFoundError:
         return  # the folder itself is gone
     for leftover in leftovers:
-        leftover.unlink(missing_ok=True)
+        if leftover.is_dir() and not leftover.is_symlink():  # a scratch folder, with its files
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
 
 
 def _disk_error(err: Exception, path: Path, tmp: Path) -> OSError | None:
@@ -94,7 +97,8 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
 
 @contextmanager
 def scratch_path(path: Path | str, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary working file beside ``path`` that is always deleted afterwards."""
+    """Yield a temporary working path beside ``path`` (a file, or a folder the block makes)
+    that is always deleted afterwards."""
     with _temporary(Path(path), "scratch", suffix) as tmp:
         yield tmp
 
