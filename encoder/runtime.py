@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import json
 import logging
 import threading
@@ -40,9 +41,13 @@ _LOCK = threading.Lock()  # one export per process at a time; sessions are share
 
 
 def onnxruntime() -> ModuleType | None:
-    """The onnxruntime module, or None when it (or the exporter it needs) is not installed."""
+    """The onnxruntime module, or None when it (or the exporter it needs) is not installed.
+
+    The exporter, onnxscript, is only looked for: importing it takes over a second, which
+    only an export needs, not a worker whose first chunk finds the export cached."""
+    if importlib.util.find_spec("onnxscript") is None:
+        return None
     try:
-        importlib.import_module("onnxscript")
         return importlib.import_module("onnxruntime")
     except ImportError:
         return None

@@ -168,17 +168,20 @@ def test_a_grid_half_a_20m_pixel_off_equals_the_reference(edged):
     np.testing.assert_array_equal(lazy["composite"].values, cube.composite)
 
 
+@pytest.mark.parametrize("threads", [1, 3], ids=["one thread", "strips on 3 threads"])
 @pytest.mark.parametrize("budget", [2**30, 0], ids=["blocks", "smallest windows"])
-def test_stored_tokens_equal_the_reference(edged, tmp_path, budget):
+def test_stored_tokens_equal_the_reference(edged, tmp_path, budget, threads):
     """The run's path: each block of months over an area, kept on disk, read back a chunk at a
-    time, with windows the size of the files' blocks or as small as the budget makes them."""
+    time, with windows the size of the files' blocks or as small as the budget makes them, and
+    each window reduced whole or in strips of rows on several threads (the exceptions, 20 m
+    pixels cut by a 10 m edge, fall in several strips)."""
     written, items = edged
     grid = Grid(written.epsg, written.bounds, 10.0)
     refs = [item_ref(i) for i in items]
     options = CubeOptions()
     area = Window(2, 4, 44, 40)
     stored = [
-        composite_area(refs, grid, area, i, options, tmp_path, budget)
+        composite_area(refs, grid, area, i, options, tmp_path, budget, threads)
         for i in range(len(month_blocks(options)))
     ]
     assert {s.folder is None for s in stored} == {True, False}  # months without scenes

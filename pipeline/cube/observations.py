@@ -16,9 +16,8 @@ take the median of the observations valid at all four.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
 
@@ -51,6 +50,16 @@ class Observations:
             np.array([r.offset for r in read.used], dtype=np.float32),
         )
 
+    def rows(self, strip: slice) -> Observations:
+        """The observations of rows ``strip`` of the window (its ends multiples of ``factor``)."""
+        k = self.factor
+        coarse = slice(strip.start // k, -(-strip.stop // k))
+        layers = {
+            name: values[:, strip if name in FINE else coarse]
+            for name, values in self.layers.items()
+        }
+        return Observations(layers, k, self.months, self.offsets)
+
     def spans(self, months: Sequence[int]) -> list[slice]:
         """The scenes of each of ``months`` (contiguous: scenes are in time order)."""
         return [
@@ -68,8 +77,42 @@ def masked_tokens(
     threads: int = 1,
 ) -> tuple[Tokens, np.ndarray]:
     """The medians of each block of months' valid observations, a token a block, and
-    ``(months, h, w)`` whether each month of the blocks has one, over the read's window; the
-    bands' medians on ``threads`` threads (numpy lets go of the GIL in them)."""
+    ``(months, h, w)`` whether each month of the blocks has one, over the read's window.
+
+    Pixels are independent: with ``threads`` > 1 the window is cut in strips of rows, each
+    masked and reduced on one of ``threads`` threads (numpy lets go of the GIL in them), so the
+    masking runs in parallel too, not only the medians."""
+    k = obs.factor
+    rows = obs.layers[FINE[0]].shape[1]
+    # Twice as many strips as threads evens out strips of unequal work (clouds, edges).
+    step = max(k, -(-rows // (2 * threads)) // k * k)
+    strips = [slice(top, min(top + step, rows)) for top in range(0, rows, step)]
+    if threads <= 1 or len(strips) == 1:
+        parts = [_strip_tokens(obs, blocks, cloud_mask, 0)]
+    else:
+        parts = list(
+            threads_of("median", threads).map(
+                lambda strip: _strip_tokens(obs.rows(strip), blocks, cloud_mask, strip.start),
+                strips,
+            )
+        )
+    fine, coarse, has_data, exceptions = zip(*parts, strict=True)
+    # Token by token, each token's strips in order: as one strip of the whole window gives them.
+    by_token = sorted((e for part in exceptions for e in part), key=lambda e: e[0])
+    tokens = Tokens(
+        np.concatenate(fine, axis=2),
+        np.concatenate(coarse, axis=2),
+        **_together([found for _, found in by_token]),
+    )
+    return tokens, np.concatenate(has_data, axis=1)
+
+
+def _strip_tokens(
+    obs: Observations, blocks: Sequence[Sequence[int]], cloud_mask: Sequence[int], top: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, tuple[np.ndarray, ...]]]]:
+    """``masked_tokens`` of the rows of ``obs``, which start at row ``top`` of the window, on
+    this thread: 10 m and 20 m medians, has-data, and the exceptions (rows counted in the
+    window) of each token that has some."""
     layers, k = obs.layers, obs.factor
     masked = np.zeros(256, bool)
     masked[[0, *cloud_mask]] = True  # SCL 0 is no data, as digital number 0 is for a band
@@ -82,7 +125,7 @@ def masked_tokens(
     has_data = np.stack([~np.logical_and.reduce(bad[span]) for span in obs.spans(months)])
     fine = np.empty((len(blocks), len(FINE), *bad.shape[1:]), np.float32)
     coarse = np.empty((len(blocks), len(COARSE_BANDS), *bad_coarse.shape[1:]), np.float32)
-    jobs: list[Callable[[], object]] = []
+    exceptions = []
     for t, block in enumerate(blocks):
         spans = obs.spans(block)
         span = slice(spans[0].start, spans[-1].stop)
@@ -91,19 +134,12 @@ def masked_tokens(
             continue
         offsets = obs.offsets[span]
         for i, band in enumerate(FINE):
-            jobs.append(partial(_median, layers[band][span], bad[span], offsets, fine[t, i]))
+            _median(layers[band][span], bad[span], offsets, fine[t, i])
         for i, band in enumerate(COARSE_BANDS):
-            values = layers[band][span]
-            jobs.append(partial(_median, values, bad_at_coarse[span], offsets, coarse[t, i]))
+            _median(layers[band][span], bad_at_coarse[span], offsets, coarse[t, i])
         if k > 1:
-            jobs.append(partial(_exceptions, t, obs, span, bad, k))
-    done = map(_call, jobs) if threads <= 1 else threads_of("median", threads).map(_call, jobs)
-    exceptions = [result for result in done if isinstance(result, tuple)]
-    return Tokens(fine, coarse, **_together(exceptions)), has_data
-
-
-def _call(job: Callable[[], object]) -> object:
-    return job()
+            exceptions.append((t, _exceptions(t, obs, span, bad, k)))
+    return fine, coarse, has_data, [(t, _moved(found, top)) for t, found in exceptions]
 
 
 def _mark_no_data(bad: np.ndarray, *layers: np.ndarray) -> np.ndarray:
@@ -225,6 +261,12 @@ def _exceptions(
         spread = obs.layers[band][span][:, block_rows, block_cols].repeat(k * k, axis=1)
         _median(spread, bad[:, rows, cols], obs.offsets[span], out=values[i])
     return np.full(len(rows), t, np.intp), rows, cols, values
+
+
+def _moved(exceptions: tuple[np.ndarray, ...], top: int) -> tuple[np.ndarray, ...]:
+    """``_exceptions`` of a strip whose first row is row ``top`` of its window, in the window."""
+    token, rows, cols, values = exceptions
+    return token, rows + top, cols, values
 
 
 def _together(exceptions: list[tuple[np.ndarray, ...]]) -> dict[str, np.ndarray]:

@@ -214,6 +214,10 @@ def placement(
     """Where the file at ``href`` sits on ``grid`` (``Placement``)."""
     with pool.dataset(href) as ds:
         _check(ds, href, expect)
+        # A dataset's first read asks GDAL for the band's mask flags, for which GTiff reads every
+        # directory of the file while rasterio holds the GIL: asked here, among other opens, and
+        # not amid the reader threads' block downloads, where it stalled every other thread.
+        _ = ds.mask_flag_enums
         factor = _aligned_factor(ds, grid, Resampling.nearest)
         if not factor:
             return Placement(0, 0, 0, (0, 0))

@@ -12,6 +12,7 @@ import os
 import socket
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -23,6 +24,8 @@ from timesenclip.common.atomic import atomic_path
 from timesenclip.common.errors import TimeSenCLIPError
 
 log = logging.getLogger(__name__)
+# What a local worker imports as it starts, not at its first task: torch, GDAL, the encoder.
+WORKER_MODULES = ("pipeline.run.worker_tasks",)
 
 
 @dataclass
@@ -39,6 +42,55 @@ class RunCluster:
 def dask_cluster(workflow: Workflow, device: str, report: Path | None = None) -> Iterator:
     """Start (or connect to) the workflow's cluster, log how to watch it, and yield its
     :class:`RunCluster`; with ``report``, keep Dask's performance report of all that runs."""
+    with _started(workflow, device) as cluster, _reported(report):
+        yield cluster
+
+
+class EarlyCluster:
+    """The workflow's cluster, a local one started in a thread as soon as this is made.
+
+    A run plans before it needs its cluster: meanwhile the local cluster's worker processes start
+    and import the pipeline (``WORKER_MODULES``) on the cores planning leaves idle, seconds a run
+    would otherwise spend on one core. Other clusters start when :meth:`cluster` asks, after the
+    plan, so that input the plan refuses never submits a job or reaches a scheduler. ``early``
+    False starts none before it is asked for (a run likely to find its work done).
+    """
+
+    def __init__(self, workflow: Workflow, early: bool = True) -> None:
+        self.workflow = workflow
+        self._stack = contextlib.ExitStack()
+        self._starting: Future | None = None
+        if early and workflow.dask.kind == "local":
+            pool = ThreadPoolExecutor(1, thread_name_prefix="timesenclip-cluster")
+            self._starting = pool.submit(self._start, None)
+            pool.shutdown(wait=False)  # its thread ends with this one task
+
+    def __enter__(self) -> EarlyCluster:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._starting is not None:
+            wait([self._starting])  # an unused cluster is closed once up
+        self._stack.close()
+
+    def cluster(self, device: str, report: Path | None = None) -> RunCluster:
+        """The cluster, for chunks on ``device``; with ``report``, Dask's performance report of
+        all that runs on it until the end of the ``with`` block is kept there."""
+        cluster = self._start(device) if self._starting is None else self._starting.result()
+        self._stack.enter_context(_reported(report))
+        return cluster
+
+    def _start(self, device: str | None) -> RunCluster:
+        if device is None:
+            from pipeline.plan.settings import chunk_device
+
+            device = chunk_device(self.workflow)
+        return self._stack.enter_context(_started(self.workflow, device))
+
+
+@contextlib.contextmanager
+def _started(workflow: Workflow, device: str) -> Iterator[RunCluster]:
+    """The workflow's cluster, its client open and announced, closed at the end."""
     config = workflow.dask
     with contextlib.ExitStack() as stack:
         security = _security(config, workflow.outputs.dir, stack)
@@ -48,11 +100,14 @@ def dask_cluster(workflow: Workflow, device: str, report: Path | None = None) ->
             cluster = _local(config, security, device, stack)
         else:
             cluster = _batch(config, security, workflow.outputs.dir, stack)
-        stack.enter_context(cluster.client)
+        # Closed, not exited: a client entered in the starting thread cannot be exited in another.
+        stack.callback(cluster.client.close)
         _announce(cluster, config)
-        if report is not None:
-            stack.enter_context(_kept_report(report))
         yield cluster
+
+
+def _reported(report: Path | None) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext() if report is None else _kept_report(report)
 
 
 def _connect(config: DaskConfig, security) -> RunCluster:
@@ -95,6 +150,7 @@ def _local(config: DaskConfig, security, device: str, stack) -> RunCluster:
                 n_workers=n_workers,
                 threads_per_worker=threads,
                 processes=True,
+                preload=list(WORKER_MODULES),
                 dashboard_address=dashboard,
                 security=security,
                 protocol="tls://" if security else None,

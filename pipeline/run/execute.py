@@ -18,7 +18,7 @@ from pipeline.plan.report import cpu_pixels_per_second, describe_run
 from pipeline.plan.run_plan import RunPlan, plan_run
 from pipeline.plan.scenes import RegionPlan
 from pipeline.plan.settings import ChunkSettings
-from pipeline.run.cluster import RunCluster, dask_cluster, describe_cluster
+from pipeline.run.cluster import EarlyCluster, RunCluster, describe_cluster
 from pipeline.run.finish import finish_mosaics, finish_tiled, write_region_metadata
 from pipeline.run.lock import output_lock
 from pipeline.run.progress import ProgressWatch, RegionProgress, finished
@@ -88,8 +88,9 @@ def run_workflow(
     regions are skipped on a rerun. ``report`` keeps Dask's performance report (HTML).
 
     The plan (``pipeline.plan.run_plan``) is made first, so anything wrong with the user's input
-    (checkpoint, prompts, STAC searches) fails before the cluster starts; ``dry_run`` prints it,
-    and the job script a Slurm or PBS cluster would submit, and stops there.
+    (checkpoint, prompts, STAC searches) fails before a batch or remote cluster is reached; a
+    local cluster starts meanwhile (``EarlyCluster``). ``dry_run`` prints the plan, and the job
+    script a Slurm or PBS cluster would submit, and stops there.
     """
     summary = RunSummary()
     started = time.perf_counter()
@@ -97,7 +98,12 @@ def run_workflow(
         print(describe_run(plan_run(workflow), cpu_pixels_per_second()))
         print(describe_cluster(workflow))
         return summary
-    with output_lock(workflow.outputs.dir):  # one run per output folder
+    # One run per output folder. A rerun of finished regions (each has its provenance.json)
+    # likely needs no cluster: it starts one only if the plan finds work.
+    unfinished = any(
+        not (workflow.outputs.dir / r.name / PROVENANCE).exists() for r in workflow.regions
+    )
+    with output_lock(workflow.outputs.dir), EarlyCluster(workflow, unfinished) as start:
         plan = plan_run(workflow)
         summary.seconds["search"] += plan.scenes.seconds
         for target in plan.complete:
@@ -107,9 +113,9 @@ def run_workflow(
             remove_stale_temporaries(target.folder)
             summary.tiles_skipped += len(workflow.tiles(target.region))
         if plan.regions:
-            with dask_cluster(workflow, plan.settings.device, report) as cluster:
-                for region in plan.regions:
-                    run_region(cluster, plan, region, summary, progress)
+            cluster = start.cluster(plan.settings.device, report)
+            for region in plan.regions:
+                run_region(cluster, plan, region, summary, progress)
     summary.seconds["total"] = time.perf_counter() - started
     return summary
 
