@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 from pathlib import Path
 
@@ -31,7 +32,7 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
 
 @command("run", "map the regions of a workflow YAML", _run_arguments)
 def run(args: argparse.Namespace) -> int:
-    from pipeline.run.execute import run_workflow
+    from pipeline.run.cluster import EarlyCluster
     from pipeline.workflow.load import load_workflow, with_cluster
 
     workflow = load_workflow(args.workflow)
@@ -40,10 +41,19 @@ def run(args: argparse.Namespace) -> int:
     # Where the scheduler and its dashboard are is worth a line even without --verbose.
     cluster_log = logging.getLogger("pipeline.run.cluster")
     cluster_log.setLevel(min(cluster_log.getEffectiveLevel(), logging.INFO))
+    early = contextlib.nullcontext() if args.dry_run else EarlyCluster(workflow)
     try:
-        summary = run_workflow(
-            workflow, dry_run=args.dry_run, progress=not args.quiet, report=args.report
-        )
+        with early as started:
+            # Seconds of imports (torch, GDAL), while a local cluster's workers start.
+            from pipeline.run.execute import run_workflow
+
+            summary = run_workflow(
+                workflow,
+                dry_run=args.dry_run,
+                progress=not args.quiet,
+                report=args.report,
+                early=started,
+            )
     except OSError as err:
         if err.filename is None and err.errno is not None:  # e.g. a worker's write, disk full
             raise OSError(err.errno, err.strerror, str(workflow.outputs.dir)) from err

@@ -199,14 +199,15 @@ def _on_reference_scale(values: np.ndarray, offsets: np.ndarray, zeroed: np.ndar
 
 
 def _or_spread(out: np.ndarray, values: np.ndarray, k: int) -> None:
-    """``out |= values`` of k x k pixel blocks spread over their pixels; row by row, since
-    broadcasting into a k-long innermost axis crawls."""
+    """``out |= values`` of k x k pixel blocks spread over their pixels: one strided ``|=`` per
+    pixel of a block, which lets go of the GIL (``np.repeat`` holds it), so other threads'
+    strips go on meanwhile."""
     if k == 1:
         out |= values
         return
-    spread = np.repeat(values, k, axis=-1)
     for dy in range(k):
-        out[..., dy::k, :] |= spread
+        for dx in range(k):
+            out[..., dy::k, dx::k] |= values
 
 
 def _any_of_blocks(bad: np.ndarray, k: int) -> np.ndarray:

@@ -6,6 +6,7 @@ the performance report.
 from __future__ import annotations
 
 import contextlib
+import ctypes.util
 import getpass
 import logging
 import os
@@ -47,22 +48,24 @@ def dask_cluster(workflow: Workflow, device: str, report: Path | None = None) ->
 
 
 class EarlyCluster:
-    """The workflow's cluster, a local one started in a thread as soon as this is made.
+    """The workflow's cluster; a local one starts in a thread as soon as this is made.
 
     A run plans before it needs its cluster: meanwhile the local cluster's worker processes start
     and import the pipeline (``WORKER_MODULES``) on the cores planning leaves idle, seconds a run
-    would otherwise spend on one core. Other clusters start when :meth:`cluster` asks, after the
-    plan, so that input the plan refuses never submits a job or reaches a scheduler. ``early``
-    False starts none before it is asked for (a run likely to find its work done).
+    would otherwise spend on one core. It starts early only where its size is known without
+    torch (chunks on the CPU: asked for, or no CUDA driver here), and some region of the
+    workflow has no ``provenance.json`` (a rerun of finished regions likely needs no cluster).
+    Any other cluster starts when :meth:`cluster` asks, after the plan, so that input the plan
+    refuses never submits a job or reaches a scheduler.
     """
 
-    def __init__(self, workflow: Workflow, early: bool = True) -> None:
+    def __init__(self, workflow: Workflow) -> None:
         self.workflow = workflow
         self._stack = contextlib.ExitStack()
         self._starting: Future | None = None
-        if early and workflow.dask.kind == "local":
+        if workflow.dask.kind == "local" and _unfinished(workflow) and _on_cpu(workflow):
             pool = ThreadPoolExecutor(1, thread_name_prefix="timesenclip-cluster")
-            self._starting = pool.submit(self._start, None)
+            self._starting = pool.submit(self._start, "cpu")
             pool.shutdown(wait=False)  # its thread ends with this one task
 
     def __enter__(self) -> EarlyCluster:
@@ -76,16 +79,31 @@ class EarlyCluster:
     def cluster(self, device: str, report: Path | None = None) -> RunCluster:
         """The cluster, for chunks on ``device``; with ``report``, Dask's performance report of
         all that runs on it until the end of the ``with`` block is kept there."""
-        cluster = self._start(device) if self._starting is None else self._starting.result()
+        cluster = None if self._starting is None else self._starting.result()
+        if cluster is not None and device != "cpu":  # sized for the CPU: torch found a GPU
+            self._stack.close()
+            cluster = None
+        self._starting = None
+        cluster = cluster or self._start(device)
         self._stack.enter_context(_reported(report))
         return cluster
 
-    def _start(self, device: str | None) -> RunCluster:
-        if device is None:
-            from pipeline.plan.settings import chunk_device
-
-            device = chunk_device(self.workflow)
+    def _start(self, device: str) -> RunCluster:
         return self._stack.enter_context(_started(self.workflow, device))
+
+
+def _unfinished(workflow: Workflow) -> bool:
+    """Whether a region of ``workflow`` lacks the provenance.json a finished one has."""
+    from pipeline.maps.outputs import PROVENANCE
+
+    return any(not (workflow.outputs.dir / r.name / PROVENANCE).exists() for r in workflow.regions)
+
+
+def _on_cpu(workflow: Workflow) -> bool:
+    """Whether chunks run on the CPU, known without torch: asked for, or ``auto`` on a machine
+    without the CUDA driver, which torch would need to find a GPU."""
+    device = workflow.model.device
+    return device == "cpu" or (device == "auto" and ctypes.util.find_library("cuda") is None)
 
 
 @contextlib.contextmanager

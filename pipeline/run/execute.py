@@ -3,6 +3,7 @@ its maps and metadata. The plan (``pipeline.plan``) has made every decision befo
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import shutil
@@ -83,14 +84,16 @@ def run_workflow(
     dry_run: bool = False,
     progress: bool = True,
     report: Path | None = None,
+    early: EarlyCluster | None = None,
 ) -> RunSummary:
     """Produce every region's maps on the cluster of ``workflow.dask``; finished tiles and
     regions are skipped on a rerun. ``report`` keeps Dask's performance report (HTML).
 
     The plan (``pipeline.plan.run_plan``) is made first, so anything wrong with the user's input
     (checkpoint, prompts, STAC searches) fails before a batch or remote cluster is reached; a
-    local cluster starts meanwhile (``EarlyCluster``). ``dry_run`` prints the plan, and the job
-    script a Slurm or PBS cluster would submit, and stops there.
+    local one starts meanwhile (``EarlyCluster``: ``early``, one the caller started before its
+    imports, else one made here). ``dry_run`` prints the plan, and the job script a Slurm or
+    PBS cluster would submit, and stops there.
     """
     summary = RunSummary()
     started = time.perf_counter()
@@ -98,12 +101,8 @@ def run_workflow(
         print(describe_run(plan_run(workflow), cpu_pixels_per_second()))
         print(describe_cluster(workflow))
         return summary
-    # One run per output folder. A rerun of finished regions (each has its provenance.json)
-    # likely needs no cluster: it starts one only if the plan finds work.
-    unfinished = any(
-        not (workflow.outputs.dir / r.name / PROVENANCE).exists() for r in workflow.regions
-    )
-    with output_lock(workflow.outputs.dir), EarlyCluster(workflow, unfinished) as start:
+    with output_lock(workflow.outputs.dir), contextlib.ExitStack() as stack:  # one run a folder
+        start = early or stack.enter_context(EarlyCluster(workflow))
         plan = plan_run(workflow)
         summary.seconds["search"] += plan.scenes.seconds
         for target in plan.complete:
