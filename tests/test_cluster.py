@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from pipeline.cli import main
-from pipeline.run.cluster import dask_cluster, describe_cluster
+from pipeline.run.cluster import WORKER_MODULES, EarlyCluster, dask_cluster, describe_cluster
 from pipeline.run.cluster_errors import ClusterFailureError
 from pipeline.run.progress import ProgressWatch, RegionProgress
 from pipeline.workflow import jobs
@@ -330,6 +330,45 @@ def test_local_workers_start_with_glibcs_own_malloc_thresholds(tmp_path):
     with dask_cluster(workflow, "cpu") as cluster:
         found = cluster.client.run(lambda: [os.environ.get(name) for name in names])
     assert list(found.values()) == [[str(32 * 2**20), str(64 * 2**20), "1"]]
+
+
+def test_a_local_cluster_starts_while_the_run_plans(tmp_path):
+    """Made before the plan, a local run's cluster starts in the background, its workers with
+    the pipeline imported as they start; the run then takes that cluster, closed with the
+    block."""
+    workflow = workflow_with(tmp_path, {"cluster": "local", "n_workers": 1, "dashboard": False})
+    with EarlyCluster(workflow) as early:
+        assert early.started_early
+        cluster = early.cluster("cpu")
+        loaded = cluster.client.run(lambda: [name in sys.modules for name in WORKER_MODULES])
+        assert list(loaded.values()) == [[True] * len(WORKER_MODULES)]
+        assert cluster.client.status == "running"
+    assert cluster.client.status == "closed"
+
+
+@pytest.mark.parametrize(
+    ("device", "driver", "finished"),
+    [("cuda", None, False), ("auto", "libcuda.so.1", False), ("cpu", None, True)],
+    ids=["cuda asked", "a CUDA driver here", "regions finished"],
+)
+def test_no_cluster_starts_before_the_plan_knows_it_is_needed(
+    tmp_path, monkeypatch, device, driver, finished
+):
+    """Sized by a device only torch can tell (a GPU asked for, or a CUDA driver on the machine),
+    or likely not needed (every region has its provenance.json), the cluster waits for the
+    plan."""
+    import ctypes.util
+
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: driver)
+    workflow = workflow_with(tmp_path, {"cluster": "local", "dashboard": False})
+    workflow = workflow.model_copy(
+        update={"model": workflow.model.model_copy(update={"device": device})}
+    )
+    for region in workflow.regions if finished else ():
+        (workflow.outputs.dir / region.name).mkdir(parents=True)
+        (workflow.outputs.dir / region.name / "provenance.json").write_text("{}")
+    with EarlyCluster(workflow) as early:
+        assert not early.started_early
 
 
 def test_a_local_run_logs_its_dashboard_and_keeps_its_performance_report(local_run):

@@ -63,7 +63,10 @@ class EarlyCluster:
         self.workflow = workflow
         self._stack = contextlib.ExitStack()
         self._starting: Future | None = None
-        if workflow.dask.kind == "local" and _unfinished(workflow) and _on_cpu(workflow):
+        self.started_early = (
+            workflow.dask.kind == "local" and _unfinished(workflow) and _on_cpu(workflow)
+        )
+        if self.started_early:
             pool = ThreadPoolExecutor(1, thread_name_prefix="timesenclip-cluster")
             self._starting = pool.submit(self._start, "cpu")
             pool.shutdown(wait=False)  # its thread ends with this one task
