@@ -538,7 +538,8 @@ def main() -> None:
         base = json.loads(listing.read_text())
         model = write_models(work)
         rows = []
-        # The servers run here, so their work is in no measure's time or memory.
+        # The servers run here: their work is in no measure's CPU or memory, but it shares the
+        # machine's cores with the run (``server_cpu``).
         with serve_files(root) as plain, serve_files(root, latency_ms=args.latency) as slow:
             for count in args.scenes:
                 scenes = scene_set(base, root, count)
