@@ -44,6 +44,7 @@ def dask_cluster(workflow: Workflow, device: str, report: Path | None = None) ->
     """Start (or connect to) the workflow's cluster, log how to watch it, and yield its
     :class:`RunCluster`; with ``report``, keep Dask's performance report of all that runs."""
     with _started(workflow, device) as cluster, _reported(report):
+        _announce(cluster, workflow.dask)
         yield cluster
 
 
@@ -88,6 +89,7 @@ class EarlyCluster:
             cluster = None
         self._starting = None
         cluster = cluster or self._start(device)
+        _announce(cluster, self.workflow.dask)  # only now: a plan that fails says one thing
         self._stack.enter_context(_reported(report))
         return cluster
 
@@ -111,7 +113,7 @@ def _on_cpu(workflow: Workflow) -> bool:
 
 @contextlib.contextmanager
 def _started(workflow: Workflow, device: str) -> Iterator[RunCluster]:
-    """The workflow's cluster, its client open and announced, closed at the end."""
+    """The workflow's cluster, its client open, closed at the end."""
     config = workflow.dask
     with contextlib.ExitStack() as stack:
         security = _security(config, workflow.outputs.dir, stack)
@@ -123,7 +125,6 @@ def _started(workflow: Workflow, device: str) -> Iterator[RunCluster]:
             cluster = _batch(config, security, workflow.outputs.dir, stack)
         # Closed, not exited: a client entered in the starting thread cannot be exited in another.
         stack.callback(cluster.client.close)
-        _announce(cluster, config)
         yield cluster
 
 
