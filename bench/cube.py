@@ -607,7 +607,7 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
                 f"{ours / floor_cpu:.2f}x",
                 f"{run['wall']:.1f}",
                 f"{_busy(run, cores):.2f}",
-                f"{(run['cpu'] + run['server_cpu']) / (run['wall'] * cores):.2f}",
+                f"{_busy(run, cores, with_server=True):.2f}",
                 f"{run['worker_peak_kib'] / 1024:,.0f}",
                 f"{run['requests'] / row['assets']:.2f}",
                 f"CPU {run['cpu'] / first['cpu']:.2f}x, wall {run['wall'] / first['wall']:.2f}x",
@@ -663,9 +663,11 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
         )
 
 
-def _busy(run: dict, cores: int) -> float:
-    """A run's cores busy: its CPU seconds over its wall seconds times the machine's cores."""
-    return run["cpu"] / (run["wall"] * cores)
+def _busy(run: dict, cores: int, with_server: bool = False) -> float:
+    """A run's cores busy: its CPU seconds (and the file server's, ``with_server``) over its
+    wall seconds times the machine's cores."""
+    cpu = run["cpu"] + (run["server_cpu"] if with_server else 0.0)
+    return cpu / (run["wall"] * cores)
 
 
 def _composites(run: dict) -> float:

@@ -12,9 +12,11 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dask
+import distributed
 import pytest
 import yaml
 
@@ -339,7 +341,13 @@ def test_a_local_cluster_starts_while_the_run_plans(tmp_path):
     workflow = workflow_with(tmp_path, {"cluster": "local", "n_workers": 1, "dashboard": False})
     with EarlyCluster(workflow) as early:
         assert early.started_early
+        for _ in range(240):  # up in the background, before the run asks for it
+            seen = distributed.client._get_global_client()
+            if seen is not None and seen.status == "running":
+                break
+            time.sleep(0.25)
         cluster = early.cluster("cpu")
+        assert seen is cluster.client
         loaded = cluster.client.run(lambda: [name in sys.modules for name in WORKER_MODULES])
         assert list(loaded.values()) == [[True] * len(WORKER_MODULES)]
         assert cluster.client.status == "running"

@@ -61,7 +61,7 @@ def plan_run(workflow: Workflow) -> RunPlan:
     settings = chunk_settings(workflow, checkpoint, tasks)
     todo, complete = [], []
     for region in workflow.regions:
-        folder = workflow.outputs.dir / region.name
+        folder = workflow.region_folder(region)
         tiles_key = tile_fingerprint(workflow, region, checkpoint.sha256, tasks, settings.device)
         fingerprint = region_fingerprint(workflow, tiles_key, tasks)
         target = RegionTarget(region, folder, folder / ".tiles" / tiles_key[:16], fingerprint)

@@ -101,7 +101,7 @@ def _unfinished(workflow: Workflow) -> bool:
     """Whether a region of ``workflow`` lacks the provenance.json a finished one has."""
     from pipeline.maps.outputs import PROVENANCE
 
-    return any(not (workflow.outputs.dir / r.name / PROVENANCE).exists() for r in workflow.regions)
+    return any(not (workflow.region_folder(r) / PROVENANCE).exists() for r in workflow.regions)
 
 
 def _on_cpu(workflow: Workflow) -> bool:

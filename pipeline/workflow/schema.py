@@ -674,6 +674,10 @@ class Workflow(_Model):
         """The workflow file this was read from, if any."""
         return self._source
 
+    def region_folder(self, region: Region) -> Path:
+        """Where the region's maps go: a folder of ``outputs.dir`` named after it."""
+        return self.outputs.dir / region.name
+
     def tiles(self, region: Region) -> list[Tile]:
         """The region's tiles on this workflow's grid (``cube.tile_size`` x ``cube.resolution``)."""
         return tiles_for_region(
