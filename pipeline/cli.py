@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 from pipeline.commands import assess, maps, stores, training
 from timesenclip.common.errors import TimeSenCLIPError
+from timesenclip.common.quick_exit import freeze_at_exit
 from timesenclip.common.version import package_version
 
 COMMANDS = (*maps.COMMANDS, *stores.COMMANDS, *assess.COMMANDS, *training.COMMANDS)
@@ -70,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verb is None:
         parser.print_help()
         return 0
+    freeze_at_exit()
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if args.verbose < 2:

@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from pipeline.cli import main
+from pipeline.run import worker_start
 from pipeline.run.cluster import WORKER_MODULES, EarlyCluster, dask_cluster, describe_cluster
 from pipeline.run.cluster_errors import ClusterFailureError
 from pipeline.run.progress import ProgressWatch, RegionProgress
@@ -336,8 +337,8 @@ def test_local_workers_start_with_glibcs_own_malloc_thresholds(tmp_path):
 
 def test_a_local_cluster_starts_while_the_run_plans(tmp_path):
     """Made before the plan, a local run's cluster starts in the background, its workers with
-    the pipeline imported as they start; the run then takes that cluster, closed with the
-    block."""
+    the compositing task imported as they start and the chunk tasks (torch) soon after; the run
+    then takes that cluster, closed with the block."""
     workflow = workflow_with(tmp_path, {"cluster": "local", "n_workers": 1, "dashboard": False})
     with EarlyCluster(workflow) as early:
         assert early.started_early
@@ -348,10 +349,28 @@ def test_a_local_cluster_starts_while_the_run_plans(tmp_path):
             time.sleep(0.25)
         cluster = early.cluster("cpu")
         assert seen is cluster.client
-        loaded = cluster.client.run(lambda: [name in sys.modules for name in WORKER_MODULES])
-        assert list(loaded.values()) == [[True] * len(WORKER_MODULES)]
+        started = [*WORKER_MODULES, "pipeline.run.composite_tasks"]
+        loaded = cluster.client.run(lambda: [name in sys.modules for name in started])
+        assert list(loaded.values()) == [[True] * len(started)]
+        for _ in range(240):  # imported in a thread of the worker's
+            later = cluster.client.run(lambda: worker_start.LATER in sys.modules)
+            if all(later.values()):
+                break
+            time.sleep(0.25)
+        assert list(later.values()) == [True]
         assert cluster.client.status == "running"
     assert cluster.client.status == "closed"
+
+
+def test_the_compositing_task_imports_no_torch():
+    """What a worker needs for its first tasks (blocks of months) loads without torch, whose
+    seconds of imports a fresh worker spends beside them (``pipeline.run.worker_start``)."""
+    code = "import sys, pipeline.run.composite_tasks; print('torch' in sys.modules)"
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
 
 
 @pytest.mark.parametrize(

@@ -19,12 +19,12 @@ from rasterio.windows import Window
 
 from encoder.preprocess import BANDS
 from fixtures.synthetic import write_synthetic_collection
-from pipeline.cube.area import MemoryGate, block_need, composite_area, stored_chunk
-from pipeline.cube.composite import CubeOptions, composite_chunk, month_blocks
+from pipeline.cube.area import BlockFiles, MemoryGate, block_need, composite_area, stored_chunk
+from pipeline.cube.composite import CubeOptions, composite_chunk, in_time_order, month_blocks
 from pipeline.cube.lazy import build_cube
-from pipeline.cube.reader import read_scenes
+from pipeline.cube.reader import COARSE, asset_placement, read_scenes
 from pipeline.geo.grid import Grid
-from pipeline.search.items import item_ref
+from pipeline.search.items import ASSETS, item_ref
 from pipeline.search.sentinel2 import BANDS_20M, DEFAULT_CLOUD_MASK
 from pipeline.search.stac import EARTH_SEARCH_ASSETS
 
@@ -227,3 +227,34 @@ def test_a_block_asks_for_windows_of_whole_blocks_of_its_scenes(edged):
     per_scene = 2048 * 2048 * 14 / 4 + 1024 * 1024 * 12
     assert needs[0] == 4 * per_scene and needs[4] == per_scene  # January: 4 scenes, May: 1
     assert sum(needs) == len(items) * per_scene
+
+
+def test_a_block_opens_its_files_once_before_it_reads(edged, tmp_path, monkeypatch):
+    """A block's files are opened as its ``BlockFiles`` is made (in a run, before it waits for
+    its memory share); its reads open the 10 m files no more, and a 20 m file again only for
+    each further outer window (closed after each, so as not to hold its last block)."""
+    written, items = edged
+    grid = Grid(written.epsg, written.bounds, 10.0)
+    refs, options = [item_ref(i) for i in items], CubeOptions()
+    area = Window(0, 0, SIZE, SIZE)
+    january = in_time_order(r for r in refs if r.month == 1)
+    first = asset_placement(january[0], COARSE[0], grid)  # where the outer windows start
+    opened = []
+    real_open = rasterio.open
+
+    def counted(href, *args, **kwargs):
+        opened.append(href)
+        return real_open(href, *args, **kwargs)
+
+    monkeypatch.setattr(rasterio, "open", counted)
+    files = BlockFiles(refs, grid, area, 0, options)
+    assert sorted(opened) == sorted(href for r in january for href in r.hrefs)
+    opened.clear()
+    stored = composite_area(refs, grid, area, 0, options, tmp_path, files=files)
+    rows, cols = first.block
+    outer = {
+        ((w.row_off - first.row) // rows, (w.col_off - first.col) // cols) for w in stored.windows
+    }
+    coarse = {r.hrefs[ASSETS.index(name)] for r in january for name in COARSE}
+    assert set(opened) <= coarse
+    assert len(opened) == (len(outer) - 1) * len(coarse)

@@ -18,6 +18,7 @@ import os
 import shutil
 import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,8 @@ from pipeline.cube.reader import (
     DatasetPool,
     SceneRead,
     asset_placement,
+    open_assets,
+    threads_of,
 )
 from pipeline.cube.tokens import Tokens, load_array
 from pipeline.geo.grid import Grid
@@ -100,6 +103,38 @@ def _block_scenes(
     return in_time_order([r for r in refs if r.month in block and r.meets(inside)])
 
 
+class BlockFiles(contextlib.AbstractContextManager):
+    """The files of a block of months' scenes over an area, opened when made.
+
+    Made before the block's memory share (``MemoryGate``), so that a block waiting for memory
+    opens its files (hundreds of headers, parsed holding the GIL) while the block that holds
+    the memory reads and reduces, and starts reading as soon as its share is granted. Only this
+    block reads its scenes. The 20 m files are read once for each outer window and closed after
+    (an idle handle holds the last block it read, still compressed: 1 to 2 MB); the 10 m ones
+    are read once for each of their blocks and kept open.
+    """
+
+    def __init__(
+        self,
+        refs: Sequence[ItemRef],
+        grid: Grid,
+        area: Window,
+        index: int,
+        options: CubeOptions,
+    ) -> None:
+        self.scenes = _block_scenes(refs, grid, area, index, options)
+        self.coarse = DatasetPool(max_idle=len(COARSE) * len(self.scenes))
+        self.fine = DatasetPool(max_idle=len(FINE) * len(self.scenes))
+        for assets, pool in ((COARSE, self.coarse), (FINE, self.fine)):
+            open_assets(
+                self.scenes, grid, assets, pool, options.sign_hrefs, options.read_concurrency
+            )
+
+    def __exit__(self, *exc) -> None:
+        self.coarse.close()
+        self.fine.close()
+
+
 @dataclass(frozen=True)
 class StoredTokens:
     """A block of months' tokens over ``area`` of a grid, on disk, and what went into them.
@@ -129,50 +164,75 @@ def composite_area(
     folder: Path,
     budget: int = DEFAULT_BUDGET,
     threads: int = 1,
+    files: BlockFiles | None = None,
 ) -> StoredTokens:
     """The tokens of block ``index`` of months (``month_blocks(options)``) of the scenes in
     ``refs`` over ``area`` of ``grid``, stored in a folder of ``folder`` of their own (replaced
     whole when it exists). Medians run on ``threads`` threads, reads on the reader's.
 
     A scene left out under ``on_bad_asset="skip"`` (its read failed) is left out of the rest of
-    the area too; ``skipped`` names it once.
+    the area too; ``skipped`` names it once. ``files``: the block's files opened ahead
+    (``BlockFiles``), else opened here.
     """
     block = month_blocks(options)[index]
-    scenes = _block_scenes(refs, grid, area, index, options)
+    files = files or BlockFiles(refs, grid, area, index, options)
+    scenes = files.scenes
     if not scenes:
         return StoredTokens(index, area, None)
     skipped: list[dict] = []
     left_out: set[str] = set()
     windows: list[Window] = []
     coarse_buffers, fine_buffers = Buffers(), Buffers()
-    # The block's own datasets: no other block reads its scenes. Kept open are those read again
-    # (the 10 m bands, once for each of their blocks); the others would only hold memory.
-    pool = DatasetPool(max_idle=len(FINE) * len(scenes))
     folder = folder / f"block-{index:02d}"
-    with scratch_path(folder) as scratch, contextlib.closing(pool):
+    with scratch_path(folder) as scratch, files, _Writer() as writer:
         scratch.mkdir()
         stored = StoredTokens(index, area, scratch)
-        for outer, inner_grid in _windows(scenes, grid, area, options, budget, pool):
+        for outer, inner_grid in _windows(scenes, grid, area, options, budget, files):
             here = _meeting(_without(scenes, left_out), grid, outer)
-            coarse = read_window(here, grid, outer, options, COARSE, coarse_buffers, pool)
+            coarse = read_window(here, grid, outer, options, COARSE, coarse_buffers, files.coarse)
+            files.coarse.close()
             skipped += coarse.skipped
             left_out |= {skip["id"] for skip in coarse.skipped}
             for inner in _cells(coarse.window, *inner_grid):
                 here = _meeting(_without(coarse.used, left_out), grid, inner)
                 if not here:
                     continue  # no scene: NaN, as where no window is stored
-                fine = read_window(here, grid, inner, options, FINE, fine_buffers, pool)
+                fine = read_window(here, grid, inner, options, FINE, fine_buffers, files.fine)
                 skipped += fine.skipped
                 left_out |= {skip["id"] for skip in fine.skipped}
                 read = _joined(coarse, fine, inner)
                 tokens, has_data = reduce_window(read, options, block, threads)
-                tokens.save(stored.path(inner))
-                np.save(stored.path(inner) / "months.npy", has_data.sum(axis=0, dtype=np.uint8))
+                writer.save(tokens, has_data, stored.path(inner))
                 windows.append(inner)
+        writer.wait()
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(scratch, folder)
     used = tuple(r.id for r in _without(scenes, left_out))
     return StoredTokens(index, area, folder, tuple(windows), used, tuple(skipped))
+
+
+class _Writer(contextlib.AbstractContextManager):
+    """Each window's tokens written to disk on a thread of their own while the next window is
+    read (numpy's writes let go of the GIL); every write done when the block leaves."""
+
+    def __init__(self) -> None:
+        self._pending: list[Future] = []
+
+    def save(self, tokens: Tokens, has_data: np.ndarray, path: Path) -> None:
+        self._pending.append(threads_of("write", 1).submit(_save, tokens, has_data, path))
+
+    def wait(self) -> None:
+        """Until every window is written; raises the first failure."""
+        for pending in self._pending:
+            pending.result()
+
+    def __exit__(self, *exc) -> None:
+        wait(self._pending)  # no write outlives the block's scratch folder
+
+
+def _save(tokens: Tokens, has_data: np.ndarray, path: Path) -> None:
+    tokens.save(path)
+    np.save(path / "months.npy", has_data.sum(axis=0, dtype=np.uint8))
 
 
 def _without(scenes: Sequence[ItemRef], ids: set[str]) -> list[ItemRef]:
@@ -231,7 +291,7 @@ def _windows(
     area: Window,
     options: CubeOptions,
     budget: int,
-    pool: DatasetPool,
+    files: BlockFiles,
 ) -> list[tuple[Window, tuple[Window, tuple[int, int]]]]:
     """``(outer window, (origin, size) of its inner windows)``: ``area`` cut on the first
     scene's 20 m blocks, each of those on its 10 m blocks, as large as ``budget`` allows for
@@ -241,7 +301,7 @@ def _windows(
     read), 512-px windows."""
     fine, coarse = (
         asset_placement(scenes[0], name, grid, options.sign_hrefs, pool)
-        for name in (FINE[0], COARSE[0])
+        for name, pool in ((FINE[0], files.fine), (COARSE[0], files.coarse))
     )
     if not (fine and fine.factor and coarse and coarse.factor):
         size = (512, 512)

@@ -26,7 +26,7 @@ from pystac.utils import str_to_datetime
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
-from encoder.preprocess import BANDS
+from encoder.conventions import BANDS
 from pipeline.cube.observations import Observations, masked_tokens, reference_tokens
 from pipeline.cube.read_retry import ReadRetry
 from pipeline.cube.reader import FINE, POOL, Buffers, DatasetPool, SceneRead, read_scenes

@@ -245,6 +245,24 @@ def asset_placement(
         return None
 
 
+def open_assets(
+    refs: Sequence[ItemRef],
+    grid: Grid,
+    assets: Sequence[str],
+    pool: DatasetPool,
+    sign_hrefs: bool = False,
+    concurrency: int = 16,
+) -> None:
+    """Open ``assets`` of every scene of ``refs`` into ``pool`` ahead of their reads, on the
+    reader threads; a file that cannot be opened is left for its read to retry and report."""
+    jobs = [(ref, name) for ref in refs for name in assets]
+    list(
+        reader_threads(concurrency).map(
+            lambda job: asset_placement(*job, grid, sign_hrefs, pool), jobs
+        )
+    )
+
+
 def _check(ds: rasterio.DatasetReader, href: str, expect: AssetGrid | None) -> None:
     if ds.count != 1:
         raise BadAssetError(f"{href} has {ds.count} bands; a Sentinel-2 asset has one")

@@ -25,8 +25,9 @@ from timesenclip.common.atomic import atomic_path
 from timesenclip.common.errors import TimeSenCLIPError
 
 log = logging.getLogger(__name__)
-# What a local worker imports as it starts, not at its first task: torch, GDAL, the encoder.
-WORKER_MODULES = ("pipeline.run.worker_tasks",)
+# What a local worker imports as it starts, not at its first task: GDAL and the compositing task,
+# then torch and the encoder beside the first tasks (``pipeline.run.worker_start``).
+WORKER_MODULES = ("pipeline.run.worker_start",)
 
 
 @dataclass

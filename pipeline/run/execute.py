@@ -20,18 +20,11 @@ from pipeline.plan.run_plan import RunPlan, plan_run
 from pipeline.plan.scenes import RegionPlan
 from pipeline.plan.settings import ChunkSettings
 from pipeline.run.cluster import EarlyCluster, RunCluster, describe_cluster
+from pipeline.run.composite_tasks import BlockReport, composite_tile, composites_area
 from pipeline.run.finish import finish_mosaics, finish_tiled, write_region_metadata
 from pipeline.run.lock import output_lock
 from pipeline.run.progress import ProgressWatch, RegionProgress, finished
-from pipeline.run.worker_tasks import (
-    BlockReport,
-    ChunkReport,
-    TileReport,
-    composite_tile,
-    composites_area,
-    finish_tile,
-    process_chunk,
-)
+from pipeline.run.worker_tasks import ChunkReport, TileReport, finish_tile, process_chunk
 from pipeline.workflow.schema import Workflow
 from timesenclip.common.atomic import remove_stale_temporaries
 
@@ -193,7 +186,7 @@ def run_tiles(
     summary.tiles_skipped += len(region.tiles) - len(todo)
     if not todo:
         return reports
-    shared = client.submit(_identity, settings, pure=False)
+    shared = None  # the settings, submitted after the first blocks of months (submit_tile)
     pending = iter(todo)
     tile_of: dict[str, str] = {}  # future key -> tile id, for the futures of tile tasks
     in_flight: dict[str, list] = {}  # tile id -> its futures, kept until the tile is done
@@ -202,7 +195,7 @@ def run_tiles(
     turn = itertools.count()
 
     def submit_tile() -> bool:
-        nonlocal chunks_running
+        nonlocal chunks_running, shared
         tile = next(pending, None)
         if tile is None:
             return False
@@ -218,9 +211,16 @@ def run_tiles(
         if hosts:
             where.update(workers=[hosts[next(turn) % len(hosts)]], allow_other_workers=True)
         blocks = [
-            client.submit(composite_tile, tile, refs, area, index, shared, **where)
+            client.submit(
+                composite_tile, tile, refs, area, index, settings.cube, settings.gdal, **where
+            )
             for index in range(len(month_blocks(settings.cube)) if area else 0)
         ]
+        if shared is None:
+            # The settings' plans need torch to unpickle, and a worker unpickles what it is sent
+            # on its event loop: sent after the first blocks of months, those start while a
+            # fresh worker still imports torch (``pipeline.run.worker_start``).
+            shared = client.submit(_identity, settings, pure=False)
         futures = [client.submit(process_chunk, task, shared, *blocks, **where) for task in tasks]
         done = client.submit(finish_tile, tile, shared, *futures, *blocks, **where)
         tile_of[done.key] = tile.tile.id

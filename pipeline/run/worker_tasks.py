@@ -1,5 +1,6 @@
-"""The tasks a worker runs: a chunk (read, composite, embed, classify, write its piece) and a tile
-(join its chunks' pieces into the tile's rasters).
+"""The tasks a worker runs besides compositing (``pipeline.run.composite_tasks``): a chunk (its
+composites, embed, classify, write its piece) and a tile (join its chunks' pieces into the tile's
+rasters).
 
 Both are pure functions of their arguments and of files they write themselves, so the scheduler
 can rerun either on any worker after a loss: a chunk whose piece is already on disk, or whose
@@ -8,10 +9,8 @@ tile is finished, returns at once.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,14 +21,7 @@ import torch
 from rasterio.windows import Window
 
 from encoder.device import resolve_device
-from pipeline.cube.area import (
-    MemoryGate,
-    StoredTokens,
-    all_here,
-    block_need,
-    composite_area,
-    stored_chunk,
-)
+from pipeline.cube.area import all_here, stored_chunk
 from pipeline.cube.composite import composite_chunk
 from pipeline.cube.reader import configure_gdal
 from pipeline.geo.chunks import tile_chunks
@@ -39,7 +31,7 @@ from pipeline.maps.outputs import OUTSIDE_REGION, VALID_MONTHS
 from pipeline.maps.pixel_encoder import cached_encoder, embed_series, pixel_series, score_series
 from pipeline.plan.scenes import ChunkTask, TilePlan, done_path, piece_path
 from pipeline.plan.settings import ChunkSettings
-from pipeline.search.items import ItemRef
+from pipeline.run.composite_tasks import BlockReport, worker_threads
 from timesenclip.common.atomic import atomic_path, write_text_atomic
 
 
@@ -73,84 +65,6 @@ class TileReport:
         return cls(**json.loads(done_path(folder).read_text()))
 
 
-def _worker_threads() -> int | None:
-    """Task slots of the Dask worker running this task, or None outside a worker."""
-    try:
-        from distributed import get_worker
-
-        return get_worker().state.nthreads
-    except (ImportError, ValueError):
-        return None
-
-
-@dataclass
-class BlockReport:
-    """A block of months of a tile's area, composited and stored for its chunk tasks."""
-
-    stored: StoredTokens
-    seconds: float
-
-
-# Blocks of months run at once in a worker process as far as one budget holds their windows: a
-# block of few scenes leaves room for another (the cores stay busy), one of many takes it all.
-_MEMORY = MemoryGate()
-
-
-def composites_area(tasks: Sequence[ChunkTask]) -> Window | None:
-    """The box of tile pixels whose composites ``tasks`` still need: those of every chunk with
-    scenes and pixels in the region and no piece yet; None when no chunk needs any."""
-    needed = [
-        t.chunk
-        for t in tasks
-        if t.items and (t.inside is None or t.inside.any()) and not t.piece.exists()
-    ]
-    if not needed:
-        return None
-    row, col = min(c.row for c in needed), min(c.col for c in needed)
-    bottom, right = max(c.row + c.height for c in needed), max(c.col + c.width for c in needed)
-    return Window(col, row, right - col, bottom - row)
-
-
-def composite_tile(
-    plan: TilePlan,
-    refs: Sequence[ItemRef],
-    area: Window,
-    index: int,
-    settings: ChunkSettings,
-) -> BlockReport:
-    """Block ``index`` of months of the scenes ``refs`` over ``area`` of the tile, stored for
-    its chunk tasks (``pipeline.cube.area``) in the scratch space of this worker's machine."""
-    configure_gdal(dict(settings.gdal))
-    grid = plan.tile.grid
-    with _MEMORY.share(block_need(refs, grid, area, index, settings.cube)) as budget:
-        start = time.perf_counter()
-        stored = composite_area(
-            refs,
-            grid,
-            area,
-            index,
-            settings.cube,
-            composites_path(plan.folder),
-            budget,
-            threads=_worker_threads() or 1,
-        )
-        return BlockReport(stored, time.perf_counter() - start)
-
-
-def composites_path(folder: Path) -> Path:
-    """Where the blocks of months of the tile with scratch ``folder`` wait for its chunk tasks:
-    beside the Dask worker's local directory (where Dask spills memory), so the other workers
-    of its machine (or job) find them too, else in the system's temporary folder. Composites are
-    tens of times the size of the maps: they stay off the output disk."""
-    try:
-        from distributed import get_worker
-
-        space = Path(get_worker().local_directory).parent
-    except (ImportError, ValueError):
-        space = Path(tempfile.gettempdir())
-    return space / "timesenclip-composites" / hashlib.sha256(str(folder).encode()).hexdigest()[:16]
-
-
 def process_chunk(task: ChunkTask, settings: ChunkSettings, *blocks: BlockReport) -> ChunkReport:
     """Embeddings -> classes for one chunk from its tile's ``blocks`` of months, left as a piece
     file beside its tile."""
@@ -160,7 +74,7 @@ def process_chunk(task: ChunkTask, settings: ChunkSettings, *blocks: BlockReport
     if task.piece.exists():
         with np.load(task.piece) as piece:
             return ChunkReport(**json.loads(str(piece["report"])))
-    if _worker_threads():
+    if worker_threads():
         # The worker already runs one task per core it was given; torch threads inside each
         # task would oversubscribe them.
         torch.set_num_threads(1)
