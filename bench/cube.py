@@ -19,7 +19,7 @@ scenes. For each N of ``--scenes``, in one run and each in a process of its own:
   client, requests per asset. At 0 ms, and at ``--latency`` ms a request.
 - split: the run's compositing alone (``pipeline.cube.area.composite_area`` over the scenes'
   grid, every block of months, medians on one thread): CPU seconds of decoding (the reader
-  threads), masking, medians (``pipeline.cube.median``) and the rest.
+  threads), masking, medians (``pipeline.cube.median``) and the rest (the windows' writes too).
 - chunk: one 512-px chunk composited alone, as ``build_cube`` and a chunk task that cannot
   reach its tile's blocks do (``composite_chunk``), and by odc-stac (``odc.stac.load`` of the
   chunk's geobox, then our medians), against the chunk's share of the floor; both must equal a
@@ -193,12 +193,13 @@ def split(items: list[dict], size: int) -> dict:
     """The run's compositing alone, its CPU time split by what it does."""
     from rasterio.windows import Window
 
+    import pipeline.cube.area as area_module
     import pipeline.cube.composite as composite
     import pipeline.cube.observations as observations
     from pipeline.cube.area import composite_area, stored_chunk
     from pipeline.cube.composite import CubeOptions, month_blocks
 
-    spent = {"median": 0.0, "masking": 0.0}
+    spent = {"median": 0.0, "masking": 0.0, "write": 0.0}
 
     def timed(module, name: str, key: str) -> None:
         function = getattr(module, name)
@@ -214,6 +215,7 @@ def split(items: list[dict], size: int) -> dict:
 
     timed(observations, "median_over_time", "median")
     timed(composite, "masked_tokens", "masking")  # medians included: taken off below
+    timed(area_module, "_save", "write")  # the windows' writes, on a thread of their own
     grid, options, refs = scene_grid(items, size), CubeOptions(), _refs(items)
     area = Window(0, 0, size, size)
     with tempfile.TemporaryDirectory(prefix="bench_split_") as folder:
@@ -227,10 +229,10 @@ def split(items: list[dict], size: int) -> dict:
     masking = spent["masking"] - spent["median"]
     return {
         "cpu": total,
-        "decode": total - main,
+        "decode": total - main - spent["write"],
         "masking": masking,
         "median": spent["median"],
-        "rest": main - masking - spent["median"],
+        "rest": main - masking - spent["median"] + spent["write"],
         "digest": _digest(cube.composite, cube.valid_months),
     }
 

@@ -75,13 +75,14 @@ def composite_tile(
 
     Given the run's ``cube`` options and ``gdal`` settings, not its ``ChunkSettings``, whose
     plans need torch to unpickle."""
-
     configure_gdal(dict(gdal))
     grid = plan.tile.grid
     start = time.perf_counter()
     # Its files opened before its share: while another block holds the memory (BlockFiles).
     files = BlockFiles(refs, grid, area, index, cube)
+    seconds = time.perf_counter() - start  # the time it waits for memory is no stage's
     with _MEMORY.share(block_need(refs, grid, area, index, cube)) as budget:
+        start = time.perf_counter()
         stored = composite_area(
             refs,
             grid,
@@ -93,7 +94,8 @@ def composite_tile(
             threads=worker_threads() or 1,
             files=files,
         )
-    return BlockReport(stored, time.perf_counter() - start)
+        seconds += time.perf_counter() - start
+    return BlockReport(stored, seconds)
 
 
 def composites_path(folder: Path) -> Path:
