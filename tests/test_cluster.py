@@ -7,12 +7,14 @@ from __future__ import annotations
 import ast
 import importlib.util
 import io
+import logging
 import os
 import re
 import shlex
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import dask
@@ -360,6 +362,23 @@ def test_a_local_cluster_starts_while_the_run_plans(tmp_path):
         assert list(later.values()) == [True]
         assert cluster.client.status == "running"
     assert cluster.client.status == "closed"
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "kept"),
+    [
+        ("closing", worker_start.HEARTBEAT_FAILED + ".", False),
+        ("running", worker_start.HEARTBEAT_FAILED + ".", True),
+        ("closing", "Compute Failed", True),
+    ],
+)
+def test_a_heartbeat_cut_off_by_the_workers_close_is_not_an_error(status, message, kept):
+    """The error Dask logs when a closing worker's heartbeat meets the closed connection (a run
+    whose plan fails closes its fresh cluster at once) stays out of the terminal; the same
+    failure of a running worker, and any other error of a closing one, are kept."""
+    worker = types.SimpleNamespace(status=distributed.core.Status[status])
+    record = logging.LogRecord("distributed.worker", logging.ERROR, __file__, 1, message, (), None)
+    assert worker_start.HeartbeatAtClose(worker).filter(record) is kept
 
 
 def test_the_compositing_task_imports_no_torch():
