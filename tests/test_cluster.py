@@ -154,6 +154,7 @@ def test_job_scripts_take_the_workflow_over_jobqueue_yaml(system, directives, he
         "--memory-limit 4.00GiB ",
         "--local-directory $TMPDIR ",
         "--lifetime 6600s --lifetime-stagger 300s ",  # 2 h less 10 minutes, +- 5
+        "--preload pipeline.run.worker_start",  # torch loads beside the first blocks
         "--interface lo ",
         "--protocol tls:// ",
     ]:

@@ -10,6 +10,7 @@ import datetime
 import threading
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,11 +20,19 @@ from rasterio.windows import Window
 
 from encoder.preprocess import BANDS
 from fixtures.synthetic import write_synthetic_collection
-from pipeline.cube.area import BlockFiles, MemoryGate, block_need, composite_area, stored_chunk
+from pipeline.cube.area import (
+    BlockFiles,
+    MemoryGate,
+    block_need,
+    composite_area,
+    stored_block,
+    stored_chunk,
+)
 from pipeline.cube.composite import CubeOptions, composite_chunk, in_time_order, month_blocks
 from pipeline.cube.lazy import build_cube
 from pipeline.cube.reader import COARSE, asset_placement, read_scenes
 from pipeline.geo.grid import Grid
+from pipeline.run import composite_tasks
 from pipeline.search.items import ASSETS, item_ref
 from pipeline.search.sentinel2 import BANDS_20M, DEFAULT_CLOUD_MASK
 from pipeline.search.stac import EARTH_SEARCH_ASSETS
@@ -258,3 +267,48 @@ def test_a_block_opens_its_files_once_before_it_reads(edged, tmp_path, monkeypat
     coarse = {r.hrefs[ASSETS.index(name)] for r in january for name in COARSE}
     assert set(opened) <= coarse
     assert len(opened) == (len(outer) - 1) * len(coarse)
+
+
+def test_a_block_that_fails_before_it_reads_closes_the_files_it_opened(
+    edged, tmp_path, monkeypatch
+):
+    """Stopped while it waits for its memory share (here: an interrupt), a block's task closes
+    the files it opened ahead, rather than leaving them open until the worker exits."""
+    written, items = edged
+    grid = Grid(written.epsg, written.bounds, 10.0)
+    opened = []
+    real_open = rasterio.open
+
+    def kept(href, *args, **kwargs):
+        opened.append(real_open(href, *args, **kwargs))
+        return opened[-1]
+
+    def interrupted(need):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rasterio, "open", kept)
+    monkeypatch.setattr(composite_tasks._MEMORY, "share", interrupted)
+    plan = SimpleNamespace(tile=SimpleNamespace(grid=grid), folder=tmp_path / "tile")
+    refs = [item_ref(i) for i in items]
+    with pytest.raises(KeyboardInterrupt):
+        composite_tasks.composite_tile(plan, refs, Window(0, 0, SIZE, SIZE), 0, CubeOptions(), ())
+    assert opened and all(ds.closed for ds in opened)
+
+
+def test_a_stored_block_is_found_again_for_the_same_arguments_only(edged, tmp_path):
+    """What a rerun of a block's task finds on disk: the block as it was stored, for the same
+    scenes, area and options; nothing for others, nor once its record is gone."""
+    written, items = edged
+    grid = Grid(written.epsg, written.bounds, 10.0)
+    refs, options = [item_ref(i) for i in items], CubeOptions()
+    area = Window(0, 0, SIZE, SIZE)
+    assert stored_block(refs, grid, area, 0, options, tmp_path) is None
+    stored = composite_area(refs, grid, area, 0, options, tmp_path)
+    assert stored.windows and stored.used
+    assert stored_block(refs, grid, area, 0, options, tmp_path) == stored
+    assert stored_block(refs[1:], grid, area, 0, options, tmp_path) is None
+    assert stored_block(refs, grid, Window(0, 0, 64, 64), 0, options, tmp_path) is None
+    other = CubeOptions(cloud_mask=(9,))
+    assert stored_block(refs, grid, area, 0, other, tmp_path) is None
+    (stored.folder / "block.json").unlink()
+    assert stored_block(refs, grid, area, 0, options, tmp_path) is None

@@ -67,7 +67,7 @@ class Cluster:
         # No nanny: killing the worker's pid loses the worker for good, as a crashed node would.
         worker = self._spawn(
             "worker", self.address, "--nthreads", str(threads), "--no-nanny",
-            "--no-dashboard", "--host", "127.0.0.1",
+            "--no-dashboard", "--host", "127.0.0.1", "--local-directory", str(self.root),
         )  # fmt: skip
         self.workers.append(worker)
         return worker
@@ -142,6 +142,9 @@ def test_repeated_runs_on_two_workers_of_two_threads_never_fail(
         path = workflow_file(out, workflow, outputs=outputs(workflow, out / "maps"), dask={})
         run_workflow(on(load_workflow(path), cluster), progress=False)
         assert_same_maps(out / "maps" / "synthetic", reference)
+    # The tiles' blocks of months waited beside the workers' folders, and went with their tiles.
+    (composites,) = cluster.root.rglob("timesenclip-composites")
+    assert not list(composites.iterdir())
 
 
 def _first_piece(folder: Path, process: subprocess.Popen, timeout: float = 120.0) -> None:

@@ -14,6 +14,8 @@ many scenes for the task's ``budget``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import shutil
 import threading
@@ -155,6 +157,41 @@ class StoredTokens:
         return self.folder / f"r{window.row_off}-c{window.col_off}"
 
 
+# Beside a stored block's windows: what it was made of and what it holds, written last.
+_RECORD = "block.json"
+
+
+def _block_key(
+    refs: Sequence[ItemRef], grid: Grid, area: Window, index: int, options: CubeOptions
+) -> str:
+    """What a block of months is made of: it is found again for these same arguments only."""
+    return hashlib.sha256(repr((index, area, grid, tuple(refs), options)).encode()).hexdigest()
+
+
+def stored_block(
+    refs: Sequence[ItemRef],
+    grid: Grid,
+    area: Window,
+    index: int,
+    options: CubeOptions,
+    folder: Path,
+) -> StoredTokens | None:
+    """Block ``index`` as ``composite_area`` left it in ``folder`` for these same arguments,
+    when it is there whole: a block's task run again after its worker was lost (as batch jobs'
+    workers are, at their lifetime) finds it on that machine instead of compositing it again.
+    None where it is not, or where it left a scene out for a failure that may pass."""
+    path = folder / f"block-{index:02d}"
+    try:
+        record = json.loads((path / _RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    transient = any(skip.get("transient") for skip in record.get("skipped", ()))
+    if record.get("key") != _block_key(refs, grid, area, index, options) or transient:
+        return None
+    windows = tuple(Window(*w) for w in record["windows"])
+    return StoredTokens(index, area, path, windows, tuple(record["used"]), tuple(record["skipped"]))
+
+
 def composite_area(
     refs: Sequence[ItemRef],
     grid: Grid,
@@ -205,9 +242,16 @@ def composite_area(
                 writer.save(tokens, has_data, stored.path(inner))
                 windows.append(inner)
         writer.wait()
+        used = tuple(r.id for r in _without(scenes, left_out))
+        record = {
+            "key": _block_key(refs, grid, area, index, options),
+            "windows": [list(w.flatten()) for w in windows],
+            "used": used,
+            "skipped": skipped,
+        }
+        (scratch / _RECORD).write_text(json.dumps(record))
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(scratch, folder)
-    used = tuple(r.id for r in _without(scenes, left_out))
     return StoredTokens(index, area, folder, tuple(windows), used, tuple(skipped))
 
 

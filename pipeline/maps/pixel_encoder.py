@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -18,6 +19,9 @@ log = logging.getLogger(__name__)
 
 _PIXEL_BLOCK = 4096  # pixels a series is made of at a time
 _ROWS_AT_ONCE = 65536  # pixels embedded at a time
+# Pixels of a chunk turned into series, embedded and scored at a time on a CPU: a part's series
+# (480 B a pixel) and embeddings stay a few tens of MB beside the composite.
+CPU_PART = 16384
 
 # A Dask worker runs several tasks in threads: they share one model, loaded once.
 _LOAD_LOCK = threading.Lock()
@@ -51,19 +55,61 @@ def pixel_series(
     have a value, so months without a valid observation are left out, not invented.
     """
     months, bands, h, w = composite.shape
-    grid = composite.reshape(months, bands, h * w)
-    series = np.empty((h * w, months, bands), np.float32)
-    present = np.empty((months, h * w), bool)
+    return _series(composite.reshape(months, bands, h * w), conventions)
+
+
+def _series(grid: np.ndarray, conventions: Conventions | None) -> tuple[np.ndarray, np.ndarray]:
+    """``pixel_series`` of a ``(T, 10, pixels)`` grid."""
+    months, _, pixels = grid.shape
+    series = np.empty((pixels, months, grid.shape[1]), np.float32)
+    present = np.empty((months, pixels), bool)
     # A block of pixels at a time, small enough to stay in cache: checked and normalised where
     # each band is a row, then to pixel-major a month (ten rows) at a time. One (T x 10,
     # pixels) transpose of the whole would crawl through memory.
-    for start in range(0, h * w, _PIXEL_BLOCK):
+    for start in range(0, pixels, _PIXEL_BLOCK):
         block = slice(start, start + _PIXEL_BLOCK)
         np.logical_and.reduce(np.isfinite(grid[:, :, block]), axis=1, out=present[:, block])
         part = normalize(grid[:, :, block], band_axis=1, conventions=conventions)
         for month in range(months):
             series[block, month] = part[month].T
     return series, np.ascontiguousarray(present.T)
+
+
+def score_composite(
+    model: TimeSenCLIPEncoder,
+    composite: np.ndarray,
+    plans: Sequence[Plan],
+    *,
+    confidence: bool,
+    keep_embeddings: bool,
+    batch_size: int = 65536,
+    runtime: str = "auto",
+    precision: str = "fp32",
+) -> tuple[dict[str, np.ndarray], np.ndarray | None, float]:
+    """Each plan's ``(h*w,)`` uint8 layers for a DN composite ``(T, 10, h, w)`` on a CPU, a part
+    of ``CPU_PART`` pixels at a time: besides the composite only one part's series and
+    embeddings are held, not the whole series (as large as the composite itself). Returns the
+    layers, the float32 embeddings with ``keep_embeddings`` (NaN rows where no month), and the
+    seconds spent scoring (the classify stage)."""
+    months, bands, h, w = composite.shape
+    grid = composite.reshape(months, bands, h * w)
+    layers: dict[str, np.ndarray] = {}
+    kept = np.empty((h * w, model.config.dim), np.float32) if keep_embeddings else None
+    scoring = 0.0
+    for start in range(0, h * w, CPU_PART):
+        part = slice(start, start + CPU_PART)
+        series, present = _series(grid[:, :, part], model.conventions)
+        embeddings = embed_series(
+            model, series, present, batch_size=batch_size, runtime=runtime, precision=precision
+        )
+        if kept is not None:
+            kept[part] = embeddings
+        begin = time.perf_counter()
+        for plan in plans:
+            for name, values in plan.score(embeddings, confidence).items():
+                layers.setdefault(name, np.empty(h * w, np.uint8))[part] = values
+        scoring += time.perf_counter() - begin
+    return layers, kept, scoring
 
 
 def embed_series(

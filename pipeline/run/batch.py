@@ -12,6 +12,7 @@ import weakref
 from pathlib import Path
 from typing import Any
 
+from pipeline.run.cluster import WORKER_MODULES
 from pipeline.run.worker_environ import worker_environ_export
 from pipeline.workflow.jobs import walltime_seconds, worker_lifetime
 from pipeline.workflow.schema import DEFAULT_DASHBOARD, DaskConfig
@@ -125,7 +126,11 @@ def cluster_options(config: DaskConfig, security, outputs: Path) -> dict:
         )
     return {
         **{key: value for key, value in given.items() if value is not None},
-        "worker_extra_args": [*_worker_extra_args(kind), *lifetime_arguments(config)],
+        "worker_extra_args": [
+            *_worker_extra_args(kind),
+            *lifetime_arguments(config),
+            *(arg for module in WORKER_MODULES for arg in ("--preload", module)),
+        ],
         "scheduler_options": scheduler,
         "security": security,
         # Given, as jobqueue.yaml's pbs section lacks it (a KeyError otherwise); the run's
@@ -152,9 +157,13 @@ def batch_cluster(config: DaskConfig, security, outputs: Path):
 
 def start_jobs(cluster, config: DaskConfig) -> None:
     """Submit the first jobs now, so that a job the batch system refuses fails the run at once
-    with its reason; then request jobs adaptively between ``min_jobs`` and ``max_jobs``."""
+    with its reason; then request jobs adaptively between ``min_jobs`` and ``max_jobs``. A
+    worker retiring at its lifetime costs its tasks no attempt (``PlannedClose``)."""
     from distributed.core import Status
 
+    from pipeline.run.planned_close import PlannedClose
+
+    cluster.scheduler.add_plugin(PlannedClose(cluster.scheduler))
     for _ in range(max(config.min_jobs, 1)):
         cluster.worker_spec.update(cluster.new_worker_spec())
     try:

@@ -187,9 +187,14 @@ def _batch(config: DaskConfig, security, outputs: Path, stack) -> RunCluster:
     from distributed import Client
 
     from pipeline.run.batch import batch_cluster, job_cores, start_jobs
+    from pipeline.run.planned_close import ResultComputedAgain
 
     cluster = stack.enter_context(batch_cluster(config, security, outputs))
     start_jobs(cluster, config)
+    # Workers retire all along (planned_close): what that costs is no error of the run's.
+    computed_again, scheduler = ResultComputedAgain(), logging.getLogger("distributed.scheduler")
+    scheduler.addFilter(computed_again)
+    stack.callback(scheduler.removeFilter, computed_again)
     client = Client(cluster, security=security)
     options = cluster.scheduler_spec["options"]
     address = None if options.get("dashboard") is False else options.get("dashboard_address")

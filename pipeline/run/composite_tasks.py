@@ -17,7 +17,14 @@ from pathlib import Path
 
 from rasterio.windows import Window
 
-from pipeline.cube.area import BlockFiles, MemoryGate, StoredTokens, block_need, composite_area
+from pipeline.cube.area import (
+    BlockFiles,
+    MemoryGate,
+    StoredTokens,
+    block_need,
+    composite_area,
+    stored_block,
+)
 from pipeline.cube.composite import CubeOptions
 from pipeline.cube.reader import configure_gdal
 from pipeline.plan.scenes import ChunkTask, TilePlan
@@ -71,17 +78,23 @@ def composite_tile(
     gdal: tuple[tuple[str, str], ...],
 ) -> BlockReport:
     """Block ``index`` of months of the scenes ``refs`` over ``area`` of the tile, stored for
-    its chunk tasks (``pipeline.cube.area``) in the scratch space of this worker's machine.
+    its chunk tasks (``pipeline.cube.area``) in the scratch space of this worker's machine;
+    found there when already stored for the same arguments (its task run again after its
+    worker was lost), and then not composited again.
 
     Given the run's ``cube`` options and ``gdal`` settings, not its ``ChunkSettings``, whose
     plans need torch to unpickle."""
+    grid, folder = plan.tile.grid, composites_path(plan.folder)
+    found = stored_block(refs, grid, area, index, cube, folder)
+    if found is not None:
+        return BlockReport(found, 0.0)
     configure_gdal(dict(gdal))
-    grid = plan.tile.grid
     start = time.perf_counter()
     # Its files opened before its share: while another block holds the memory (BlockFiles).
     files = BlockFiles(refs, grid, area, index, cube)
     seconds = time.perf_counter() - start  # the time it waits for memory is no stage's
-    with _MEMORY.share(block_need(refs, grid, area, index, cube)) as budget:
+    # Closed here too, should the block fail (or be cancelled) before it reads.
+    with files, _MEMORY.share(block_need(refs, grid, area, index, cube)) as budget:
         start = time.perf_counter()
         stored = composite_area(
             refs,
@@ -89,7 +102,7 @@ def composite_tile(
             area,
             index,
             cube,
-            composites_path(plan.folder),
+            folder,
             budget,
             threads=worker_threads() or 1,
             files=files,

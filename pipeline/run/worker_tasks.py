@@ -9,6 +9,7 @@ tile is finished, returns at once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -28,7 +29,12 @@ from pipeline.geo.chunks import tile_chunks
 from pipeline.maps.classify import Plan
 from pipeline.maps.cog import write_cog
 from pipeline.maps.outputs import OUTSIDE_REGION, VALID_MONTHS
-from pipeline.maps.pixel_encoder import cached_encoder, embed_series, pixel_series, score_series
+from pipeline.maps.pixel_encoder import (
+    cached_encoder,
+    pixel_series,
+    score_composite,
+    score_series,
+)
 from pipeline.plan.scenes import ChunkTask, TilePlan, done_path, piece_path
 from pipeline.plan.settings import ChunkSettings
 from pipeline.run.composite_tasks import BlockReport, worker_threads
@@ -97,16 +103,16 @@ def process_chunk(task: ChunkTask, settings: ChunkSettings, *blocks: BlockReport
     start = time.perf_counter()
     device = str(resolve_device(settings.device))  # a remote cluster's workers resolve "auto"
     model = cached_encoder(settings.checkpoint, device, settings.conventions)
-    series, present = pixel_series(composite, model.conventions)
     used, skipped = sorted({r.id for r in cube.used}), cube.skipped
-    del cube, composite  # the series hold what the encoder needs: memory for the next chunk
-    shape = (chunk.height, chunk.width)
-    layers = {VALID_MONTHS: valid_months}
+    del cube
     run = {"runtime": settings.runtime, "precision": settings.precision}
     keep = settings.embeddings_store is not None
-    on_gpu = torch.device(device).type == "cuda"
-    if on_gpu:
-        # Scored on the GPU: only the uint8 layers (and float16 embeddings) come back.
+    scoring = 0.0  # seconds of the CPU's scores: the classify stage
+    if torch.device(device).type == "cuda":
+        # The whole chunk's series go to the GPU at once, scored there: only the uint8 layers
+        # (and float16 embeddings) come back.
+        series, present = pixel_series(composite, model.conventions)
+        del composite  # the series hold what the encoder needs
         scored, embeddings = score_series(
             model,
             series,
@@ -117,21 +123,25 @@ def process_chunk(task: ChunkTask, settings: ChunkSettings, *blocks: BlockReport
             **run,
         )
     else:
-        embeddings = embed_series(model, series, present, batch_size=settings.batch_size, **run)
+        scored, embeddings, scoring = score_composite(
+            model,
+            composite,
+            settings.tasks,
+            confidence=settings.confidence,
+            keep_embeddings=keep,
+            batch_size=settings.batch_size,
+            **run,
+        )
+        del composite
     if keep:
         from pipeline.store.embeddings import write_chunk_embeddings
 
         write_chunk_embeddings(settings.embeddings_store, chunk, embeddings)
-    seconds["embed"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    if on_gpu:
-        layers.update({name: values.reshape(shape) for name, values in scored.items()})
-    else:
-        for plan in settings.tasks:  # each plan scores its own layers
-            for name, values in plan.score(embeddings, settings.confidence).items():
-                layers[name] = values.reshape(shape)
-    seconds["classify"] = time.perf_counter() - start
+    seconds["embed"] = time.perf_counter() - start - scoring
+    seconds["classify"] = scoring
+    shape = (chunk.height, chunk.width)
+    layers = {VALID_MONTHS: valid_months}
+    layers.update({name: values.reshape(shape) for name, values in scored.items()})
     report = ChunkReport(chunk.id, chunk.pixels, seconds, used, skipped)
     task.piece.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(task.piece) as tmp, tmp.open("wb") as out:
@@ -155,6 +165,8 @@ def finish_tile(
     for stored in blocks:
         if stored.folder is not None:
             shutil.rmtree(stored.folder, ignore_errors=True)
+            with contextlib.suppress(OSError):  # the tile's folder, left empty by its last block
+                stored.folder.parent.rmdir()
     if plan.done:
         return TileReport.read(plan.folder)
     start = time.perf_counter()
