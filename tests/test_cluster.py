@@ -24,9 +24,10 @@ import yaml
 
 from pipeline.cli import main
 from pipeline.run import worker_start
-from pipeline.run.cluster import WORKER_MODULES, EarlyCluster, dask_cluster, describe_cluster
+from pipeline.run.cluster import EarlyCluster, dask_cluster, describe_cluster
 from pipeline.run.cluster_errors import ClusterFailureError
 from pipeline.run.progress import ProgressWatch, RegionProgress
+from pipeline.run.worker_environ import WORKER_MODULES
 from pipeline.workflow import jobs
 from pipeline.workflow.jobs import walltime_seconds, worker_lifetime
 from pipeline.workflow.load import WorkflowError, parse_workflow, with_cluster

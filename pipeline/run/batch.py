@@ -12,8 +12,7 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-from pipeline.run.cluster import WORKER_MODULES
-from pipeline.run.worker_environ import worker_environ_export
+from pipeline.run.worker_environ import WORKER_MODULES, worker_environ_export
 from pipeline.workflow.jobs import walltime_seconds, worker_lifetime
 from pipeline.workflow.schema import DEFAULT_DASHBOARD, DaskConfig
 from timesenclip.common.errors import TimeSenCLIPError

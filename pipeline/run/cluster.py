@@ -18,16 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from pipeline.run.worker_environ import PRE_SPAWN, worker_environ
+from pipeline.run.worker_environ import PRE_SPAWN, WORKER_MODULES, worker_environ
 from pipeline.workflow.jobs import BATCH_SYSTEMS
 from pipeline.workflow.schema import DEFAULT_DASHBOARD, DaskConfig, TlsFiles, Workflow
 from timesenclip.common.atomic import atomic_path
 from timesenclip.common.errors import TimeSenCLIPError
 
 log = logging.getLogger(__name__)
-# What a local worker imports as it starts, not at its first task: GDAL and the compositing task,
-# then torch and the encoder beside the first tasks (``pipeline.run.worker_start``).
-WORKER_MODULES = ("pipeline.run.worker_start",)
 
 
 @dataclass

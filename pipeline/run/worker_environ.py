@@ -1,4 +1,4 @@
-"""The environment a run's Dask worker processes start with."""
+"""The environment a run's Dask worker processes start with, and what they import as they start."""
 
 from __future__ import annotations
 
@@ -8,6 +8,10 @@ from __future__ import annotations
 # 1.7-1.9x the CPU (bench/cube.py). These are the values glibc's own dynamic thresholds reach.
 MALLOC = {"MALLOC_MMAP_THRESHOLD_": 32 * 2**20, "MALLOC_TRIM_THRESHOLD_": 64 * 2**20}
 PRE_SPAWN = "distributed.nanny.pre-spawn-environ"
+# What a worker (local, or of a batch job) imports as it starts, not at its first task: GDAL and
+# the compositing task, then torch and the encoder beside the first tasks
+# (``pipeline.run.worker_start``).
+WORKER_MODULES = ("pipeline.run.worker_start",)
 
 
 def worker_environ() -> dict:
