@@ -25,6 +25,7 @@ from timesenclip.common.atomic import atomic_path
 from timesenclip.common.errors import TimeSenCLIPError
 
 log = logging.getLogger(__name__)
+STILL_ALIVE = "Worker process still alive after"  # Dask's nanny, as it kills a slow exit
 
 
 @dataclass
@@ -74,9 +75,11 @@ class EarlyCluster:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._starting is not None:
+        unused = self._starting is not None
+        if unused:
             wait([self._starting])  # an unused cluster is closed once up
-        self._stack.close()
+        with _killed_quietly() if unused else contextlib.nullcontext():
+            self._stack.close()
 
     def cluster(self, device: str, report: Path | None = None) -> RunCluster:
         """The cluster, for chunks on ``device``; with ``report``, Dask's performance report of
@@ -93,6 +96,23 @@ class EarlyCluster:
 
     def _start(self, device: str) -> RunCluster:
         return self._stack.enter_context(_started(self.workflow, device))
+
+
+@contextlib.contextmanager
+def _killed_quietly() -> Iterator[None]:
+    """A cluster closed unused (its run's plan failed) may find its workers still importing
+    torch beside nothing (``worker_start``), longer than Dask's nanny waits for them to exit on
+    a slow machine: their kill, with nothing of the run's to lose, is no warning to print."""
+    nanny = logging.getLogger("distributed.nanny")
+
+    def kept(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(STILL_ALIVE)
+
+    nanny.addFilter(kept)
+    try:
+        yield
+    finally:
+        nanny.removeFilter(kept)
 
 
 def _unfinished(workflow: Workflow) -> bool:
