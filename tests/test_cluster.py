@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from pipeline.cli import main
+from pipeline.run import cluster as cluster_module
 from pipeline.run import worker_start
 from pipeline.run.cluster import EarlyCluster, dask_cluster, describe_cluster
 from pipeline.run.cluster_errors import ClusterFailureError
@@ -455,3 +456,16 @@ def test_a_dry_run_prints_the_job_script(demo_inputs, workflow_file, tmp_path):
     assert "#PBS -l walltime=00:30:00" in out  # dask-jobqueue's default
     assert "--lifetime 1620s --lifetime-stagger 90s" in out  # derived from it
     assert not (tmp_path / "maps" / "synthetic").exists()
+
+
+def test_a_cluster_closed_unused_kills_a_slow_worker_without_a_warning(caplog):
+    """While an unused cluster closes, the nanny's kill of a worker slow to exit is left out of
+    the log; its other warnings, and that one once the close is over, are kept."""
+    nanny = logging.getLogger("distributed.nanny")
+    killed = "Worker process still alive after 4.0 seconds, killing"
+    with caplog.at_level(logging.WARNING, logger=nanny.name):
+        with cluster_module._killed_quietly():
+            nanny.warning(killed)
+            nanny.warning("Restarting worker")
+        nanny.warning(killed)
+    assert [r.getMessage() for r in caplog.records] == ["Restarting worker", killed]

@@ -7,6 +7,7 @@ the NaN-aware median of each month's valid observations."""
 from __future__ import annotations
 
 import datetime
+import json
 import threading
 import warnings
 from pathlib import Path
@@ -297,7 +298,8 @@ def test_a_block_that_fails_before_it_reads_closes_the_files_it_opened(
 
 def test_a_stored_block_is_found_again_for_the_same_arguments_only(edged, tmp_path):
     """What a rerun of a block's task finds on disk: the block as it was stored, for the same
-    scenes, area and options; nothing for others, nor once its record is gone."""
+    scenes, area and options; nothing for others, nor for a block that left a scene out for a
+    failure that may pass, nor once its record is gone."""
     written, items = edged
     grid = Grid(written.epsg, written.bounds, 10.0)
     refs, options = [item_ref(i) for i in items], CubeOptions()
@@ -310,5 +312,10 @@ def test_a_stored_block_is_found_again_for_the_same_arguments_only(edged, tmp_pa
     assert stored_block(refs, grid, Window(0, 0, 64, 64), 0, options, tmp_path) is None
     other = CubeOptions(cloud_mask=(9,))
     assert stored_block(refs, grid, area, 0, other, tmp_path) is None
-    (stored.folder / "block.json").unlink()
+    record_path = stored.folder / "block.json"
+    record = json.loads(record_path.read_text())
+    failed = {"id": refs[0].id, "asset": "B04", "href": "x", "reason": "503", "transient": True}
+    record_path.write_text(json.dumps({**record, "skipped": [failed]}))
+    assert stored_block(refs, grid, area, 0, options, tmp_path) is None  # to be read again
+    record_path.unlink()
     assert stored_block(refs, grid, area, 0, options, tmp_path) is None

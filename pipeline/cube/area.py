@@ -161,6 +161,11 @@ class StoredTokens:
 _RECORD = "block.json"
 
 
+def _block_folder(folder: Path, index: int) -> Path:
+    """Where block ``index`` of months is stored in ``folder``."""
+    return folder / f"block-{index:02d}"
+
+
 def _block_key(
     refs: Sequence[ItemRef], grid: Grid, area: Window, index: int, options: CubeOptions
 ) -> str:
@@ -180,7 +185,7 @@ def stored_block(
     when it is there whole: a block's task run again after its worker was lost (as batch jobs'
     workers are, at their lifetime) finds it on that machine instead of compositing it again.
     None where it is not, or where it left a scene out for a failure that may pass."""
-    path = folder / f"block-{index:02d}"
+    path = _block_folder(folder, index)
     try:
         record = json.loads((path / _RECORD).read_text())
     except (OSError, ValueError):
@@ -220,7 +225,7 @@ def composite_area(
     left_out: set[str] = set()
     windows: list[Window] = []
     coarse_buffers, fine_buffers = Buffers(), Buffers()
-    folder = folder / f"block-{index:02d}"
+    folder = _block_folder(folder, index)
     with scratch_path(folder) as scratch, files, _Writer() as writer:
         scratch.mkdir()
         stored = StoredTokens(index, area, scratch)

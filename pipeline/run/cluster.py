@@ -12,7 +12,7 @@ import logging
 import os
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,20 +99,23 @@ class EarlyCluster:
 
 
 @contextlib.contextmanager
-def _killed_quietly() -> Iterator[None]:
-    """A cluster closed unused (its run's plan failed) may find its workers still importing
-    torch beside nothing (``worker_start``), longer than Dask's nanny waits for them to exit on
-    a slow machine: their kill, with nothing of the run's to lose, is no warning to print."""
-    nanny = logging.getLogger("distributed.nanny")
-
-    def kept(record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(STILL_ALIVE)
-
-    nanny.addFilter(kept)
+def _filtered(logger: str, keep: logging.Filter | Callable[[logging.LogRecord], bool]) -> Iterator:
+    """``logger``'s records that ``keep`` refuses are left out while inside."""
+    records = logging.getLogger(logger)
+    records.addFilter(keep)
     try:
         yield
     finally:
-        nanny.removeFilter(kept)
+        records.removeFilter(keep)
+
+
+def _killed_quietly() -> contextlib.AbstractContextManager:
+    """A cluster closed unused (its run's plan failed) may find its workers still importing
+    torch beside nothing (``worker_start``), longer than Dask's nanny waits for them to exit on
+    a slow machine: their kill, with nothing of the run's to lose, is no warning to print."""
+    return _filtered(
+        "distributed.nanny", lambda record: not record.getMessage().startswith(STILL_ALIVE)
+    )
 
 
 def _unfinished(workflow: Workflow) -> bool:
@@ -209,9 +212,7 @@ def _batch(config: DaskConfig, security, outputs: Path, stack) -> RunCluster:
     cluster = stack.enter_context(batch_cluster(config, security, outputs))
     start_jobs(cluster, config)
     # Workers retire all along (planned_close): what that costs is no error of the run's.
-    computed_again, scheduler = ResultComputedAgain(), logging.getLogger("distributed.scheduler")
-    scheduler.addFilter(computed_again)
-    stack.callback(scheduler.removeFilter, computed_again)
+    stack.enter_context(_filtered("distributed.scheduler", ResultComputedAgain()))
     client = Client(cluster, security=security)
     options = cluster.scheduler_spec["options"]
     address = None if options.get("dashboard") is False else options.get("dashboard_address")
