@@ -149,6 +149,7 @@ def test_job_scripts_take_the_workflow_over_jobqueue_yaml(system, directives, he
     environ = ast.literal_eval(shlex.split(export.partition("=")[2])[0])
     assert environ["MALLOC_MMAP_THRESHOLD_"] == 32 * 2**20  # set before each worker starts
     assert environ["MALLOC_TRIM_THRESHOLD_"] == 64 * 2**20
+    assert environ["MALLOC_ARENA_MAX"] == 2
     assert environ["OMP_NUM_THREADS"] == 1  # Dask's own pre-spawn settings kept
     for part in [
         "--nworkers 2 ",
@@ -332,12 +333,17 @@ def test_no_worker_on_a_batch_system_says_where_its_jobs_may_be():
 
 def test_local_workers_start_with_glibcs_own_malloc_thresholds(tmp_path):
     """Dask's nanny fixes MALLOC_TRIM_THRESHOLD_ at 64 KiB: a local run's workers get glibc's
-    own thresholds instead, and Dask's other pre-spawn settings."""
+    own thresholds instead, two malloc arenas, and Dask's other pre-spawn settings."""
     workflow = workflow_with(tmp_path, {"cluster": "local", "n_workers": 1, "dashboard": False})
-    names = ["MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS"]
+    names = [
+        "MALLOC_MMAP_THRESHOLD_",
+        "MALLOC_TRIM_THRESHOLD_",
+        "MALLOC_ARENA_MAX",
+        "OMP_NUM_THREADS",
+    ]
     with dask_cluster(workflow, "cpu") as cluster:
         found = cluster.client.run(lambda: [os.environ.get(name) for name in names])
-    assert list(found.values()) == [[str(32 * 2**20), str(64 * 2**20), "1"]]
+    assert list(found.values()) == [[str(32 * 2**20), str(64 * 2**20), "2", "1"]]
 
 
 def test_a_local_cluster_starts_while_the_run_plans(tmp_path):
@@ -358,7 +364,7 @@ def test_a_local_cluster_starts_while_the_run_plans(tmp_path):
         loaded = cluster.client.run(lambda: [name in sys.modules for name in started])
         assert list(loaded.values()) == [[True] * len(started)]
         for _ in range(240):  # imported in a thread of the worker's
-            later = cluster.client.run(lambda: worker_start.LATER in sys.modules)
+            later = cluster.client.run(lambda: set(worker_start.LATER) <= set(sys.modules))
             if all(later.values()):
                 break
             time.sleep(0.25)

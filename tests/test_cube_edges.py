@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import datetime
 import json
+import subprocess
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -24,6 +26,7 @@ from fixtures.synthetic import write_synthetic_collection
 from pipeline.cube.area import (
     BlockFiles,
     MemoryGate,
+    StoredTokens,
     block_need,
     composite_area,
     stored_block,
@@ -31,7 +34,7 @@ from pipeline.cube.area import (
 )
 from pipeline.cube.composite import CubeOptions, composite_chunk, in_time_order, month_blocks
 from pipeline.cube.lazy import build_cube
-from pipeline.cube.reader import COARSE, asset_placement, read_scenes
+from pipeline.cube.reader import COARSE, FileFacts, asset_placement, read_scenes, threads_of
 from pipeline.geo.grid import Grid
 from pipeline.run import composite_tasks
 from pipeline.search.items import ASSETS, item_ref
@@ -256,11 +259,22 @@ def test_a_block_opens_its_files_once_before_it_reads(edged, tmp_path, monkeypat
         opened.append(href)
         return real_open(href, *args, **kwargs)
 
+    facts = []  # what reads ask of a file, asked of rasterio once per open
+    real_facts = FileFacts.of
+
+    def asked(ds):
+        facts.append(ds.name)
+        return real_facts(ds)
+
     monkeypatch.setattr(rasterio, "open", counted)
+    monkeypatch.setattr(FileFacts, "of", asked)
     files = BlockFiles(refs, grid, area, 0, options)
     assert sorted(opened) == sorted(href for r in january for href in r.hrefs)
+    assert sorted(facts) == sorted(opened)
     opened.clear()
+    facts.clear()
     stored = composite_area(refs, grid, area, 0, options, tmp_path, files=files)
+    assert sorted(facts) == sorted(opened)
     rows, cols = first.block
     outer = {
         ((w.row_off - first.row) // rows, (w.col_off - first.col) // cols) for w in stored.windows
@@ -309,6 +323,10 @@ def test_a_stored_block_is_found_again_for_the_same_arguments_only(edged, tmp_pa
     assert stored.windows and stored.used
     assert stored_block(refs, grid, area, 0, options, tmp_path) == stored
     assert stored_block(refs[1:], grid, area, 0, options, tmp_path) is None
+    # Made of its own scenes: a scene of other months changes nothing of it.
+    elsewhere = next(r for r in refs if r.month not in month_blocks(options)[0])
+    others = [r for r in refs if r is not elsewhere]
+    assert stored_block(others, grid, area, 0, options, tmp_path) == stored
     assert stored_block(refs, grid, Window(0, 0, 64, 64), 0, options, tmp_path) is None
     other = CubeOptions(cloud_mask=(9,))
     assert stored_block(refs, grid, area, 0, other, tmp_path) is None
@@ -319,3 +337,26 @@ def test_a_stored_block_is_found_again_for_the_same_arguments_only(edged, tmp_pa
     assert stored_block(refs, grid, area, 0, options, tmp_path) is None  # to be read again
     record_path.unlink()
     assert stored_block(refs, grid, area, 0, options, tmp_path) is None
+
+
+def test_a_tiles_blocks_are_removed_on_a_thread_its_process_waits_for(tmp_path):
+    """A tile's stored blocks go (and its folder once empty) on a thread of their own, which the
+    process finishes before it exits: none is left behind by a worker that closes at once."""
+    tile = tmp_path / "composites" / "tile"
+    blocks = []
+    for index in range(3):
+        folder = tile / f"block-{index:02d}" / "r0-c0"
+        folder.mkdir(parents=True)
+        (folder / "fine.npy").write_bytes(bytes(2**20))
+        blocks.append(StoredTokens(index, Window(0, 0, 8, 8), folder.parent))
+    composite_tasks.remove_blocks([*blocks[:2], StoredTokens(3, Window(0, 0, 8, 8), None)])
+    threads_of("remove", 1).submit(lambda: None).result()  # after the removal
+    assert [p.name for p in tile.iterdir()] == ["block-02"]
+    script = (
+        "import sys; from pathlib import Path; from rasterio.windows import Window; "
+        "from pipeline.cube.area import StoredTokens; "
+        "from pipeline.run.composite_tasks import remove_blocks; "
+        "remove_blocks([StoredTokens(2, Window(0, 0, 8, 8), Path(sys.argv[1]))])"
+    )
+    subprocess.run([sys.executable, "-c", script, str(blocks[2].folder)], check=True, timeout=120)
+    assert not tile.exists()

@@ -167,10 +167,12 @@ def _block_folder(folder: Path, index: int) -> Path:
 
 
 def _block_key(
-    refs: Sequence[ItemRef], grid: Grid, area: Window, index: int, options: CubeOptions
+    scenes: Sequence[ItemRef], grid: Grid, area: Window, index: int, options: CubeOptions
 ) -> str:
-    """What a block of months is made of: it is found again for these same arguments only."""
-    return hashlib.sha256(repr((index, area, grid, tuple(refs), options)).encode()).hexdigest()
+    """What a block of months is made of (``scenes``: its own, ``_block_scenes``): it is found
+    again for these same arguments only. Of its own scenes, not the run's: the repr of
+    hundreds of scenes held the GIL for milliseconds a block."""
+    return hashlib.sha256(repr((index, area, grid, tuple(scenes), options)).encode()).hexdigest()
 
 
 def stored_block(
@@ -191,7 +193,8 @@ def stored_block(
     except (OSError, ValueError):
         return None
     transient = any(skip.get("transient") for skip in record.get("skipped", ()))
-    if record.get("key") != _block_key(refs, grid, area, index, options) or transient:
+    scenes = _block_scenes(refs, grid, area, index, options)
+    if record.get("key") != _block_key(scenes, grid, area, index, options) or transient:
         return None
     windows = tuple(Window(*w) for w in record["windows"])
     return StoredTokens(index, area, path, windows, tuple(record["used"]), tuple(record["skipped"]))
@@ -249,7 +252,7 @@ def composite_area(
         writer.wait()
         used = tuple(r.id for r in _without(scenes, left_out))
         record = {
-            "key": _block_key(refs, grid, area, index, options),
+            "key": _block_key(scenes, grid, area, index, options),
             "windows": [list(w.flatten()) for w in windows],
             "used": used,
             "skipped": skipped,

@@ -3,8 +3,11 @@
 A month of Sentinel-2 holds a handful to a few dozen observations per pixel, too few for
 ``np.sort`` or ``np.partition`` along that axis to be anything but per-pixel overhead. Here the
 observations of one band are ``(n, pixels)`` rows; Batcher's odd-even merge network compares
-whole rows with ``np.minimum`` / ``np.maximum`` (SIMD over pixels, in the data's own dtype:
-uint16 for digital numbers), pruned to the comparators the lower half of the ranks depends on.
+rows a block of pixels at a time (a minimum and a maximum per comparator, SIMD over pixels, in
+the data's own dtype: uint16 for digital numbers), pruned to the comparators the lower half of
+the ranks depends on. The loop is compiled (``pipeline.cube.median_kernel``, numba) and runs
+without the GIL: as numpy calls, a comparator each, it held the GIL for a third of its time
+between calls, and two threads' medians beside the readers ran at 1.5 cores, not 2.
 
 An invalid observation holds a value that sorts after every valid one, so the lower half of the
 ranks, the only ones a median reads, is all the network must sort; each pixel's median is then
@@ -17,11 +20,6 @@ import functools
 import math
 
 import numpy as np
-
-# Rows of a block fit a core's cache with room to spare: whole-row calls stay memory-bound rather
-# than Python-bound (a call costs about a microsecond, so a block holds tens of thousands of
-# pixels).
-_BLOCK_BYTES = 1 << 21
 
 
 @functools.cache
@@ -60,6 +58,10 @@ def median_over_time(
     values' float dtype: digital numbers are integers, so the mean is exact. Written into
     ``out`` (C-contiguous) when given.
     """
+    # Imported here: the compiled kernel takes about a second to load, which only processes
+    # that take medians should pay.
+    from pipeline.cube.median_kernel import network_median
+
     n, shape = len(values), values.shape[1:]
     pixels = math.prod(shape)
     dtype = np.result_type(values.dtype, np.float32)
@@ -68,49 +70,40 @@ def median_over_time(
     if n == 0 or pixels == 0:
         flat_out[...] = np.nan
         return out
-    rows, bad = values.reshape(n, pixels), bad.reshape(n, pixels)
-    ranks = n // 2 + 1
-    comparators = network(n, ranks)
-    block = min(pixels, max(4096, _BLOCK_BYTES // ((n + 1) * rows.itemsize)))
-    buffer = np.empty((n + 1, block), rows.dtype)
-    flat = buffer.reshape(-1)
-    columns = np.arange(block, dtype=np.intp)
-    for start in range(0, pixels, block):
-        stop = min(pixels, start + block)
-        width = stop - start
-        rows_of = [buffer[i, :width] for i in range(n + 1)]
-        _marked(buffer[:n, :width], rows[:, start:stop], bad[:, start:stop])
-        # wire -> buffer row; the spare row n takes each minimum, so no comparator copies.
-        wire = list(range(n + 1))
-        for a, b, keep_min, keep_max in comparators:
-            low, high = rows_of[wire[a]], rows_of[wire[b]]
-            if keep_min and keep_max:
-                np.minimum(low, high, out=rows_of[wire[n]])
-                np.maximum(low, high, out=high)
-                wire[a], wire[n] = wire[n], wire[a]
-            elif keep_min:
-                np.minimum(low, high, out=low)
-            else:
-                np.maximum(low, high, out=high)
-        # Each count's middle ranks, as offsets in the flat buffer: one ``take`` picks them all.
-        valid = n - bad[:, start:stop].sum(axis=0, dtype=np.intp)
-        starts = np.array(wire[:ranks], np.intp) * block
-        at = columns[:width]
-        result = flat_out[start:stop]
-        result[...] = flat.take(starts.take(np.maximum(valid, 1) - 1 >> 1) + at)
-        if not lower:
-            result += flat.take(starts.take(valid >> 1) + at)
-            result /= dtype.type(2)
-        result[valid == 0] = np.nan
+    if values.dtype not in _KERNEL_DTYPES:
+        values = values.astype(dtype)
+    top = np.iinfo(values.dtype).max if values.dtype.kind == "u" else np.inf
+    network_median(
+        *rows_in_place(values.reshape(n, pixels)),
+        *rows_in_place(np.asarray(bad, bool).reshape(n, pixels).view(np.uint8)),
+        n,
+        _comparators(n),
+        values.dtype.type(top),
+        lower,
+        flat_out,
+    )
     return out
 
 
-def _marked(rows: np.ndarray, values: np.ndarray, bad: np.ndarray) -> None:
-    """``values`` into ``rows``, with the value that sorts after every other where ``bad``."""
-    if rows.dtype.kind == "u":
-        np.bitwise_or(
-            values, np.multiply(bad, np.iinfo(rows.dtype).max, dtype=rows.dtype), out=rows
-        )
-    else:
-        np.copyto(rows, values)
-        rows[bad] = np.inf
+def rows_in_place(rows: np.ndarray) -> tuple[np.ndarray, int]:
+    """``rows`` ``(n, pixels)`` as one contiguous 1-D run of memory and its row stride, in
+    items: a view where each row is contiguous (a strip of a window's layers, rows of scenes
+    apart), else a copy."""
+    n, pixels = rows.shape
+    item = rows.itemsize
+    contiguous = pixels == 1 or rows.strides[1] == item
+    if not contiguous or rows.strides[0] % item or rows.strides[0] < 0:
+        rows = np.ascontiguousarray(rows)
+    stride = rows.strides[0] // item if n > 1 else pixels
+    run = np.lib.stride_tricks.as_strided(rows, ((n - 1) * stride + pixels,), (item,))
+    return run, stride
+
+
+# What the kernel is compiled for (``median_kernel``): others are taken as ``dtype``.
+_KERNEL_DTYPES = (np.dtype(np.uint16), np.dtype(np.float32), np.dtype(np.float64))
+
+
+@functools.cache
+def _comparators(n: int) -> np.ndarray:
+    """``network(n, n // 2 + 1)`` as the kernel takes it: ``(comparators, 4)`` intp."""
+    return np.array(network(n, n // 2 + 1), np.intp).reshape(-1, 4)

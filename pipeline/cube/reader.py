@@ -27,6 +27,7 @@ from typing import NamedTuple, TypeVar
 
 import numpy as np
 import rasterio
+from affine import Affine
 from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import RasterioError
 from rasterio.vrt import WarpedVRT
@@ -75,6 +76,45 @@ def configure_gdal(options: Mapping[str, str]) -> None:
         os.environ[key] = str(value)
 
 
+class FileFacts(NamedTuple):
+    """What reads ask of an open file, asked of rasterio once per handle: rasterio works each
+    out anew, holding the GIL (the CRS's EPSG code alone about 45 us), and a block's reads ask
+    it of every file for every window, three times."""
+
+    count: int
+    dtype: str
+    epsg: int | None
+    transform: Affine
+    height: int
+    width: int
+    block: tuple[int, int]  # (rows, cols) of the file's internal blocks
+    mask_flags: list[MaskFlags]
+    nodata: float | None
+
+    @classmethod
+    def of(cls, ds: rasterio.DatasetReader) -> FileFacts:
+        return cls(
+            ds.count,
+            ds.dtypes[0],
+            ds.crs.to_epsg() if ds.crs else None,
+            ds.transform,
+            ds.height,
+            ds.width,
+            ds.block_shapes[0],
+            # For these GTiff reads every directory of the file while rasterio holds the GIL:
+            # asked here, as the file opens, not amid the reader threads' block downloads.
+            ds.mask_flag_enums[0],
+            ds.nodata,
+        )
+
+
+class OpenFile(NamedTuple):
+    """A pooled dataset and its facts."""
+
+    ds: rasterio.DatasetReader
+    facts: FileFacts
+
+
 class DatasetPool:
     """Open rasterio datasets by href, handed to one thread at a time and kept for reuse.
 
@@ -85,41 +125,46 @@ class DatasetPool:
 
     def __init__(self, max_idle: int = 256) -> None:
         self.max_idle = max_idle
-        self._idle: OrderedDict[int, tuple[str, rasterio.DatasetReader]] = OrderedDict()
+        self._idle: OrderedDict[int, tuple[str, OpenFile]] = OrderedDict()
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
-    def dataset(self, href: str) -> Iterator[rasterio.DatasetReader]:
-        ds = self._take(href)
-        if ds is None:
+    def dataset(self, href: str) -> Iterator[OpenFile]:
+        opened = self._take(href)
+        if opened is None:
             ds = rasterio.open(href, sharing=False)
+            try:
+                opened = OpenFile(ds, FileFacts.of(ds))
+            except BaseException:
+                ds.close()
+                raise
         try:
-            yield ds
+            yield opened
         except BaseException:
-            ds.close()  # a failed read may leave the handle in a bad state
+            opened.ds.close()  # a failed read may leave the handle in a bad state
             raise
-        self._give(href, ds)
+        self._give(href, opened)
 
     def close(self) -> None:
         """Close every idle handle."""
         with self._lock:
             while self._idle:
-                self._idle.popitem()[1][1].close()
+                self._idle.popitem()[1][1].ds.close()
 
-    def _take(self, href: str) -> rasterio.DatasetReader | None:
+    def _take(self, href: str) -> OpenFile | None:
         with self._lock:
-            for key, (url, ds) in self._idle.items():
+            for key, (url, opened) in self._idle.items():
                 if url == href:
                     del self._idle[key]
-                    return ds
+                    return opened
         return None
 
-    def _give(self, href: str, ds: rasterio.DatasetReader) -> None:
+    def _give(self, href: str, opened: OpenFile) -> None:
         with self._lock:
-            self._idle[id(ds)] = (href, ds)
+            self._idle[id(opened.ds)] = (href, opened)
             while len(self._idle) > self.max_idle:
                 _, (_, oldest) = self._idle.popitem(last=False)
-                oldest.close()
+                oldest.ds.close()
 
 
 POOL = DatasetPool()
@@ -140,17 +185,17 @@ def read_band(
     """
     height, width = grid.shape
     window = window or Window(0, 0, width, height)
-    with pool.dataset(href) as ds:
-        _check(ds, href, expect)
-        factor = _aligned_factor(ds, grid, resampling)
+    with pool.dataset(href) as (ds, facts):
+        _check(facts, href, expect)
+        factor = _aligned_factor(facts, grid, resampling)
         if factor:
             out = np.full((window.height, window.width), np.nan, np.float32)
-            piece = _plain_piece(ds, grid, window, factor, 1)
+            piece = _plain_piece(facts, grid, window, factor, 1)
             if piece is not None:
                 data = piece.read(ds.read, out_dtype=np.float32, masked=True)
                 out[piece.target] = np.ma.filled(data, fill_value=np.float32(np.nan))
             return out
-        with _warped(ds, grid, resampling, add_alpha=ds.nodata is None) as vrt:
+        with _warped(ds, grid, resampling, add_alpha=facts.nodata is None) as vrt:
             data = vrt.read(window=window, out_dtype=np.float32, masked=True)
     # With no nodata in the file, the VRT's alpha band says where data is.
     data = np.ma.masked_array(data[0], mask=data[1] == 0) if data.shape[0] == 2 else data[0]
@@ -172,16 +217,16 @@ def read_digital(
     data (its nodata value or mask) or does not reach, the one no-data value of Sentinel-2 L2A.
     """
     step = window.height // out.shape[0]
-    with pool.dataset(href) as ds:
-        _check(ds, href, expect)
-        if ds.dtypes[0] not in ("uint8", "uint16"):
+    with pool.dataset(href) as (ds, facts):
+        _check(facts, href, expect)
+        if facts.dtype not in ("uint8", "uint16"):
             raise BadAssetError(
-                f"{href} holds {ds.dtypes[0]} values; Sentinel-2 L2A bands are uint16 digital "
+                f"{href} holds {facts.dtype} values; Sentinel-2 L2A bands are uint16 digital "
                 "numbers and SCL uint8 classes"
             )
-        factor = _aligned_factor(ds, grid, Resampling.nearest)
+        factor = _aligned_factor(facts, grid, Resampling.nearest)
         if factor:
-            piece = _plain_piece(ds, grid, window, factor, step)
+            piece = _plain_piece(facts, grid, window, factor, step)
             if piece is None:
                 out[...] = 0
                 return
@@ -191,7 +236,7 @@ def read_digital(
                 ds.read(1, window=piece.source, out=data)
             else:
                 data[...] = piece.read(ds.read)
-            _zero_no_data(ds, data, lambda: piece.read(ds.read_masks))
+            _zero_no_data(facts, data, lambda: piece.read(ds.read_masks))
             return
         with _warped(ds, grid, Resampling.nearest, nodata=0) as vrt:
             vrt.read(1, window=window, out=out)
@@ -212,20 +257,16 @@ def placement(
     href: str, grid: Grid, pool: DatasetPool = POOL, expect: AssetGrid | None = None
 ) -> Placement:
     """Where the file at ``href`` sits on ``grid`` (``Placement``)."""
-    with pool.dataset(href) as ds:
-        _check(ds, href, expect)
-        # A dataset's first read asks GDAL for the band's mask flags, for which GTiff reads every
-        # directory of the file while rasterio holds the GIL: asked here, among other opens, and
-        # not amid the reader threads' block downloads, where it stalled every other thread.
-        _ = ds.mask_flag_enums
-        factor = _aligned_factor(ds, grid, Resampling.nearest)
+    with pool.dataset(href) as (_, facts):
+        _check(facts, href, expect)
+        factor = _aligned_factor(facts, grid, Resampling.nearest)
         if not factor:
             return Placement(0, 0, 0, (0, 0))
-        rows, cols = ds.block_shapes[0]
+        rows, cols = facts.block
         return Placement(
             factor,
-            round((ds.transform.c - grid.bounds[0]) / grid.resolution),
-            round((grid.bounds[3] - ds.transform.f) / grid.resolution),
+            round((facts.transform.c - grid.bounds[0]) / grid.resolution),
+            round((grid.bounds[3] - facts.transform.f) / grid.resolution),
             (rows * factor, cols * factor),
         )
 
@@ -263,11 +304,11 @@ def open_assets(
     )
 
 
-def _check(ds: rasterio.DatasetReader, href: str, expect: AssetGrid | None) -> None:
-    if ds.count != 1:
-        raise BadAssetError(f"{href} has {ds.count} bands; a Sentinel-2 asset has one")
+def _check(facts: FileFacts, href: str, expect: AssetGrid | None) -> None:
+    if facts.count != 1:
+        raise BadAssetError(f"{href} has {facts.count} bands; a Sentinel-2 asset has one")
     if expect is not None:
-        expect.check(ds.crs.to_epsg() if ds.crs else None, ds.transform, ds.shape)
+        expect.check(facts.epsg, facts.transform, (facts.height, facts.width))
 
 
 def _zero_outside(out: np.ndarray, target: tuple[slice, slice]) -> None:
@@ -279,15 +320,13 @@ def _zero_outside(out: np.ndarray, target: tuple[slice, slice]) -> None:
     out[rows, cols.stop :] = 0
 
 
-def _zero_no_data(
-    ds: rasterio.DatasetReader, data: np.ndarray, masks: Callable[[], np.ndarray]
-) -> None:
+def _zero_no_data(facts: FileFacts, data: np.ndarray, masks: Callable[[], np.ndarray]) -> None:
     """Set to 0 what the file says is no data: its nodata value, or its mask where it has one."""
-    flags = ds.mask_flag_enums[0]
+    flags = facts.mask_flags
     if MaskFlags.per_dataset in flags or MaskFlags.alpha in flags:
         data[masks() == 0] = 0
-    elif ds.nodata is not None and ds.nodata != 0:
-        data[data == ds.nodata] = 0
+    elif facts.nodata is not None and facts.nodata != 0:
+        data[data == facts.nodata] = 0
 
 
 @contextlib.contextmanager
@@ -318,15 +357,15 @@ def _warped(
 _VRT_LOCK = threading.Lock()
 
 
-def _aligned_factor(ds: rasterio.DatasetReader, grid: Grid, resampling: Resampling) -> int:
-    """k when ``ds`` is ``grid``'s CRS with k x k target pixels per source pixel, edges on the
-    grid's, and nearest (or k = 1) resampling: a plain read then gives what a WarpedVRT gives.
-    0 otherwise."""
-    t, res = ds.transform, grid.resolution
+def _aligned_factor(facts: FileFacts, grid: Grid, resampling: Resampling) -> int:
+    """k when the file is on ``grid``'s CRS with k x k target pixels per source pixel, edges on
+    the grid's, and nearest (or k = 1) resampling: a plain read then gives what a WarpedVRT
+    gives. 0 otherwise."""
+    t, res = facts.transform, grid.resolution
     factor = round(t.a / res)
     aligned = (
-        ds.crs is not None
-        and ds.crs.to_epsg() == grid.epsg
+        facts.epsg is not None
+        and facts.epsg == grid.epsg
         and factor >= 1
         and t.b == 0
         and t.d == 0
@@ -372,17 +411,15 @@ class _Piece:
         return data[self.trim]
 
 
-def _plain_piece(
-    ds: rasterio.DatasetReader, grid: Grid, window: Window, k: int, step: int
-) -> _Piece | None:
-    """How ``window`` of ``grid`` reads straight from ``ds`` (``k`` x ``k`` grid pixels a file
+def _plain_piece(facts: FileFacts, grid: Grid, window: Window, k: int, step: int) -> _Piece | None:
+    """How ``window`` of ``grid`` reads straight from the file (``k`` x ``k`` grid pixels a file
     pixel) into an output of a pixel per ``step`` x ``step`` grid pixels (``step`` 1, or ``k``
     with ``window`` on the file's pixel edges); None where the window misses the file."""
     # The window's edges in grid pixels counted from the file's top-left corner.
-    col = window.col_off + round((grid.bounds[0] - ds.transform.c) / grid.resolution)
-    row = window.row_off + round((ds.transform.f - grid.bounds[3]) / grid.resolution)
-    c0, c1 = max(col, 0), min(col + window.width, ds.width * k)
-    r0, r1 = max(row, 0), min(row + window.height, ds.height * k)
+    col = window.col_off + round((grid.bounds[0] - facts.transform.c) / grid.resolution)
+    row = window.row_off + round((facts.transform.f - grid.bounds[3]) / grid.resolution)
+    c0, c1 = max(col, 0), min(col + window.width, facts.width * k)
+    r0, r1 = max(row, 0), min(row + window.height, facts.height * k)
     if c0 >= c1 or r0 >= r1:
         return None
     # Whole file pixels covering it, read at k / step output pixels a file pixel and trimmed.

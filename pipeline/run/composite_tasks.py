@@ -8,7 +8,9 @@ scheduler can rerun it on any worker after a loss.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import shutil
 import tempfile
 import time
 from collections.abc import Sequence
@@ -26,7 +28,7 @@ from pipeline.cube.area import (
     stored_block,
 )
 from pipeline.cube.composite import CubeOptions
-from pipeline.cube.reader import configure_gdal
+from pipeline.cube.reader import configure_gdal, threads_of
 from pipeline.plan.scenes import ChunkTask, TilePlan
 from pipeline.search.items import ItemRef
 
@@ -109,6 +111,23 @@ def composite_tile(
         )
         seconds += time.perf_counter() - start
     return BlockReport(stored, seconds)
+
+
+def remove_blocks(blocks: Sequence[StoredTokens]) -> None:
+    """Remove stored blocks of months, and their tile's folder once empty, on a thread of their
+    own: on a file system mounted with online discard (common on cloud machines) deleting a GB
+    of them waits about a second for the disk, which the tile's maps need not wait for. The
+    process waits for it as it exits (``threads_of``' threads finish their work first)."""
+    folders = [block.folder for block in blocks if block.folder is not None]
+    if folders:
+        threads_of("remove", 1).submit(_remove, folders)
+
+
+def _remove(folders: Sequence[Path]) -> None:
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+        with contextlib.suppress(OSError):  # the tile's folder, left empty by its last block
+            folder.parent.rmdir()
 
 
 def composites_path(folder: Path) -> Path:

@@ -1,10 +1,11 @@
 """What a local worker imports as it starts (Dask's ``preload``): the compositing task before it
-takes any task, the chunk tasks (torch and the encoder, seconds of imports) in a thread.
+takes any task; in a thread, the medians' compiled loop (numba, about a second) and the chunk
+tasks (torch and the encoder, seconds of imports).
 
 A run's first tasks composite (``pipeline.run.composite_tasks``), so the worker joins the
-cluster and takes them while torch loads; a task that needs torch meanwhile waits for it at its
-import, as it would at any import. A heartbeat that the worker's own close cuts off is not
-reported as an error (``HeartbeatAtClose``).
+cluster and takes them while the rest loads: their first reads need neither, and a task that
+needs one meanwhile waits for it at its import, as it would at any import. A heartbeat that the
+worker's own close cuts off is not reported as an error (``HeartbeatAtClose``).
 """
 
 from __future__ import annotations
@@ -18,19 +19,22 @@ from distributed.core import Status
 import pipeline.run.composite_tasks  # noqa: F401  (imported now: the first tasks run it)
 from timesenclip.common.quick_exit import freeze_at_exit
 
-LATER = "pipeline.run.worker_tasks"
+LATER = ("pipeline.cube.median_kernel", "pipeline.run.worker_tasks")
 HEARTBEAT_FAILED = "Failed to communicate with scheduler during heartbeat"
 
 freeze_at_exit()  # a worker's exit is part of its cluster's close
 
 
 def dask_setup(worker) -> None:
-    """Start importing ``LATER`` beside the worker's first tasks; keep a close's cut-off
-    heartbeat out of the log."""
+    """Start importing ``LATER`` beside the worker's first tasks, in that order; keep a close's
+    cut-off heartbeat out of the log."""
     logging.getLogger("distributed.worker").addFilter(HeartbeatAtClose(worker))
-    threading.Thread(
-        target=importlib.import_module, args=(LATER,), name="timesenclip-imports", daemon=True
-    ).start()
+    threading.Thread(target=_import_later, name="timesenclip-imports", daemon=True).start()
+
+
+def _import_later() -> None:
+    for name in LATER:
+        importlib.import_module(name)
 
 
 class HeartbeatAtClose(logging.Filter):

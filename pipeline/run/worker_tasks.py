@@ -9,9 +9,7 @@ tile is finished, returns at once.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,7 +35,7 @@ from pipeline.maps.pixel_encoder import (
 )
 from pipeline.plan.scenes import ChunkTask, TilePlan, done_path, piece_path
 from pipeline.plan.settings import ChunkSettings
-from pipeline.run.composite_tasks import BlockReport, worker_threads
+from pipeline.run.composite_tasks import BlockReport, remove_blocks, worker_threads
 from timesenclip.common.atomic import atomic_path, write_text_atomic
 
 
@@ -160,13 +158,8 @@ def finish_tile(
     transient failure is not marked done and the pieces of those chunks are removed, so the next
     run redoes those chunks (and only those).
     """
-    blocks = [r.stored for r in reports if isinstance(r, BlockReport)]
+    remove_blocks([r.stored for r in reports if isinstance(r, BlockReport)])
     reports = tuple(r for r in reports if isinstance(r, ChunkReport))
-    for stored in blocks:
-        if stored.folder is not None:
-            shutil.rmtree(stored.folder, ignore_errors=True)
-            with contextlib.suppress(OSError):  # the tile's folder, left empty by its last block
-                stored.folder.parent.rmdir()
     if plan.done:
         return TileReport.read(plan.folder)
     start = time.perf_counter()
