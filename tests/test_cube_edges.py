@@ -350,8 +350,12 @@ def test_a_tiles_blocks_are_removed_on_a_thread_its_process_waits_for(tmp_path):
         (folder / "fine.npy").write_bytes(bytes(2**20))
         blocks.append(StoredTokens(index, Window(0, 0, 8, 8), folder.parent))
     composite_tasks.remove_blocks([*blocks[:2], StoredTokens(3, Window(0, 0, 8, 8), None)])
+    assert [p.name for p in tile.iterdir() if not p.name.startswith(".")] == ["block-02"]
+    # A rerun's block stored under a removed one's name meanwhile is its own, and stays.
+    (tile / "block-00").mkdir()
     threads_of("remove", 1).submit(lambda: None).result()  # after the removal
-    assert [p.name for p in tile.iterdir()] == ["block-02"]
+    assert sorted(p.name for p in tile.iterdir()) == ["block-00", "block-02"]
+    (tile / "block-00").rmdir()
     script = (
         "import sys; from pathlib import Path; from rasterio.windows import Window; "
         "from pipeline.cube.area import StoredTokens; "

@@ -144,8 +144,13 @@ def test_repeated_runs_on_two_workers_of_two_threads_never_fail(
         path = workflow_file(out, workflow, outputs=outputs(workflow, out / "maps"), dask={})
         run_workflow(on(load_workflow(path), cluster), progress=False)
         assert_same_maps(out / "maps" / "synthetic", reference)
-    # The tiles' blocks of months waited beside the workers' folders, and went with their tiles.
+    # The tiles' blocks of months waited beside the workers' folders, and went with their tiles
+    # (on a thread of the worker's, so the last ones may still be going).
     (composites,) = cluster.root.rglob("timesenclip-composites")
+    for _ in range(120):
+        if not list(composites.iterdir()):
+            break
+        time.sleep(0.5)
     assert not list(composites.iterdir())
 
 

@@ -13,6 +13,7 @@ import hashlib
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,10 +118,18 @@ def remove_blocks(blocks: Sequence[StoredTokens]) -> None:
     """Remove stored blocks of months, and their tile's folder once empty, on a thread of their
     own: on a file system mounted with online discard (common on cloud machines) deleting a GB
     of them waits about a second for the disk, which the tile's maps need not wait for. The
-    process waits for it as it exits (``threads_of``' threads finish their work first)."""
-    folders = [block.folder for block in blocks if block.folder is not None]
-    if folders:
-        threads_of("remove", 1).submit(_remove, folders)
+    process waits for it as it exits (``threads_of``' threads finish their work first).
+
+    Each block's folder is first renamed out of the way, here: a block of a rerun stored under
+    the same name meanwhile is not what the thread deletes."""
+    gone = []
+    for block in blocks:
+        if block.folder is not None and block.folder.is_dir():
+            away = block.folder.with_name(f".{block.folder.name}-{uuid.uuid4().hex}")
+            with contextlib.suppress(OSError):  # removed already, by an earlier tile task
+                gone.append(block.folder.rename(away))
+    if gone:
+        threads_of("remove", 1).submit(_remove, gone)
 
 
 def _remove(folders: Sequence[Path]) -> None:
