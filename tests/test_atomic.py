@@ -2,7 +2,7 @@
 
 import pytest
 
-from timesenclip.common.atomic import atomic_path, scratch_path, write_text_atomic
+from timesenclip.common.atomic import atomic_path, scratch_path, set_aside, write_text_atomic
 
 
 def test_success_renames_the_temporary_file(tmp_path):
@@ -78,3 +78,17 @@ def test_remove_stale_temporaries_keeps_real_files(tmp_path):
         path.write_text("half")
     assert sorted(remove_stale_temporaries(tmp_path)) == sorted(stale)
     assert all(p.exists() for p in keep) and not any(p.exists() for p in stale)
+
+
+def test_set_aside_frees_the_name_and_keeps_the_contents(tmp_path):
+    folder = tmp_path / "block-00"
+    folder.mkdir()
+    (folder / "fine.npy").write_text("tokens")
+    away = set_aside(folder)
+    assert not folder.exists() and away.parent == tmp_path
+    assert away.name.startswith(".block-00.scratch-")
+    assert (away / "fine.npy").read_text() == "tokens"
+    folder.mkdir()  # the name is free for a new one
+    assert set_aside(folder) != away
+    with pytest.raises(FileNotFoundError):
+        set_aside(tmp_path / "missing")

@@ -13,7 +13,6 @@ import hashlib
 import shutil
 import tempfile
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from pipeline.cube.composite import CubeOptions
 from pipeline.cube.reader import configure_gdal, threads_of
 from pipeline.plan.scenes import ChunkTask, TilePlan
 from pipeline.search.items import ItemRef
+from timesenclip.common.atomic import set_aside
 
 
 @dataclass
@@ -124,10 +124,9 @@ def remove_blocks(blocks: Sequence[StoredTokens]) -> None:
     the same name meanwhile is not what the thread deletes."""
     gone = []
     for block in blocks:
-        if block.folder is not None and block.folder.is_dir():
-            away = block.folder.with_name(f".{block.folder.name}-{uuid.uuid4().hex}")
+        if block.folder is not None:
             with contextlib.suppress(OSError):  # removed already, by an earlier tile task
-                gone.append(block.folder.rename(away))
+                gone.append(set_aside(block.folder))
     if gone:
         threads_of("remove", 1).submit(_remove, gone)
 

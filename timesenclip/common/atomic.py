@@ -111,6 +111,14 @@ def write_text_atomic(path: Path | str, text: str) -> Path:
     return path
 
 
+def set_aside(path: Path | str) -> Path:
+    """Rename ``path`` (a file or folder) to a hidden scratch name beside it, as
+    ``scratch_path`` names its own, and return that: to be deleted at leisure, while a new
+    ``path`` may be written meanwhile."""
+    path = Path(path)
+    return path.rename(_sibling(path, "scratch"))
+
+
 def remove_stale_temporaries(folder: Path | str) -> list[Path]:
     """Delete the temporary files a killed process left under ``folder``; return their paths.
 
