@@ -10,15 +10,18 @@ import io
 import logging
 import os
 import re
+import resource
 import shlex
 import subprocess
 import sys
 import time
 import types
+from multiprocessing import forkserver
 from pathlib import Path
 
 import dask
 import distributed
+import psutil
 import pytest
 import yaml
 
@@ -28,7 +31,7 @@ from pipeline.run import worker_start
 from pipeline.run.cluster import EarlyCluster, dask_cluster, describe_cluster
 from pipeline.run.cluster_errors import ClusterFailureError
 from pipeline.run.progress import ProgressWatch, RegionProgress
-from pipeline.run.worker_environ import WORKER_MODULES
+from pipeline.run.worker_environ import LATER, WORKER_MODULES
 from pipeline.workflow import jobs
 from pipeline.workflow.jobs import walltime_seconds, worker_lifetime
 from pipeline.workflow.load import WorkflowError, parse_workflow, with_cluster
@@ -344,6 +347,35 @@ def test_local_workers_start_with_glibcs_own_malloc_thresholds(tmp_path):
     with dask_cluster(workflow, "cpu") as cluster:
         found = cluster.client.run(lambda: [os.environ.get(name) for name in names])
     assert list(found.values()) == [[str(32 * 2**20), str(64 * 2**20), "2", "1"]]
+
+
+def _burn(seconds: float) -> float:
+    """Spend about ``seconds`` of CPU time in this process; return what it spent."""
+    start = time.process_time()
+    while time.process_time() - start < seconds:
+        sum(range(10_000))
+    return time.process_time() - start
+
+
+def test_local_workers_are_forked_with_their_imports_done_and_their_cpu_counted(tmp_path):
+    """A local cluster's workers start forked from a fork server that imported every module a
+    worker imports, torch too; with the cluster closed the server is gone, reaped, and the
+    workers' CPU time counts in this process's children's, as a spawned worker's would."""
+    workflow = workflow_with(tmp_path, {"cluster": "local", "n_workers": 1, "dashboard": False})
+    modules = [*WORKER_MODULES, *LATER, "torch"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with dask_cluster(workflow, "cpu") as cluster:
+        server = forkserver._forkserver._forkserver_pid
+        found = cluster.client.run(lambda: (os.getppid(), [m in sys.modules for m in modules]))
+        ((spent,),) = [cluster.client.run(_burn, 1.0).values()]
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    ((parent, loaded),) = found.values()
+    assert parent == server != os.getpid()
+    assert loaded == [True] * len(modules)
+    assert forkserver._forkserver._forkserver_pid is None
+    assert not psutil.pid_exists(server)  # reaped: no zombie left either
+    children = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    assert children >= spent >= 1.0
 
 
 def test_a_local_cluster_starts_while_the_run_plans(tmp_path):

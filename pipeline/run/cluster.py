@@ -18,7 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from pipeline.run.worker_environ import PRE_SPAWN, WORKER_MODULES, worker_environ
+from pipeline.run.worker_environ import (
+    FORK_METHOD,
+    PRE_SPAWN,
+    WORKER_MODULES,
+    worker_environ,
+    worker_forkserver,
+)
 from pipeline.workflow.jobs import BATCH_SYSTEMS
 from pipeline.workflow.schema import DEFAULT_DASHBOARD, DaskConfig, TlsFiles, Workflow
 from timesenclip.common.atomic import atomic_path
@@ -50,9 +56,9 @@ def dask_cluster(workflow: Workflow, device: str, report: Path | None = None) ->
 class EarlyCluster:
     """The workflow's cluster; a local one starts in a thread as soon as this is made.
 
-    A run plans before it needs its cluster: meanwhile the local cluster's worker processes start
-    and import the pipeline (``WORKER_MODULES``) on the cores planning leaves idle, seconds a run
-    would otherwise spend on one core. It starts early only where its size is known without
+    A run plans before it needs its cluster: meanwhile the local cluster's fork server imports
+    what its workers need (``worker_environ.worker_forkserver``) on the cores planning leaves
+    idle, seconds a run would otherwise spend on one core. It starts early only where its size is known without
     torch (chunks on the CPU: asked for, or no CUDA driver here), and some region of the
     workflow has no ``provenance.json`` (a rerun of finished regions likely needs no cluster).
     Any other cluster starts when :meth:`cluster` asks, after the plan, so that input the plan
@@ -137,6 +143,8 @@ def _started(workflow: Workflow, device: str) -> Iterator[RunCluster]:
     """The workflow's cluster, its client open, closed at the end."""
     config = workflow.dask
     with contextlib.ExitStack() as stack:
+        if config.kind == "local":  # first: its imports run while the scheduler starts
+            stack.enter_context(worker_forkserver())
         security = _security(config, workflow.outputs.dir, stack)
         if config.kind == "address":
             cluster = _connect(config, security)
@@ -187,7 +195,9 @@ def _local(config: DaskConfig, security, device: str, stack) -> RunCluster:
         n_workers = max(1, cores // 4)
     threads = config.threads_per_worker or max(1, cores // n_workers)
     dashboard = None if config.dashboard is False else config.dashboard or DEFAULT_DASHBOARD
-    with dask.config.set({PRE_SPAWN: worker_environ()}):  # read as each nanny is made
+    # Read as each nanny is made and starts its worker; a worker the nanny restarts later is
+    # spawned, as Dask's default.
+    with dask.config.set({PRE_SPAWN: worker_environ(), FORK_METHOD: "forkserver"}):
         cluster = stack.enter_context(
             LocalCluster(
                 n_workers=n_workers,

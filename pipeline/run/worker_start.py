@@ -1,6 +1,7 @@
-"""What a local worker imports as it starts (Dask's ``preload``): the compositing task before it
-takes any task; in a thread, the medians' compiled loop (numba, about a second) and the chunk
-tasks (torch and the encoder, seconds of imports).
+"""What a worker imports as it starts (Dask's ``preload``): the compositing task before it takes
+any task; in a thread, the medians' compiled loop (numba, about a second) and the chunk tasks
+(torch and the encoder, seconds of imports). A local worker forked from its fork server
+(``worker_environ.worker_forkserver``) finds them all imported already.
 
 A run's first tasks composite (``pipeline.run.composite_tasks``), so the worker joins the
 cluster and takes them while the rest loads: their first reads need neither, and a task that
@@ -17,9 +18,9 @@ import threading
 from distributed.core import Status
 
 import pipeline.run.composite_tasks  # noqa: F401  (imported now: the first tasks run it)
+from pipeline.run.worker_environ import LATER
 from timesenclip.common.quick_exit import freeze_at_exit
 
-LATER = ("pipeline.cube.median_kernel", "pipeline.run.worker_tasks")
 HEARTBEAT_FAILED = "Failed to communicate with scheduler during heartbeat"
 
 freeze_at_exit()  # a worker's exit is part of its cluster's close
