@@ -17,6 +17,8 @@ scenes. For each N of ``--scenes``, in one run and each in a process of its own:
   the CPU this process spent meanwhile (the file server, which shares the run's cores as an
   object store would not), the largest peak memory (VmHWM, sampled) of a process other than the
   client, requests per asset. At 0 ms, and at ``--latency`` ms a request.
+- the same run with the scenes read from their files (no server, as a remote object store
+  shares none of the run's cores), after those over HTTP.
 - split: the run's compositing alone (``pipeline.cube.area.composite_area`` over the scenes'
   grid, every block of months, medians on one thread): CPU seconds of decoding (the reader
   threads), masking, medians (``pipeline.cube.median``) and the rest (the windows' writes too).
@@ -420,6 +422,20 @@ def workflow(items_path: Path, items: list[dict], model: dict, size: int, out: P
     }
 
 
+def files_run(work: Path, scenes: list[dict], root: Path, model: dict, args) -> dict:
+    """The run of ``scenes`` read from their files, not served: no server shares its cores,
+    as a remote object store would not."""
+    count = len(scenes)
+    items_path = work / f"items-{count}-files.ndjson"
+    items_path.write_text("".join(json.dumps(i) + "\n" for i in scenes))
+    out = work / f"out-{count}-files"
+    flow = workflow(items_path, scenes, model, args.size, out)
+    flow["stac"]["allowed_paths"] = [str(root)]
+    path = work / f"workflow-{count}-files.yaml"
+    path.write_text(json.dumps(flow))
+    return {**whole_run(path, args.timeout), "requests": 0}
+
+
 def _tree_peaks(root: int, peaks: dict[int, int], done: threading.Event) -> None:
     """Sample the VmHWM of every process under ``root`` until ``done``."""
     import psutil
@@ -572,6 +588,8 @@ def main() -> None:
                     if args.baseline and latency == 0.0 and count in args.baseline_scenes:
                         row["baseline"] = whole_run(path, args.timeout, args.baseline.resolve())
                         print(f"{count} baseline: {row['baseline']} (load {load()})", flush=True)
+                row["run files"] = files_run(work, scenes, root, model, args)
+                print(f"{count} run files: {row['run files']} (load {load()})", flush=True)
                 rows.append(row)
         report(rows, args)
     print(f"\nload average at end: {load()}; total {time.perf_counter() - begin:.0f} s")
@@ -586,9 +604,9 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
         f"clouds; runs at default settings (tile 4096, chunk 512 px) with a tiny encoder\n"
     )
     print(
-        "| scenes | latency ms | floor CPU s | run CPU s | embed + classify s | ours CPU s "
+        "| scenes | read over | floor CPU s | run CPU s | embed + classify s | ours CPU s "
         "| ours / floor | wall s | cores busy | with server | worker VmHWM MiB | requests/asset "
-        "| vs 0 ms |"
+        "| vs HTTP 0 ms |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
@@ -601,7 +619,7 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
             first = first or run
             cells = [
                 row["scenes"],
-                key.split()[1],
+                "files" if key == "run files" else f"HTTP, {key.split()[1]} ms",
                 f"{floor_cpu:.1f}",
                 f"{run['cpu']:.1f}",
                 f"{stages.get('embed', 0.0) + stages.get('classify', 0.0):.1f}",
@@ -611,7 +629,7 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
                 f"{_busy(run, cores):.2f}",
                 f"{_busy(run, cores, with_server=True):.2f}",
                 f"{run['worker_peak_kib'] / 1024:,.0f}",
-                f"{run['requests'] / row['assets']:.2f}",
+                f"{run['requests'] / row['assets']:.2f}" if run["requests"] else "-",
                 f"CPU {run['cpu'] / first['cpu']:.2f}x, wall {run['wall'] / first['wall']:.2f}x",
             ]
             print("| " + " | ".join(str(c) for c in cells) + " |")
