@@ -58,11 +58,11 @@ class EarlyCluster:
 
     A run plans before it needs its cluster: meanwhile the local cluster's fork server imports
     what its workers need (``worker_environ.worker_forkserver``) on the cores planning leaves
-    idle, seconds a run would otherwise spend on one core. It starts early only where its size is known without
-    torch (chunks on the CPU: asked for, or no CUDA driver here), and some region of the
-    workflow has no ``provenance.json`` (a rerun of finished regions likely needs no cluster).
-    Any other cluster starts when :meth:`cluster` asks, after the plan, so that input the plan
-    refuses never submits a job or reaches a scheduler.
+    idle, seconds a run would otherwise spend on one core. It starts early only where its size
+    is known without torch (chunks on the CPU: asked for, or no CUDA driver here), and some
+    region of the workflow has no ``provenance.json`` (a rerun of finished regions likely needs
+    no cluster). Any other cluster starts when :meth:`cluster` asks, after the plan, so that
+    input the plan refuses never submits a job or reaches a scheduler.
     """
 
     def __init__(self, workflow: Workflow) -> None:
