@@ -28,6 +28,7 @@ from pipeline.cube.area import (
     MemoryGate,
     StoredTokens,
     block_need,
+    block_scenes,
     composite_area,
     stored_block,
     stored_chunk,
@@ -236,7 +237,10 @@ def test_a_block_asks_for_windows_of_whole_blocks_of_its_scenes(edged):
     grid = Grid(written.epsg, written.bounds, 10.0)
     refs, options = [item_ref(i) for i in items], CubeOptions()
     area = Window(0, 0, SIZE, SIZE)
-    needs = [block_need(refs, grid, area, i, options) for i in range(len(month_blocks(options)))]
+    needs = [
+        block_need(block_scenes(refs, grid, area, i, options))
+        for i in range(len(month_blocks(options)))
+    ]
     per_scene = 2048 * 2048 * 14 / 4 + 1024 * 1024 * 12
     assert needs[0] == 4 * per_scene and needs[4] == per_scene  # January: 4 scenes, May: 1
     assert sum(needs) == len(items) * per_scene

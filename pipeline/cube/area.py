@@ -88,18 +88,17 @@ class MemoryGate:
                 self._changed.notify_all()
 
 
-def block_need(
-    refs: Sequence[ItemRef], grid: Grid, area: Window, index: int, options: CubeOptions
-) -> int:
-    """Bytes block ``index`` of months over ``area`` holds at most with windows of whole COG
-    blocks (as Sentinel-2 COGs are tiled): what it asks of a :class:`MemoryGate`."""
-    scenes = len(_block_scenes(refs, grid, area, index, options))
-    return round(_window_bytes(scenes, *_TYPICAL_BLOCKS))
+def block_need(scenes: Sequence[ItemRef]) -> int:
+    """Bytes a block of months of ``scenes`` (its own: :func:`block_scenes`) holds at most with
+    windows of whole COG blocks (as Sentinel-2 COGs are tiled): what it asks of a
+    :class:`MemoryGate`."""
+    return round(_window_bytes(len(scenes), *_TYPICAL_BLOCKS))
 
 
-def _block_scenes(
+def block_scenes(
     refs: Sequence[ItemRef], grid: Grid, area: Window, index: int, options: CubeOptions
 ) -> list[ItemRef]:
+    """Those of ``refs`` that block ``index`` of months over ``area`` reads, in time order."""
     block = month_blocks(options)[index]
     inside = grid.window(area.row_off, area.col_off, area.height, area.width)
     return in_time_order([r for r in refs if r.month in block and r.meets(inside)])
@@ -124,7 +123,7 @@ class BlockFiles(contextlib.AbstractContextManager):
         index: int,
         options: CubeOptions,
     ) -> None:
-        self.scenes = _block_scenes(refs, grid, area, index, options)
+        self.scenes = block_scenes(refs, grid, area, index, options)
         self.coarse = DatasetPool(max_idle=len(COARSE) * len(self.scenes))
         self.fine = DatasetPool(max_idle=len(FINE) * len(self.scenes))
         for assets, pool in ((COARSE, self.coarse), (FINE, self.fine)):
@@ -169,7 +168,7 @@ def _block_folder(folder: Path, index: int) -> Path:
 def _block_key(
     scenes: Sequence[ItemRef], grid: Grid, area: Window, index: int, options: CubeOptions
 ) -> str:
-    """What a block of months is made of (``scenes``: its own, ``_block_scenes``): it is found
+    """What a block of months is made of (``scenes``: its own, :func:`block_scenes`): it is found
     again for these same arguments only. Of its own scenes, not the run's: the repr of
     hundreds of scenes held the GIL for milliseconds a block."""
     return hashlib.sha256(repr((index, area, grid, tuple(scenes), options)).encode()).hexdigest()
@@ -193,7 +192,7 @@ def stored_block(
     except (OSError, ValueError):
         return None
     transient = any(skip.get("transient") for skip in record.get("skipped", ()))
-    scenes = _block_scenes(refs, grid, area, index, options)
+    scenes = block_scenes(refs, grid, area, index, options)
     if record.get("key") != _block_key(scenes, grid, area, index, options) or transient:
         return None
     windows = tuple(Window(*w) for w in record["windows"])

@@ -97,7 +97,7 @@ def composite_tile(
     files = BlockFiles(refs, grid, area, index, cube)
     seconds = time.perf_counter() - start  # the time it waits for memory is no stage's
     # Closed here too, should the block fail (or be cancelled) before it reads.
-    with files, _MEMORY.share(block_need(refs, grid, area, index, cube)) as budget:
+    with files, _MEMORY.share(block_need(files.scenes)) as budget:
         start = time.perf_counter()
         stored = composite_area(
             refs,
