@@ -422,18 +422,18 @@ def workflow(items_path: Path, items: list[dict], model: dict, size: int, out: P
     }
 
 
-def files_run(work: Path, scenes: list[dict], root: Path, model: dict, args) -> dict:
-    """The run of ``scenes`` read from their files, not served: no server shares its cores,
-    as a remote object store would not."""
-    count = len(scenes)
-    items_path = work / f"items-{count}-files.ndjson"
-    items_path.write_text("".join(json.dumps(i) + "\n" for i in scenes))
-    out = work / f"out-{count}-files"
-    flow = workflow(items_path, scenes, model, args.size, out)
-    flow["stac"]["allowed_paths"] = [str(root)]
-    path = work / f"workflow-{count}-files.yaml"
+def write_workflow(
+    work: Path, name: str, items: list[dict], model: dict, size: int, **stac
+) -> Path:
+    """The workflow over ``items`` (written beside it as NDJSON, ``stac`` keys added to its
+    STAC section) and its outputs, named ``name`` in ``work``: its path."""
+    ndjson = work / f"items-{name}.ndjson"
+    ndjson.write_text("".join(json.dumps(i) + "\n" for i in items))
+    flow = workflow(ndjson, items, model, size, work / f"out-{name}")
+    flow["stac"].update(stac)
+    path = work / f"workflow-{name}.yaml"
     path.write_text(json.dumps(flow))
-    return {**whole_run(path, args.timeout), "requests": 0}
+    return path
 
 
 def _tree_peaks(root: int, peaks: dict[int, int], done: threading.Event) -> None:
@@ -570,16 +570,12 @@ def main() -> None:
                         items.append(served)
                     items_path = work / f"items-{count}-{latency:g}.json"
                     items_path.write_text(json.dumps(items))
-                    ndjson = work / f"items-{count}-{latency:g}.ndjson"
-                    ndjson.write_text("".join(json.dumps(i) + "\n" for i in items))
                     if latency == 0.0:
                         for method in MEASURES:
                             size = ["--size", str(args.size)]
                             row[method] = run_child([method, str(items_path), *size], args.timeout)
                             print(f"{count} {method}: {row[method]}", flush=True)
-                    path = work / f"workflow-{count}-{latency:g}.yaml"
-                    out = work / f"out-{count}-{latency:g}"
-                    path.write_text(json.dumps(workflow(ndjson, items, model, args.size, out)))
+                    path = write_workflow(work, f"{count}-{latency:g}", items, model, args.size)
                     requests = sum(server.counts.values())
                     result = whole_run(path, args.timeout)
                     result["requests"] = sum(server.counts.values()) - requests
@@ -588,7 +584,12 @@ def main() -> None:
                     if args.baseline and latency == 0.0 and count in args.baseline_scenes:
                         row["baseline"] = whole_run(path, args.timeout, args.baseline.resolve())
                         print(f"{count} baseline: {row['baseline']} (load {load()})", flush=True)
-                row["run files"] = files_run(work, scenes, root, model, args)
+                # Read from the files, not served: no server shares the run's cores, as a
+                # remote object store would not.
+                path = write_workflow(
+                    work, f"{count}-files", scenes, model, args.size, allowed_paths=[str(root)]
+                )
+                row["run files"] = {**whole_run(path, args.timeout), "requests": 0}
                 print(f"{count} run files: {row['run files']} (load {load()})", flush=True)
                 rows.append(row)
         report(rows, args)
